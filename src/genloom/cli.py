@@ -1,0 +1,64 @@
+"""The `genloom` command: one sub-command per task, registered in one explicit table.
+
+Each entry names a module that exposes `add_parser(subparsers) -> argparse.ArgumentParser`; the
+parser it returns carries `func(args) -> int | None` through `set_defaults`. Modules are imported
+only when their command runs, so `genloom corpora` does not load transformers.
+A `UserError` (or a bad flag) ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from genloom import __version__
+from genloom.errors import UserError
+
+# name -> (module with add_parser, one-line help). Add a task here and nowhere else.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "corpora": ("genloom.data.cli", "list the named corpora, whether installed, sizes, licences"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage otherwise)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only the command named `only` has its module imported and its
+    options registered (the others show their one-line help), so start-up stays fast."""
+    parser = _Parser(prog="genloom", description="genloom: text generation toolkit")
+    parser.add_argument("--version", action="version", version=f"genloom {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_) in COMMANDS.items():
+        if name != only:
+            sub.add_parser(name, help=help_)
+            continue
+        importlib.import_module(module).add_parser(sub, name=name, help=help_)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=first if first in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"genloom: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genloom: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The decoding protocol every generator model implements (DESIGN.md, "The decoding protocol").
+
+Letters: B batch rows, V vocabulary size, t tokens generated so far.
+
+A model is a step function with a cache: `start` prefills the prompt (or encodes the source) and
+returns the logits for the first new token; `step` feeds one token per row and returns the logits
+for the next; `select` keeps or reorders rows of the state (beam reordering, dropping finished
+rows). Search loops in `genloom.decode` see models only through these three methods, so the LSTM's
+(h, c), a Transformer's KV cache and an RTF shift register all live behind the same interface.
+
+A logits processor is a pure callable `(logits (B, V), history (B, t)) -> logits (B, V)` that
+derives what it needs from the history (the generated tokens so far, long, on the logits' device)
+and never modifies its input in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from torch import Tensor
+
+State = Any
+LogitsProcessor = Callable[[Tensor, Tensor], Tensor]
+
+
+@runtime_checkable
+class Decodable(Protocol):
+    vocab_size: int
+
+    def start(self, **inputs: Any) -> tuple[Tensor, State]:
+        """Prefill / encode; returns logits (B, V) for the first new token and the state."""
+        ...
+
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """tokens (B,) long -> logits (B, V) for the next token, and the new state."""
+        ...
+
+    def select(self, state: State, index: Tensor) -> State:
+        """Keep / reorder rows: index (B',) long into the current rows; returns the new state."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Sequence scoring for MCMC (decode/mcmc.py): total log-probability of each row."""
+
+    def log_prob(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """tokens (B, T), mask (B, T) bool -> log p(tokens) (B,) summed over unmasked positions."""
+        ...

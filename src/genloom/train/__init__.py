@@ -1,0 +1,1 @@
+"""genloom.train"""
