@@ -5,7 +5,9 @@ Letters: B batch rows, V vocabulary size, t tokens generated so far.
 A model is a step function with a cache: `start` prefills the prompt (or encodes the source) and
 returns the logits for the first new token; `step` feeds one token per row and returns the logits
 for the next; `select` keeps or reorders rows of the state (beam reordering, dropping finished
-rows). Search loops in `genloom.decode` see models only through these three methods, so the LSTM's
+rows). Search loops call `model.start(**inputs, max_new_tokens=N)`: every `start` accepts
+`max_new_tokens` (the most tokens that will be stepped, so a cache can be allocated once) and may
+ignore it. Rows of the returned logits are in the order of the input rows. Search loops in `genloom.decode` see models only through these three methods, so the LSTM's
 (h, c), a Transformer's KV cache and an RTF shift register all live behind the same interface.
 
 A logits processor is a pure callable `(logits (B, V), history (B, t)) -> logits (B, V)` that
