@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/genloom title train --corpus inews --out $(RUN_DIR) --minutes 15
-	$(BIN)/genloom title eval --model $(RUN_DIR) --split test --samples 10
+	$(BIN)/genloom corpora --stats inews
+	$(BIN)/genloom baseline --corpus inews --split test
 
 test: install
 	$(BIN)/python -m pytest tests
