@@ -18,6 +18,7 @@ from genloom.errors import UserError
 # name -> (module with add_parser, one-line help). Add a task here and nowhere else.
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpora": ("genloom.data.cli", "list the named corpora, whether installed, sizes, licences"),
+    "baseline": ("genloom.tasks.baselines", "score lead-N and best-sentence title baselines"),
 }
 
 
