@@ -1,0 +1,190 @@
+"""The training loop: token-weighted accumulation equals the big batch, the lr schedule and grad
+norm equal hand computations, NaN guard, early stopping with the best checkpoint restored, EMA
+evaluation, limits, run files."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genloom.errors import UserError
+from genloom.train.checkpoint import list_checkpoints, load_checkpoint
+from genloom.train.data import Loader
+from genloom.train.trainer import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_toy import ToyData, collate, make_model, toy_loss  # noqa: E402
+
+DATA = ToyData()
+
+
+def loader(batch: int = 8, *, shuffle: bool = True) -> Loader:
+    return Loader(DATA, batch_size=batch, collate_fn=collate, seed=1, shuffle=shuffle,
+                  lengths=[len(x) for x in DATA.items] if shuffle else None)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(lr=1e-2, max_steps=6, log_every=1, progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def records(run_dir: Path, event: str = "train") -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["event"] == event]
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_run_files_and_resolved_config(tmp_path):
+    model = make_model()
+    fit(model, toy_loss, loader(), config=config(log_every=2, ema_decay=0.9), run_dir=tmp_path,
+        eval_fn=lambda m: {"loss": 1.0}, task_config={"corpus": "toy", "path": tmp_path})
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["train"]["log_every"] == 2 and cfg["train"]["ema_decay"] == 0.9
+    assert cfg["task"] == {"corpus": "toy", "path": str(tmp_path)}
+    assert [r["step"] for r in records(tmp_path)] == [2, 4, 6]
+    assert all(r["tokens_per_s"] > 0 and math.isfinite(r["loss"]) for r in records(tmp_path))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert records(tmp_path, "end")[0]["stop_reason"] == "max_steps"
+
+
+def test_accumulation_equals_big_batch(tmp_path):
+    """2 micro-batches of 4 (different token counts) take the same step as one batch of 8."""
+    small, big = make_model(dropout=0.0), make_model(dropout=0.0)
+    fit(small, toy_loss, loader(4, shuffle=False), config=config(accum_steps=2, ema_decay=None),
+        run_dir=tmp_path / "a")
+    fit(big, toy_loss, loader(8, shuffle=False), config=config(ema_decay=None), run_dir=tmp_path / "b")
+    a, b = weights(small), weights(big)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    la = [r["loss"] for r in records(tmp_path / "a")]
+    lb = [r["loss"] for r in records(tmp_path / "b")]
+    assert la == pytest.approx(lb, abs=1e-6)
+    first = next(iter(loader(4, shuffle=False)))
+    assert first["mask"].sum() != next(iter(loader(8, shuffle=False)))["mask"].sum() / 2
+
+
+def test_lr_schedule_and_grad_norm_equal_hand_computation(tmp_path):
+    model = make_model(dropout=0.0)
+    ref = make_model(dropout=0.0)
+    fit(model, toy_loss, loader(), run_dir=tmp_path,
+        config=config(max_steps=10, warmup_steps=3, schedule="cosine", min_lr_ratio=0.1,
+                      grad_clip=None))
+    rows = records(tmp_path)
+    hand = [1e-2 * (s + 1) / 3 if s < 3 else
+            1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 3) / 7))) for s in range(10)]
+    assert [r["lr"] for r in rows] == pytest.approx(hand, rel=1e-12)
+    loss, _ = toy_loss(ref, next(iter(loader())))
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in ref.parameters())).item()
+    assert rows[0]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert rows[0]["loss"] == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss, n = toy_loss(model, batch)
+        return (loss * float("nan") if calls["n"] == 7 else loss), n
+
+    model = make_model()
+    with pytest.raises(UserError) as err:
+        fit(model, poisoned, loader(), config=config(max_steps=20, ckpt_every=5, schedule="constant"),
+            run_dir=tmp_path / "bad")
+    msg = str(err.value)
+    assert "step 7" in msg and "nan" in msg and "step-00000005" in msg and "\n" not in msg
+    assert [s for s, _ in list_checkpoints(tmp_path / "bad" / "checkpoints")] == [5]
+    clean = make_model()
+    fit(clean, toy_loss, loader(), config=config(max_steps=5, schedule="constant"),
+        run_dir=tmp_path / "good")
+    saved = load_file(str(tmp_path / "bad" / "checkpoints" / "step-00000005" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in clean.state_dict().items())
+    assert not list((tmp_path / "bad" / "checkpoints").glob(".tmp-*"))
+
+
+def test_early_stopping_keeps_and_restores_the_best(tmp_path):
+    values = iter([3.0, 2.0, 1.5, 1.7, 1.6, 1.0, 0.5])
+    model = make_model()
+    result = fit(model, toy_loss, loader(), eval_fn=lambda m: {"dev": next(values)},
+                 config=config(max_steps=40, eval_every=2, metric="dev", mode="min", patience=2,
+                               keep_last=1, ema_decay=0.9),
+                 run_dir=tmp_path)
+    assert result.stop_reason == "early_stopping"
+    assert (result.step, result.best_step, result.best_value) == (10, 6, 1.5)
+    assert [r["step"] for r in records(tmp_path, "eval")] == [2, 4, 6, 8, 10]
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [6, 10]
+    best = load_checkpoint(tmp_path / "checkpoints" / "step-00000006", model=make_model())
+    saved = load_file(str(tmp_path / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert result.ema.num_updates == 6 == best["state"]["ema"]["num_updates"]
+
+
+def test_eval_sees_ema_weights_and_training_keeps_raw(tmp_path):
+    seen = []
+    model = make_model()
+    result = fit(model, toy_loss, loader(), run_dir=tmp_path,
+                 eval_fn=lambda m: seen.append(weights(m)) or {"loss": 0.0},
+                 config=config(max_steps=4, eval_every=4, ema_decay=0.8))
+    averaged = result.ema.averaged()
+    assert all(torch.equal(seen[-1][k], averaged[k]) for k in averaged)
+    raw = load_file(str(tmp_path / "checkpoints" / "step-00000004" / "model.safetensors"))
+    assert all(torch.equal(raw[k], v) for k, v in model.state_dict().items())
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)
+
+
+def test_evaluation_does_not_perturb_training_randomness(tmp_path):
+    def noisy_eval(m):
+        return {"loss": float(torch.rand(()))}  # draws from the global RNG
+
+    with_eval, without = make_model(), make_model()
+    fit(with_eval, toy_loss, loader(), config=config(eval_every=2), eval_fn=noisy_eval,
+        run_dir=tmp_path / "a")
+    fit(without, toy_loss, loader(), config=config(), run_dir=tmp_path / "b")
+    assert [r["loss"] for r in records(tmp_path / "a")] == [r["loss"] for r in records(tmp_path / "b")]
+
+
+def test_epoch_and_time_limits(tmp_path):
+    result = fit(make_model(), toy_loss, loader(), eval_fn=lambda m: {"loss": 1.0},
+                 config=config(max_steps=None, max_epochs=2, log_every=6), run_dir=tmp_path / "e")
+    assert (result.stop_reason, result.step, result.epochs) == ("max_epochs", 24, 2)
+    assert [r["step"] for r in records(tmp_path / "e", "eval")] == [12, 24]  # at each epoch end
+    result = fit(make_model(), toy_loss, loader(), run_dir=tmp_path / "t",
+                 config=config(max_steps=None, max_minutes=1e-9, schedule="constant"))
+    assert (result.stop_reason, result.step) == ("max_minutes", 1)
+    batches = list(loader())  # a plain re-iterable list works too
+    result = fit(make_model(), toy_loss, batches, run_dir=tmp_path / "l",
+                 config=config(max_steps=None, max_epochs=1))
+    assert (result.stop_reason, result.step) == ("max_epochs", len(batches))
+
+
+def test_bf16_autocast_is_used_and_close(tmp_path):
+    fp32, bf16 = make_model(dropout=0.0), make_model(dropout=0.0)
+    fit(fp32, toy_loss, loader(), config=config(max_steps=1), run_dir=tmp_path / "a")
+    fit(bf16, toy_loss, loader(), config=config(max_steps=1, bf16=True), run_dir=tmp_path / "b")
+    la, lb = records(tmp_path / "a")[0]["loss"], records(tmp_path / "b")[0]["loss"]
+    assert la != lb and lb == pytest.approx(la, rel=2e-2)
+
+
+def test_user_errors(tmp_path):
+    fit(make_model(), toy_loss, loader(), config=config(max_steps=1), run_dir=tmp_path)
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        fit(make_model(), toy_loss, loader(), config=config(), run_dir=tmp_path)
+    with pytest.raises(UserError, match="nothing to resume"):
+        fit(make_model(), toy_loss, loader(), config=config(), run_dir=tmp_path / "new", resume=True)
+    with pytest.raises(UserError, match="never stop"):
+        fit(make_model(), toy_loss, loader(), config=config(max_steps=None), run_dir=tmp_path / "x")
+    with pytest.raises(UserError, match="needs max_steps"):
+        fit(make_model(), toy_loss, iter([]), run_dir=tmp_path / "y",
+            config=config(max_steps=None, max_minutes=1.0))
+    with pytest.raises(UserError, match="no 'dev'"):
+        fit(make_model(), toy_loss, loader(), config=config(metric="dev", eval_every=1),
+            eval_fn=lambda m: {"loss": 1.0}, run_dir=tmp_path / "z")
