@@ -55,8 +55,12 @@ draws a, b~ ~ U(-1/sqrt(n), 1/sqrt(n)) and h0 ~ N(0, 1), which without Montel ma
 y_t = sum_{s<=t} k_f[t-s] u_s + sum_{s>t} k_b[s-t-1] u_s: lag 0 is counted once, and zero init
 (h0 = 1 forwards, 0 backwards) is still the identity. It has no recurrent form.
 
-Letters: B batch rows, L sequence length, D channels, n state size, G denominator groups (num_a),
-R = D // G channels per group, P directions (1, or 2 when bidirectional), N the DFT size.
+`HyenaRTF` (below) is the gated token mixer built on the layer, for the RTF language model and
+the Transformer's mixer registry.
+
+Letters: B batch rows, L (or T) sequence length, D channels (C in the mixer), n state size,
+G denominator groups (num_a), R = D // G channels per group, P directions (1, or 2 when
+bidirectional), N the DFT size, K the short-conv width, S = 3(K-1) + n the mixer's state width.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fft import irfft, rfft
 
@@ -332,3 +337,145 @@ class RTF(nn.Module):
             f"d_model={self.d_model}, state_size={self.state_size}, max_len={self.max_len}, "
             f"num_a={self.num_a}, montel={self.montel}, bidirectional={self.bidirectional}"
         )
+
+
+def key_valid_from(frame: object | None) -> Tensor | None:
+    """(B, S) bool real-token columns from a Transformer `Frame` (None: every column is real).
+
+    Causal / padding masks (B, 1, T, S) let the last query see every real key, so its row is the
+    key-valid mask; a frame without a mask has no padding.
+    """
+    mask = getattr(frame, "mask", None)
+    return None if mask is None else mask[:, 0, -1, :]
+
+
+class HyenaRTF(nn.Module):
+    """A gated RTF token mixer (Hyena order 2 with an RTF long filter), (B, T, C) -> (B, T, C).
+
+    (q, k, v) = in_proj(x), each through a short causal depthwise conv of width K;
+    y = out(q * RTF(k * v)). Decoding state per row: (C, 3(K-1) + n), the last K-1 inputs of the
+    three short convs (per channel c: q, k, v histories, oldest first) and the RTF state, so a
+    step costs O(C (K + n)) whatever the length. It follows the Transformer mixer protocol
+    (`forward(x, frame, state)` fills `state` in place when given, `step(x, frame, state)`
+    updates it in place, `state_shape`, `state_time_axis = None`). Padding columns (from
+    `frame.mask`, or past `lengths` in `mix`) are zeroed before the convolutions, so left- or
+    right-padded rows give the same outputs and states as unpadded ones.
+    """
+
+    state_time_axis = None  # the state does not grow with length
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        state_size: int,
+        max_len: int,
+        num_a: int | None = None,
+        short_conv: int = 3,
+        init: str = "xavier",
+        montel: bool = True,
+        bias: bool = True,
+    ) -> None:
+        """
+        Args:
+            d_model: C, the width of the mixer's input and output.
+            state_size, max_len, num_a, init, montel: of the RTF filter (see `RTF`).
+            short_conv: K, width of the causal depthwise conv on q, k, v (0 = none).
+            bias: biases in the projections and the short conv.
+        """
+        super().__init__()
+        if short_conv < 0:
+            raise UserError(f"short_conv must be >= 0, got {short_conv}")
+        C, K = d_model, short_conv
+        self.d_model, self.short_conv = C, K
+        self.in_proj = nn.Linear(C, 3 * C, bias=bias)
+        self.conv = nn.Conv1d(3 * C, 3 * C, K, groups=3 * C, bias=bias) if K else None
+        self.rtf = RTF(C, state_size, max_len, num_a=num_a, init=init, montel=montel)
+        self.out = nn.Linear(C, C, bias=bias)
+        self._rec: RTFRecurrence | None = None  # step coefficients of the last prefill
+
+    @property
+    def hist(self) -> int:
+        """K - 1, the inputs each short conv remembers (0 without a conv)."""
+        return max(self.short_conv - 1, 0)
+
+    def state_shape(self, length: int) -> tuple[int, int]:
+        """One row's decoding state for any length: (C, 3(K-1) + n)."""
+        del length  # O(1) in length
+        return (self.d_model, 3 * self.hist + self.rtf.state_size)
+
+    def forward(
+        self, x: Tensor, frame: object | None = None, state: Tensor | None = None
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with `state` (B, C, S) it is filled for decoding."""
+        y, st = self.mix(x, valid=key_valid_from(frame), want_state=state is not None)
+        if state is not None:
+            state.copy_(st)
+        return y
+
+    def mix(
+        self,
+        x: Tensor,
+        *,
+        valid: Tensor | None = None,
+        lengths: Tensor | None = None,
+        want_state: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The parallel pass; with `want_state` also the state after each row's last token.
+
+        Args:
+            x: (B, T, C).
+            valid: (B, T) bool real columns (left padding), or None.
+            lengths: (B,) real lengths of right-padded rows, or None (= T).
+            want_state: return the decoding state (B, C, S) and keep the step coefficients.
+        Returns:
+            y (B, T, C), state (B, C, S) or None.
+        """
+        B, T, C = x.shape
+        if lengths is not None:
+            real = torch.arange(T, device=x.device) < lengths.to(x.device)[:, None]  # (B, T)
+            valid = real if valid is None else valid & real
+        h = self.in_proj(x)  # (B, T, 3C)
+        if valid is not None:
+            h = h * valid[..., None]
+        hc = h.transpose(1, 2)  # (B, 3C, T)
+        if self.conv is not None:
+            hc = F.conv1d(F.pad(hc, (self.hist, 0)), self.conv.weight, self.conv.bias, groups=3 * C)
+        q, k, v = hc.transpose(1, 2).chunk(3, dim=-1)  # (B, T, C) each
+        u = k * v if valid is None else k * v * valid[..., None]  # (B, T, C)
+        if not want_state:
+            return self.out(q * self.rtf(u)), None
+        r, rtf_state = self.rtf.prefill(u, lengths=lengths)  # (B, T, C), (B, C, n)
+        self._rec = self.rtf.recurrence()
+        ends = torch.full((B,), T, device=x.device) if lengths is None else lengths.to(x.device)
+        pos = ends[:, None] - self.hist + torch.arange(self.hist, device=x.device)  # (B, K-1)
+        hist = h.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, 3 * C))  # (B, K-1, 3C)
+        hist = hist * (pos >= 0)[..., None]  # zeros before the sequence
+        hist = hist.view(B, self.hist, 3, C).permute(0, 3, 2, 1).reshape(B, C, 3 * self.hist)
+        return self.out(q * r), torch.cat([hist, rtf_state], dim=-1)  # (B, C, S)
+
+    def step(
+        self, x: Tensor, frame: object | None, state: Tensor, rec: RTFRecurrence | None = None
+    ) -> Tensor:
+        """One token: x (B, C) -> (B, C); `state` (B, C, S) is updated in place.
+
+        `rec` defaults to the coefficients kept by the last prefill (`forward` with a state).
+        """
+        del frame  # an RTF step needs no positions or masks
+        rec = rec or self._rec or self.rtf.recurrence()
+        B, C = x.shape
+        h = self.in_proj(x).view(B, 3, C).transpose(1, 2)  # (B, C, 3): q, k, v per channel
+        if self.conv is not None:
+            K = self.short_conv
+            hist = state[..., : 3 * self.hist].view(B, C, 3, self.hist)  # (B, C, 3, K-1)
+            window = torch.cat([hist, h[..., None]], dim=-1)  # (B, C, 3, K)
+            w = self.conv.weight.view(3, C, K).transpose(0, 1)  # (C, 3, K)
+            hc = (window * w).sum(-1)  # (B, C, 3)
+            if self.conv.bias is not None:
+                hc = hc + self.conv.bias.view(3, C).T
+            state[..., : 3 * self.hist] = window[..., 1:].reshape(B, C, 3 * self.hist)
+        else:
+            hc = h
+        r, rtf_state = self.rtf.step(hc[..., 1] * hc[..., 2], state[..., 3 * self.hist :], rec)
+        state[..., 3 * self.hist :] = rtf_state
+        return self.out(hc[..., 0] * r)  # (B, C)
