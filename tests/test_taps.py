@@ -185,3 +185,44 @@ def test_plot_curves(tmp_path):
     recs += [{"event": "eval", "step": s, "loss": 2 / s, "rouge_l": s / 40} for s in (5, 10, 15)]
     out = plot_curves(recs, tmp_path / "curves.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@torch.no_grad()
+def slow_transformer_probs(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Scalar loops in float64 over genloom's Attention (fused qkv: H query heads, then K key
+    heads, then K value heads; query head h reads key head h // (H / K); no RoPE; causal)."""
+    b, t, _ = x.shape
+    h, kh, d = mixer.n_head, mixer.n_kv_head, mixer.head_dim
+    w, bias = mixer.qkv.weight.double(), mixer.qkv.bias.double()
+    out = torch.zeros(b, h, t, t, dtype=torch.float64)
+    for bi in range(b):
+        proj = [w @ x[bi, i].double() + bias for i in range(t)]
+        for hi in range(h):
+            ko = (h + hi // (h // kh)) * d
+            for ti in range(t):
+                q = proj[ti][hi * d:(hi + 1) * d]
+                logits = [float(q @ proj[si][ko:ko + d]) / math.sqrt(d) for si in range(ti + 1)]
+                m = max(logits)
+                z = sum(math.exp(v - m) for v in logits)
+                for si, v in enumerate(logits):
+                    out[bi, hi, ti, si] = math.exp(v - m) / z
+    return out
+
+
+def test_transformer_attention_probs_equal_slow_reference():
+    tf = pytest.importorskip("genloom.models.transformer")
+    torch.manual_seed(0)
+    cfg = tf.TransformerConfig(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, d_model=32,
+                               d_ff=64, max_len=16)
+    model = tf.Transformer(cfg).eval()
+    ids = torch.randint(0, 40, (2, 7))
+    with Taps(model, ["blocks.*.mixer:attn_probs", "blocks.*.norm1"]) as taps:
+        logits = model(ids)
+    assert hooks_left(model) == 0 and not probe.active()
+    torch.testing.assert_close(logits, model(ids))  # tapping changes nothing
+    for layer in range(2):
+        probs = taps[f"blocks.{layer}.mixer:attn_probs"]
+        assert probs.shape == (2, 4, 7, 7)  # (B, H, T, S)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 7), atol=1e-6, rtol=0)
+        ref = slow_transformer_probs(model.blocks[layer].mixer, taps[f"blocks.{layer}.norm1"])
+        torch.testing.assert_close(probs.double(), ref, atol=1e-6, rtol=0)
