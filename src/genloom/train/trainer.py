@@ -145,12 +145,19 @@ class _Stream:
         self.batches = batches
         self.is_loader = isinstance(batches, Loader)
         self.length = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        self.epoch, self.consumed = progress.epoch, progress.batches_in_epoch
+        if self.is_loader:  # the Loader knows where it stands (it may have been used before)
+            self.epoch, self.consumed = batches.epoch, batches.batches_consumed  # type: ignore[union-attr]
+        else:
+            self.epoch, self.consumed = progress.epoch, progress.batches_in_epoch
         self._it = None
 
     def next(self) -> Any:
         """The next batch, or None when an epoch just ended (counters move to the next one)."""
         if self._it is None:
+            for sampler in (getattr(self.batches, "sampler", None),
+                            getattr(self.batches, "batch_sampler", None)):
+                if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+                    sampler.set_epoch(self.epoch)
             self._it = iter(self.batches)
             if not self.is_loader:  # fast-forward a plain iterable to where the run stopped
                 for _ in range(self.consumed):
