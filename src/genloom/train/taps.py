@@ -1,18 +1,20 @@
 """Taps: read any intermediate value of a model by name, without editing its code (the
 "中间变量" of 让Keras更酷一些; Keras needed `K.function`, PyTorch has forward hooks).
 
-    with Taps(model, ["blocks.*.attn:attn_probs", "encoder.lstm"]) as taps:
+    with Taps(model, ["blocks.*.mixer:attn_probs", "blocks.0.norm1"]) as taps:
         model(x)
-    probs = taps["blocks.0.attn:attn_probs"]          # (B, H, T, S)
-    every_layer = taps.stack("blocks.*.attn:attn_probs")  # (L, B, H, T, S)
+    probs = taps["blocks.0.mixer:attn_probs"]             # (B, H, T, S)
+    every_layer = taps.stack("blocks.*.mixer:attn_probs")  # (L, B, H, T, S)
+
+(In genloom's Transformer the attention of block i is `blocks.i.mixer`.)
 
 A pattern is a glob over qualified module names (`fnmatch`: `*` also crosses dots), optionally
 followed by ":key":
 - "encoder.lstm" captures the module's forward output (a forward hook), stored under the module's
   name;
-- "blocks.*.attn:attn_probs" captures what matching modules record through `genloom.nn.probe`
-  (`probe.record(self, "attn_probs", probs)`), stored under "blocks.0.attn:attn_probs". The key may
-  be a glob too ("blocks.0.attn:*").
+- "blocks.*.mixer:attn_probs" captures what matching modules record through `genloom.nn.probe`
+  (`probe.record(self, "attn_probs", probs)`), stored under "blocks.0.mixer:attn_probs". The key
+  may be a glob too ("blocks.0.mixer:*").
 
 Values are detached by default (`detach=False` keeps the graph, for gradient-based analyses).
 A module called several times in one pass (decoding steps, shared layers) keeps every call:
