@@ -1,1 +1,1 @@
-"""genloom.nn"""
+"""genloom.nn: layers with no task knowledge (attention + KV cache, norms, probe points)."""

@@ -1,0 +1,30 @@
+"""genloom.models: the Transformer (GPT-2 / Llama families, causal / prefix / bidirectional),
+Hugging Face interop (`from_hf`, `HFCausalLM`) and model directories (`save`, `load`)."""
+
+from genloom.models.hf import HFCausalLM, convert, from_hf, load_hf
+from genloom.models.io import MODEL_TYPES, load, register_model, save
+from genloom.models.transformer import (
+    MIXERS,
+    Transformer,
+    TransformerConfig,
+    TransformerState,
+    gpt2_small_test,
+    smollm2_135m,
+)
+
+__all__ = [
+    "HFCausalLM",
+    "MIXERS",
+    "MODEL_TYPES",
+    "Transformer",
+    "TransformerConfig",
+    "TransformerState",
+    "convert",
+    "from_hf",
+    "gpt2_small_test",
+    "load",
+    "load_hf",
+    "register_model",
+    "save",
+    "smollm2_135m",
+]

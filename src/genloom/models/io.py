@@ -1,0 +1,220 @@
+"""Save and load model directories: config.json + model.safetensors (+ EMA weights) + tokenizer.
+
+A model directory written by `save` holds:
+
+- `config.json`: the model's config dataclass as JSON, plus "model_type" naming its entry in
+  `MODEL_TYPES`;
+- `model.safetensors`: the weights (shared tensors, e.g. tied embeddings, stored once);
+- `model_ema.safetensors` (optional): the EMA weights of a run trained with EMA (issue 4);
+  `load` uses them by default and keeps `model.safetensors` as the raw weights;
+- the tokenizer's own files, written by its `save` (`genloom.tokenizers.load_tokenizer` reads them).
+
+Nothing is unpickled: JSON and safetensors only, so loading a directory runs no code from it.
+Files are written to a temporary name and renamed, so an interrupted save never leaves a
+half-written file under the final name. Other model families join with `register_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from genloom.errors import UserError
+from genloom.models.transformer import Transformer, TransformerConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+EMA_WEIGHTS_FILE = "model_ema.safetensors"
+TOKENIZER_MANIFEST = "genloom_tokenizer.json"  # written by every genloom tokenizer's save()
+
+# model_type -> (config dataclass, model class taking that config). Extend with register_model.
+MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
+    "transformer": (TransformerConfig, Transformer),
+}
+
+
+def register_model(model_type: str, config_cls: type, model_cls: type[nn.Module]) -> None:
+    """Make `load` able to rebuild `model_cls(config_cls(**config))` for `model_type`.
+
+    Args:
+        model_type: the name written as "model_type" in config.json.
+        config_cls: a dataclass whose fields are JSON values.
+        model_cls: an nn.Module built as model_cls(config) that keeps it as `.config`.
+    """
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{config_cls.__name__} must be a dataclass")
+    known = MODEL_TYPES.get(model_type)
+    if known is not None and known != (config_cls, model_cls):
+        raise ValueError(f"model type {model_type!r} is already registered to {known[1].__name__}")
+    MODEL_TYPES[model_type] = (config_cls, model_cls)
+
+
+def _model_type_of(model: nn.Module) -> str:
+    for name, (_, model_cls) in MODEL_TYPES.items():
+        if type(model) is model_cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered model type (see register_model)")
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it to `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unique_tensors(weights: Mapping[str, Tensor], keep: set[str] | None = None) -> dict[str, Tensor]:
+    """Contiguous copies of `weights` (only names in `keep`), each storage once (tied weights)."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, t in weights.items():
+        if keep is not None and name not in keep:
+            continue
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save(
+    model: nn.Module,
+    tokenizer: Any,
+    directory: str | os.PathLike[str],
+    *,
+    ema: nn.Module | Mapping[str, Tensor] | None = None,
+) -> Path:
+    """Write `model` (and its tokenizer, and optionally EMA weights) as a model directory.
+
+    Args:
+        model: a registered model with a dataclass `.config`.
+        tokenizer: any genloom tokenizer (its `save(directory)` is called), or None.
+        directory: created if needed; existing files of the same names are replaced.
+        ema: EMA weights by name (e.g. `genloom.train.ema.EMA.averaged()`) or a module holding
+            them; written to model_ema.safetensors, the default weights of `load`.
+
+    Returns:
+        The directory path.
+    """
+    model_type = _model_type_of(model)
+    config = dataclasses.asdict(model.config)
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the model directory {path}: {e.strerror}") from None
+    state = model.state_dict()
+    weights = _unique_tensors(state)
+    _replace_atomically(path / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    if ema is not None:
+        ema_state = ema.state_dict() if isinstance(ema, nn.Module) else ema
+        ema_weights = _unique_tensors(ema_state, keep=set(state))
+        if set(ema_weights) != set(weights):
+            raise ValueError(f"EMA weights do not match the model: {sorted(set(ema_weights) ^ set(weights))[:3]}")
+        _replace_atomically(path / EMA_WEIGHTS_FILE, lambda tmp: save_file(ema_weights, tmp))
+    if tokenizer is not None:
+        tokenizer.save(path)
+    text = json.dumps({"model_type": model_type, **config}, indent=2, ensure_ascii=False) + "\n"
+    _replace_atomically(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def load_config(directory: str | os.PathLike[str]) -> tuple[str, Any]:
+    """(model_type, config dataclass) from a model directory's config.json."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{Path(directory)} is not a model directory (no {CONFIG_FILE})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    model_type = data.pop("model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"{path}: unknown model_type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
+    config_cls = MODEL_TYPES[model_type][0]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)} for model_type {model_type!r}")
+    try:
+        return model_type, config_cls(**data)
+    except TypeError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _read_weights(path: Path, device: str | torch.device) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read the weights {path}: {str(e).splitlines()[0]}") from None
+
+
+def load(
+    directory: str | os.PathLike[str], *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Any]:
+    """Rebuild the model (eval mode) and tokenizer saved in `directory`.
+
+    Args:
+        directory: written by `save`.
+        ema: use model_ema.safetensors when present (the default weights of an EMA run);
+            False loads the raw weights from model.safetensors.
+        device: where the weights go.
+
+    Returns:
+        (model, tokenizer or None when the directory holds no tokenizer).
+    """
+    path = Path(directory)
+    model_type, config = load_config(path)
+    model_cls = MODEL_TYPES[model_type][1]
+    weights_path = path / EMA_WEIGHTS_FILE if ema and (path / EMA_WEIGHTS_FILE).is_file() else path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise UserError(f"{path} has no weights ({WEIGHTS_FILE})")
+    weights = _read_weights(weights_path, device)
+    if hasattr(model_cls, "init_buffers"):  # it can rebuild its non-persistent buffers: skip the random init
+        with torch.device("meta"):
+            model = model_cls(config)
+        model = model.to_empty(device=device)
+        model.init_buffers()
+        if getattr(config, "tie_embeddings", False):
+            model.lm_head.weight = model.tok_emb.weight  # to_empty gives each name its own tensor
+    else:
+        model = model_cls(config).to(device)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # a tied matrix is stored once, under one of its names
+    tied = {n for n in missing if _is_tied(model, n)}
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{weights_path} does not match {model_type}: missing "
+                        f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    tokenizer = None
+    if (path / TOKENIZER_MANIFEST).is_file():
+        from genloom.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+    return model.eval(), tokenizer
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    """True if parameter `name` shares its storage with another named parameter."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(name)
+    return target is not None and any(p is target for n, p in params.items() if n != name)

@@ -1,0 +1,454 @@
+"""One configurable decoder Transformer: GPT-2 and Llama families, causal / prefix / bidirectional.
+
+Letters: B batch rows, T positions, W packed prompt width, S cache columns (W + new tokens),
+C model width, F feed-forward width, V vocabulary size, L layers.
+
+`Transformer.forward` runs whole sequences (training, scoring). The decoding protocol
+(`genloom.decode.protocol`) runs prompts with a cache:
+
+- `start` left-packs right-padded prompts: row b's `lengths[b]` tokens are moved to the right
+  end of a width-W window (W = the longest prompt), so every row writes its next token into the
+  same cache column and a step is one slice assignment per layer, never a scatter or a cat.
+  Each row keeps its own positions (column - offset), and the padding columns on the left are
+  masked out of every attention. The one cache tensor, (B, L, *mixer state), is allocated here
+  once for W + max_new_tokens columns.
+- `step` feeds one token per row, writes its keys/values in place and returns the next logits.
+  The state is updated in place and returned (a state passed to `step` or `select` must not be
+  used again).
+- `select` reorders or drops rows with one `index_select` over the used columns of the cache,
+  copied back into the same buffer (it only grows when a select asks for more rows than the
+  buffer holds, e.g. expanding prompts into beams).
+
+With mask="prefix" (UniLM), the prompt is the source, bidirectional among itself, and generated
+tokens are causal; with mask="bidirectional", `start` returns the last prompt position's logits
+but `step` refuses (a bidirectional model has no left-to-right factorisation to decode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genloom.errors import UserError
+from genloom.nn.attention import Attention, Frame, allowed_mask, rope_tables
+from genloom.nn.norms import make_norm
+
+
+@dataclass
+class TransformerConfig:
+    """Shape and flavour of a `Transformer` (saved as config.json by `genloom.models.save`)."""
+
+    vocab_size: int = 8000  # V, token ids 0..V-1
+    n_layer: int = 4  # L, number of blocks
+    n_head: int = 4  # H, query heads per attention layer
+    n_kv_head: int | None = None  # K, key/value heads (grouped-query attention); None = n_head
+    d_model: int = 256  # C, residual stream width
+    d_ff: int = 1024  # F, hidden width of the feed-forward layer (per branch for swiglu)
+    head_dim: int | None = None  # D, width of one head; None = d_model // n_head
+    max_len: int = 1024  # longest sequence (prompt + generated) the model accepts
+    norm: str = "layer"  # "layer" (LayerNorm, GPT-2) or "rms" (RMSNorm, Llama)
+    mlp: str = "gelu"  # "gelu" (tanh approximation, GPT-2), "gelu_erf" (exact erf) or "swiglu"
+    pos: str = "learned"  # "learned" absolute position embeddings (GPT-2) or "rope" (Llama)
+    rope_theta: float = 10000.0  # RoPE base period (pos="rope" only)
+    tie_embeddings: bool = True  # the output projection shares the token embedding matrix
+    mask: str = "causal"  # "causal" LM, "prefix" (UniLM seq2seq from segment ids) or "bidirectional"
+    bias: bool = True  # biases in the attention and feed-forward projections and LayerNorms
+    norm_eps: float = 1e-5  # epsilon of every norm
+    dropout: float = 0.0  # dropout on embeddings, residual branches and attention probabilities
+    n_segment: int = 0  # segment (token-type) embeddings added to the input, BERT/UniLM style; 0 = none
+    cond_dim: int | None = None  # width of a condition vector for conditional norms (issue 7); None = plain
+    mixer: str = "attention"  # token mixer of every block, a key of MIXERS
+    init_std: float = 0.02  # std of the normal initialisation of weight matrices and embeddings
+
+    def __post_init__(self) -> None:
+        choices = {"norm": ("layer", "rms"), "mlp": tuple(_MLP_ACTS) + ("swiglu",),
+                   "pos": ("learned", "rope"), "mask": ("causal", "prefix", "bidirectional")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.mixer not in MIXERS:
+            raise UserError(f"mixer={self.mixer!r} is not one of {', '.join(MIXERS)}")
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_dim is None and self.d_model % self.n_head:
+            raise UserError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.kv_heads:
+            raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.kv_heads}")
+        if self.pos == "rope" and self.dim_head % 2:
+            raise UserError(f"RoPE needs an even head width, got {self.dim_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def kv_heads(self) -> int:
+        """K, with the None default resolved."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def dim_head(self) -> int:
+        """D, with the None default resolved."""
+        return self.head_dim or self.d_model // self.n_head
+
+
+def gpt2_small_test(**overrides) -> TransformerConfig:
+    """The small GPT-2 shape of the decoding benchmark: 4 layers, 4 heads, width 256, vocab 8000."""
+    return replace(TransformerConfig(vocab_size=8000, n_layer=4, n_head=4, d_model=256, d_ff=1024,
+                                     max_len=1024), **overrides)
+
+
+def smollm2_135m(**overrides) -> TransformerConfig:
+    """SmolLM2-135M's shape (Llama: RoPE, RMSNorm, SwiGLU, 9 query / 3 K/V heads, tied)."""
+    return replace(TransformerConfig(
+        vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536, head_dim=64,
+        max_len=8192, norm="rms", mlp="swiglu", pos="rope", rope_theta=100000.0, tie_embeddings=True,
+        bias=False, norm_eps=1e-5), **overrides)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+_MLP_ACTS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": _gelu_tanh, "gelu_erf": F.gelu}
+
+
+class MLP(nn.Module):
+    """Feed-forward branch: proj(act(fc(x))), or proj(silu(gate) * up) with one fused fc for swiglu."""
+
+    def __init__(self, d_model: int, d_ff: int, *, kind: str, bias: bool) -> None:
+        super().__init__()
+        self.swiglu = kind == "swiglu"
+        self.act = F.silu if self.swiglu else _MLP_ACTS[kind]
+        self.fc = nn.Linear(d_model, 2 * d_ff if self.swiglu else d_ff, bias=bias)  # [gate; up] fused
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)  # (..., F) or (..., 2F)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)  # (..., F) each
+            return self.proj(self.act(gate) * up)  # (..., C)
+        return self.proj(self.act(h))  # (..., C)
+
+
+def _attention_mixer(config: TransformerConfig) -> nn.Module:
+    return Attention(config.d_model, config.n_head, config.kv_heads, config.dim_head,
+                     bias=config.bias, dropout=config.dropout)
+
+
+# mixer name -> builder(config). A mixer maps (B, T, C) -> (B, T, C) in `forward(x, frame, state)`,
+# (B, C) -> (B, C) in `step(x, frame, state)`, and says its per-row, per-layer decoding state shape
+# with `state_shape(length)` and which axis of it grows with length (`state_time_axis`, or None).
+MIXERS: dict[str, Callable[[TransformerConfig], nn.Module]] = {"attention": _attention_mixer}
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = config
+        self.norm1 = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.mixer = MIXERS[c.mixer](c)
+        self.norm2 = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.mlp = MLP(c.d_model, c.d_ff, kind=c.mlp, bias=c.bias)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, frame: Frame, state: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.mixer(self.norm1(x), frame, state))  # (B, T, C)
+        return x + self.drop(self.mlp(self.norm2(x)))  # (B, T, C)
+
+    def step(self, x: Tensor, frame: Frame, state: Tensor) -> Tensor:
+        x = x + self.mixer.step(self.norm1(x), frame, state)  # (B, C)
+        return x + self.mlp(self.norm2(x))  # (B, C)
+
+
+def check_prompts(
+    input_ids: Tensor, lengths: Tensor | Sequence[int] | None, segment_ids: Tensor | None = None, *,
+    max_new_tokens: int, max_len: int | None, truncate: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate right-padded prompts for `start`; left-truncate them when `truncate` is set.
+
+    Args:
+        input_ids: (B, T) right-padded token ids.
+        lengths: (B,) real lengths, or None for "all T".
+        segment_ids: (B, T) or None, truncated along with the ids.
+        max_new_tokens: tokens that will be generated after the prompt.
+        max_len: the model's context (None: unlimited).
+        truncate: keep each prompt's last max_len - max_new_tokens tokens instead of raising.
+
+    Returns:
+        (input_ids, lengths (B,) long, segment_ids), truncated if asked.
+
+    Raises:
+        UserError: no prompts, an empty prompt, bad lengths, or a prompt too long for the context.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise UserError("no prompts to decode (expected a non-empty (B, T) batch of token ids)")
+    b, t = input_ids.shape
+    dev = input_ids.device
+    lengths = torch.as_tensor(t if lengths is None else lengths, dtype=torch.long, device=dev).reshape(-1)
+    lengths = lengths.expand(b) if lengths.numel() == 1 else lengths
+    if lengths.numel() != b:
+        raise UserError(f"lengths has {lengths.numel()} entries for {b} prompts")
+    if bool((lengths < 1).any()):
+        raise UserError(f"prompt {int((lengths < 1).nonzero()[0])} is empty (every prompt needs at least one token)")
+    if bool((lengths > t).any()):
+        raise UserError(f"a prompt length exceeds the width of input_ids ({t})")
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if max_len is None:
+        return input_ids, lengths, segment_ids
+    limit = max_len - max_new_tokens
+    longest = int(lengths.max())
+    if longest > limit:
+        if not truncate or limit < 1:
+            raise UserError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's context "
+                f"of {max_len} tokens" + ("; shorten it or ask for left truncation" if limit >= 1 else ""))
+        drop = (lengths - limit).clamp(min=0)  # (B,) tokens cut from each row's left
+        src = (torch.arange(limit, device=dev)[None] + drop[:, None]).clamp(max=t - 1)  # (B, limit)
+        input_ids = input_ids.gather(1, src)
+        segment_ids = None if segment_ids is None else segment_ids.gather(1, src)
+        lengths = lengths - drop
+    return input_ids, lengths, segment_ids
+
+
+def left_pack(input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Move each row's `lengths[b]` tokens to the right end of a window of width W = max(lengths).
+
+    Returns:
+        packed (B, W) ids (0 at padding), positions (B, W) (column - offset, 0 at padding; also the
+        source column of each packed column), key_valid (B, W) bool, offsets (B,) padding per row.
+    """
+    width = int(lengths.max())
+    offsets = width - lengths  # (B,)
+    col = torch.arange(width, device=input_ids.device)[None]  # (1, W)
+    key_valid = col >= offsets[:, None]  # (B, W)
+    positions = (col - offsets[:, None]).clamp(min=0)  # (B, W)
+    packed = input_ids[:, :width].gather(1, positions).masked_fill(~key_valid, 0)  # (B, W)
+    return packed, positions, key_valid, offsets
+
+
+@dataclass
+class TransformerState:
+    """Decoding state of a `Transformer`; rows are the current rows of the search."""
+
+    buffer: Tensor  # (B_alloc, L, *state) the one cache allocation; rows [0, B) are in use
+    layers: list[Tensor]  # per layer, the view buffer[:B, l] (B, *state)
+    rows: int  # B, rows in use
+    length: int  # cache columns filled so far (the next token is written at this column)
+    capacity: int  # S, the most columns the cache holds (prompt width + max_new_tokens)
+    offsets: Tensor | None  # (B,) left-padding columns per row; None when no row is padded
+    key_valid: Tensor | None  # (B, S) bool, False at padding columns; None when no row is padded
+    segment: int  # segment id of generated tokens (1 for the prefix mask, else 0)
+
+
+class Transformer(nn.Module):
+    """Decoder-style Transformer; see the module docstring for masks and the decoding state."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.vocab_size = c.vocab_size
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = nn.Embedding(c.max_len, c.d_model) if c.pos == "learned" else None
+        self.seg_emb = nn.Embedding(c.n_segment, c.d_model) if c.n_segment else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.norm = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.init_buffers()
+        self._time_axis = getattr(self.blocks[0].mixer, "state_time_axis", None)
+        self.reset_parameters()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the non-persistent buffers (RoPE tables), e.g. after building on the meta device."""
+        c = self.config
+        cos = sin = None
+        if c.pos == "rope":
+            weight = self.tok_emb.weight
+            cos, sin = (t.to(weight.device, weight.dtype) for t in rope_tables(c.dim_head, c.max_len, c.rope_theta))
+        self.register_buffer("rope_cos", cos, persistent=False)  # (max_len, D) or None
+        self.register_buffer("rope_sin", sin, persistent=False)  # (max_len, D) or None
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, init_std) weights, zero biases, residual outputs / sqrt(2L)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() < 2:  # norm gains
+                nn.init.ones_(p)
+            elif name.endswith(("mixer.out.weight", "mlp.proj.weight")):
+                nn.init.normal_(p, std=std / (2 * self.config.n_layer) ** 0.5)
+            else:
+                nn.init.normal_(p, std=std)
+
+    # ---- whole sequences --------------------------------------------------------------------
+
+    def _rope(self, positions: Tensor | int, shape: tuple[int, ...]) -> tuple[Tensor | None, Tensor | None]:
+        """RoPE cos / signed sin at `positions`, viewed as `shape` (None, None without RoPE)."""
+        if self.rope_cos is None:
+            return None, None
+        return self.rope_cos[positions].view(shape), self.rope_sin[positions].view(shape)
+
+    def _embed(self, input_ids: Tensor, positions: Tensor, segment_ids: Tensor | None) -> Tensor:
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        if self.seg_emb is not None:
+            x = x + self.seg_emb(segment_ids if segment_ids is not None else torch.zeros_like(input_ids))
+        return x
+
+    def hidden_states(
+        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Final-norm hidden states (B, T, C) of whole sequences (see `forward`)."""
+        b, t = input_ids.shape
+        if t > self.config.max_len:
+            raise UserError(f"sequence of {t} tokens exceeds the model's context of {self.config.max_len}")
+        if self.config.mask == "prefix" and segment_ids is None:
+            raise UserError("a prefix (UniLM) model needs segment_ids (0 source, 1 target)")
+        key_valid = None if attention_mask is None else attention_mask.bool()
+        if key_valid is None:
+            positions = torch.arange(t, device=input_ids.device)[None]  # (1, T)
+        else:
+            positions = (key_valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        mask, causal = allowed_mask(self.config.mask, seq_len=t, key_valid=key_valid, segment_ids=segment_ids)
+        cos, sin = self._rope(positions, (positions.shape[0], t, 1, -1))
+        frame = Frame(cos=cos, sin=sin, mask=mask, causal=causal, column=0)
+        x = self.drop(self._embed(input_ids, positions, segment_ids))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, frame)
+        return self.norm(x)  # (B, T, C)
+
+    def forward(
+        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits of whole sequences.
+
+        Args:
+            input_ids: (B, T) token ids.
+            segment_ids: (B, T) 0 = source, 1 = target; needed for mask="prefix" (and fed to the
+                segment embeddings when n_segment > 0).
+            attention_mask: (B, T) 1 = token, 0 = padding (left or right); padding is never
+                attended and positions count only real tokens.
+
+        Returns:
+            logits (B, T, V); position t predicts token t + 1.
+        """
+        return self.lm_head(self.hidden_states(input_ids, segment_ids=segment_ids, attention_mask=attention_mask))
+
+    # ---- decoding protocol ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(
+        self,
+        *,
+        input_ids: Tensor,
+        lengths: Tensor | Sequence[int] | None = None,
+        segment_ids: Tensor | None = None,
+        max_new_tokens: int,
+        truncate: bool = False,
+    ) -> tuple[Tensor, TransformerState]:
+        """Prefill right-padded prompts and allocate the cache.
+
+        Args:
+            input_ids: (B, T) prompts, right-padded; row b's tokens are input_ids[b, :lengths[b]].
+            lengths: (B,) prompt lengths (each >= 1); None = every row is T tokens long.
+            segment_ids: (B, T) segments of the prompt (prefix mask: 0 = source, 1 = a forced
+                start of the target); None = all source. Generated tokens are segment 1 there.
+            max_new_tokens: the most tokens that will be stepped (cache columns reserved).
+            truncate: if a prompt plus max_new_tokens exceeds max_len, keep its last tokens
+                instead of raising.
+
+        Returns:
+            (logits (B, V) for the first new token of each row, state).
+        """
+        ids, lengths, segment_ids = check_prompts(
+            input_ids, lengths, segment_ids, max_new_tokens=max_new_tokens, max_len=self.config.max_len,
+            truncate=truncate)
+        if self.config.mask == "bidirectional" and max_new_tokens > 0:
+            raise UserError("a bidirectional model cannot decode token by token (use mask='causal' or "
+                            "'prefix'); start() with max_new_tokens=0 only scores the prompt")
+        b = ids.shape[0]
+        packed, src, key_valid, offsets = left_pack(ids, lengths)
+        seg = None if segment_ids is None else segment_ids.gather(1, src).masked_fill(~key_valid, 0)
+        width = packed.shape[1]
+        padded = bool(offsets.any())
+        # a prefix model's prompt with no segment ids is all source: bidirectional among itself
+        kind = "bidirectional" if self.config.mask == "prefix" and seg is None else self.config.mask
+        mask, causal = allowed_mask(kind, seq_len=width, key_valid=key_valid if padded else None, segment_ids=seg)
+        cos, sin = self._rope(src, (b, width, 1, -1))
+        frame = Frame(cos=cos, sin=sin, mask=mask, causal=causal, column=0)
+
+        capacity = width + max_new_tokens
+        mixer = self.blocks[0].mixer
+        buffer = torch.zeros(b, len(self.blocks), *mixer.state_shape(capacity),
+                             dtype=self.tok_emb.weight.dtype, device=ids.device)  # (B, L, *state)
+        layers = [buffer[:, i] for i in range(len(self.blocks))]
+        x = self._embed(packed, src, seg)  # (B, W, C)
+        for block, layer_state in zip(self.blocks, layers):
+            x = block(x, frame, layer_state)
+        logits = self.lm_head(self.norm(x[:, -1]))  # (B, V): column W-1 is every row's last token
+        state = TransformerState(
+            buffer=buffer, layers=layers, rows=b, length=width, capacity=capacity,
+            offsets=offsets if padded else None,
+            key_valid=torch.cat([key_valid, key_valid.new_ones(b, max_new_tokens)], dim=1) if padded else None,
+            segment=1 if self.config.mask == "prefix" else 0)
+        return logits, state
+
+    @torch.inference_mode()
+    def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
+        """Feed tokens (B,) (one per row) and return (logits (B, V) for the next token, state)."""
+        n = state.length
+        if n >= state.capacity:
+            raise ValueError(f"step() past the {state.capacity} cache columns reserved by start(max_new_tokens)")
+        b = tokens.shape[0]
+        if state.offsets is None:
+            positions: Tensor | int = n
+            cos, sin = self._rope(n, (1, 1, -1))
+            mask = None
+        else:
+            positions = n - state.offsets  # (B,)
+            cos, sin = self._rope(positions, (b, 1, -1))
+            mask = state.key_valid[:, None, None, : n + 1]  # (B, 1, 1, S)
+        x = self.tok_emb(tokens)  # (B, C)
+        if self.pos_emb is not None:
+            x = x + (self.pos_emb.weight[positions] if isinstance(positions, int) else self.pos_emb(positions))
+        if self.seg_emb is not None:
+            x = x + self.seg_emb.weight[state.segment]
+        frame = Frame(cos=cos, sin=sin, mask=mask, causal=False, column=n)
+        for block, layer_state in zip(self.blocks, state.layers):
+            x = block.step(x, frame, layer_state)
+        state.length = n + 1
+        return self.lm_head(self.norm(x)), state  # (B, V)
+
+    @torch.inference_mode()
+    def select(self, state: TransformerState, index: Tensor) -> TransformerState:
+        """Keep / reorder rows: index (B',) into the current rows (repeats allowed)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=state.buffer.device).reshape(-1)
+        n, rows = state.length, index.numel()
+        used = state.buffer[: state.rows]  # (B, L, *state)
+        if self._time_axis is not None:
+            used = used.narrow(2 + self._time_axis, 0, n)
+        picked = used.index_select(0, index)  # (B', L, *state[:n])
+        buffer = state.buffer
+        if rows > buffer.shape[0]:  # more rows than allocated (prompts expanded into beams)
+            buffer = buffer.new_zeros(rows, *buffer.shape[1:])
+        target = buffer[:rows]
+        if self._time_axis is not None:
+            target = target.narrow(2 + self._time_axis, 0, n)
+        target.copy_(picked)
+        return TransformerState(
+            buffer=buffer, layers=[buffer[:rows, i] for i in range(len(state.layers))], rows=rows,
+            length=n, capacity=state.capacity,
+            offsets=None if state.offsets is None else state.offsets[index],
+            key_valid=None if state.key_valid is None else state.key_valid[index],
+            segment=state.segment)
