@@ -19,6 +19,7 @@ from genloom.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpora": ("genloom.data.cli", "list the named corpora, whether installed, sizes, licences"),
     "baseline": ("genloom.tasks.baselines", "score lead-N and best-sentence title baselines"),
+    "generate": ("genloom.tasks.generate", "continue prompts with a genloom or Hugging Face model"),
     "nvae": ("genloom.tasks.nvae", "train / evaluate / sample NVAE (and a plain VAE) on images"),
 }
 

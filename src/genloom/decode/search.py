@@ -178,8 +178,12 @@ def _argmax(scores: Tensor) -> Tensor:
 
 
 def _sampler(generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
+    """Draw one token per row from softmax(scores), on the generator's device if it has one."""
+
     def choose(scores: Tensor) -> Tensor:
         probs = scores.softmax(dim=-1)  # (B, V)
+        if generator is not None and generator.device != probs.device:
+            return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
 
     return choose
