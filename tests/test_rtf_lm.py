@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from genloom.errors import UserError
+from genloom.models import io, transformer
 from genloom.models.rtf_lm import RTFLM, RTFLMConfig
 from genloom.nn.attention import Frame, allowed_mask
 from genloom.nn.rtf import HyenaRTF
@@ -107,6 +108,44 @@ def test_mixer_follows_transformer_protocol_with_left_padding():
     out = mixer.step(nxt, None, state)
     assert close(out[1], mixer(torch.cat([x[1:, 4:], nxt[1:, None]], 1))[0, -1], 1e-5)
     assert mixer.state_time_axis is None
+
+
+def test_plugs_into_the_transformer_mixer_registry(monkeypatch):
+    """What `Transformer(mixer="rtf")` needs: one MIXERS entry; cached steps stay exact,
+    also for left-packed prompts of different lengths and after a beam-style select."""
+
+    def rtf_mixer(c: transformer.TransformerConfig) -> HyenaRTF:
+        return HyenaRTF(c.d_model, state_size=8, max_len=c.max_len, num_a=4, bias=c.bias)
+
+    monkeypatch.setitem(transformer.MIXERS, "rtf", rtf_mixer)
+    torch.manual_seed(2)
+    cfg = transformer.TransformerConfig(vocab_size=V, n_layer=2, n_head=2, d_model=16, d_ff=32,
+                                        max_len=64, mixer="rtf")
+    model = transformer.Transformer(cfg).eval()
+    for block in model.blocks:  # the Transformer's GPT-2 init also overwrote the RTF filters
+        block.mixer.rtf.reset_parameters("xavier")
+    ids = torch.randint(0, V, (2, 30))
+    lengths = torch.tensor([30, 12])
+    logits, state = model.start(input_ids=ids, lengths=lengths, max_new_tokens=6)
+    state = model.select(state, torch.tensor([1, 0]))
+    seqs = [ids[1, :12].tolist(), ids[0].tolist()]
+    prev = logits[[1, 0]]
+    for _ in range(6):
+        nxt = prev.argmax(-1)
+        for row in range(2):
+            seqs[row].append(int(nxt[row]))
+        prev, state = model.step(nxt, state)
+        for row in range(2):
+            assert close(prev[row], model(torch.tensor([seqs[row]]))[0, -1])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny()
+    io.save(model, None, tmp_path / "m")
+    loaded, tok = io.load(tmp_path / "m")
+    assert tok is None and isinstance(loaded, RTFLM) and loaded.config == model.config
+    ids = torch.randint(0, V, (2, 20))
+    assert torch.equal(loaded(ids), model(ids))
 
 
 def test_greedy_search_runs_on_the_model():
