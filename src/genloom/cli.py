@@ -19,7 +19,9 @@ from genloom.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpora": ("genloom.data.cli", "list the named corpora, whether installed, sizes, licences"),
     "baseline": ("genloom.tasks.baselines", "score lead-N and best-sentence title baselines"),
+    "title": ("genloom.tasks.title_cli", "train / generate / evaluate article -> title models"),
     "generate": ("genloom.tasks.generate", "continue prompts with a genloom or Hugging Face model"),
+    "continue": ("genloom.tasks.continue_", "continue a prompt cut mid-word, with exact token healing"),
     "nvae": ("genloom.tasks.nvae", "train / evaluate / sample NVAE (and a plain VAE) on images"),
 }
 

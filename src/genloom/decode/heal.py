@@ -251,6 +251,7 @@ class Continuation:
     token_ids: list[int]  # the generated ids (hf: those after the healed prompt)
     score: float | None  # the search's score (greedy/sample: summed log-prob of the processed steps)
     healed: HealedPrompt | None = None  # the prompt step (None for hf)
+    full_text: str | None = None  # hf: the whole decoded output (prompt as healed + continuation)
 
 
 def _run_search(strategy: str, model: Decodable, input_ids: Tensor, *, max_new_tokens: int,
