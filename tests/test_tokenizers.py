@@ -184,6 +184,12 @@ def test_bpe_learns_merges() -> None:
     assert any(tok.token_bytes(i) == "白云".encode() for i in range(tok.vocab_size))
 
 
+def test_bpe_training_is_deterministic() -> None:
+    texts = TEXTS * 10
+    first = BPETokenizer.train(texts, vocab_size=400).backend.to_str()
+    assert BPETokenizer.train(texts, vocab_size=400).backend.to_str() == first
+
+
 def test_bpe_bad_options() -> None:
     with pytest.raises(UserError, match="vocab_size"):
         BPETokenizer.train(["abc"], vocab_size=100)
@@ -211,6 +217,20 @@ def test_save_load_equal(which: str, tmp_path, char_tok, bpe_tok) -> None:
         assert again.encode(text, add_bos=True) == tok.encode(text, add_bos=True)
     assert json.loads((tmp_path / "m" / MANIFEST).read_text())["kind"] == which
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_save_leaves_old_files_whole(tmp_path, char_tok, monkeypatch) -> None:
+    char_tok.save(tmp_path)
+    before = (tmp_path / MANIFEST).read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("genloom.tokenizers.base.os.replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        CharTokenizer.train(["other text"]).save(tmp_path)
+    assert (tmp_path / MANIFEST).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # the temporary file is gone
 
 
 def test_load_errors(tmp_path, char_tok) -> None:

@@ -152,6 +152,13 @@ def test_hf_save_load_equal(smol: HFTokenizer, tmp_path) -> None:
 def test_hf_load_errors(tmp_path) -> None:
     with pytest.raises(UserError, match="no tokenizer directory"):
         HFTokenizer.from_pretrained(tmp_path / "missing")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a model with no tokenizer
+    with pytest.raises(UserError, match="no Hugging Face tokenizer files"):
+        HFTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(UserError, match="cannot load a Hugging Face tokenizer"):
+        HFTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
     (tmp_path / "genloom_tokenizer.json").write_text(
         '{"kind": "hf", "format_version": 1, "files": ["tokenizer.json"]}'
     )

