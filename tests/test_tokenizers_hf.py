@@ -121,6 +121,15 @@ def test_sentencepiece_style_bytes(sp_style: HFTokenizer) -> None:
         assert b"".join(sp_style.token_bytes(i) for i in ids) == b" " + text.encode("utf-8")
 
 
+def test_batches_need_a_pad_id(sp_style: HFTokenizer) -> None:
+    assert sp_style.pad_id is None
+    with pytest.raises(UserError, match="no pad token"):
+        sp_style.encode_batch(["a", "bb"])
+    ids, lengths = sp_style.encode_batch(["Hello", "Hello world"], pad_id=0, add_eos=True)
+    assert ids[0, lengths[0]:].tolist() == [0] * int(lengths[1] - lengths[0])
+    assert sp_style.decode_batch(ids, lengths) == ["Hello", "Hello world"]
+
+
 def test_wordpiece_has_no_byte_spelling() -> None:
     from transformers import PreTrainedTokenizerFast
 
