@@ -60,10 +60,12 @@ CASES = [
     ("top_p 0.1", lambda: P.TopP(0.1), lambda: hf.TopPLogitsWarper(0.1)),
     ("top_p 0.9", lambda: P.TopP(0.9), lambda: hf.TopPLogitsWarper(0.9)),
     ("top_p 1", lambda: P.TopP(1.0), lambda: hf.TopPLogitsWarper(1.0)),
-    ("top_p 0.5 keep 3", lambda: P.TopP(0.5, min_tokens_to_keep=3), lambda: hf.TopPLogitsWarper(0.5, min_tokens_to_keep=3)),
+    ("top_p 0.5 keep 3", lambda: P.TopP(0.5, min_tokens_to_keep=3),
+     lambda: hf.TopPLogitsWarper(0.5, min_tokens_to_keep=3)),
     ("min_p 0.05", lambda: P.MinP(0.05), lambda: hf.MinPLogitsWarper(0.05)),
     ("min_p 0.5", lambda: P.MinP(0.5), lambda: hf.MinPLogitsWarper(0.5)),
-    ("min_p 1 keep 2", lambda: P.MinP(1.0, min_tokens_to_keep=2), lambda: hf.MinPLogitsWarper(1.0, min_tokens_to_keep=2)),
+    ("min_p 1 keep 2", lambda: P.MinP(1.0, min_tokens_to_keep=2),
+     lambda: hf.MinPLogitsWarper(1.0, min_tokens_to_keep=2)),
     ("repetition 1.3", lambda: P.RepetitionPenalty(1.3), lambda: hf.RepetitionPenaltyLogitsProcessor(1.3)),
     ("repetition 0.6", lambda: P.RepetitionPenalty(0.6), lambda: hf.RepetitionPenaltyLogitsProcessor(0.6)),
     ("no-repeat 1", lambda: P.NoRepeatNGram(1), lambda: hf.NoRepeatNGramLogitsProcessor(1)),
@@ -103,7 +105,8 @@ def test_forced_tokens_are_hf_forced_bos_and_eos():
     # HF's ForcedBOS fires when the decoder input holds only the start token (t = 1 there, 0 here)
     start = torch.zeros(B, 1, dtype=torch.long)
     _check(P.ForcedTokens({0: 5}), hf.ForcedBOSTokenLogitsProcessor(5), logits, start[:, :0], hf_input_ids=start)
-    _check(P.ForcedTokens({0: 5}), hf.ForcedBOSTokenLogitsProcessor(5), logits, _history(8, 1), hf_input_ids=_history(8, 2))
+    _check(P.ForcedTokens({0: 5}), hf.ForcedBOSTokenLogitsProcessor(5), logits, _history(8, 1),
+           hf_input_ids=_history(8, 2))
     # ForcedEOS at max_length - 1: prompt of 3, at most 6 new tokens -> position 5
     prompt = _history(9, 3)
     ref = hf.ForcedEOSTokenLogitsProcessor(max_length=9, eos_token_id=4)
@@ -154,7 +157,8 @@ def test_apply_routes_prompt_only_to_processors_that_see_it():
 
 
 def test_registry_names_and_order():
-    assert list(P.PROCESSORS) == ["repetition_penalty", "no_repeat_ngram_size", "temperature", "top_k", "top_p", "min_p"]
+    assert list(P.PROCESSORS) == [
+        "repetition_penalty", "no_repeat_ngram_size", "temperature", "top_k", "top_p", "min_p"]
     assert P.SAMPLING_ONLY <= set(P.PROCESSORS)
 
 

@@ -283,9 +283,11 @@ def test_stream_is_lazy():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda lm: beam_search(lm, prompts=[[1]], num_beams=0, max_new_tokens=3), "num_beams must be an integer >= 1, got 0"),
+    (lambda lm: beam_search(lm, prompts=[[1]], num_beams=0, max_new_tokens=3),
+     "num_beams must be an integer >= 1, got 0"),
     (lambda lm: greedy(lm, prompts=[[1]], max_new_tokens=0), "max_new_tokens must be an integer >= 1, got 0"),
-    (lambda lm: beam_search(lm, prompts=[[1]], num_beams=2, max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (lambda lm: beam_search(lm, prompts=[[1]], num_beams=2, max_new_tokens=0),
+     "max_new_tokens must be an integer >= 1"),
     (lambda lm: greedy(lm, prompts=[], max_new_tokens=3), "no prompts to decode"),
     (lambda lm: beam_search(lm, prompts=[], num_beams=2, max_new_tokens=3), "no prompts to decode"),
     (lambda lm: sample(lm, prompts=[[1]], max_new_tokens=3, num_samples=0), "num_samples must be an integer >= 1"),
@@ -293,6 +295,8 @@ def test_stream_is_lazy():
      "num_return_sequences (3) must be <= num_beams (2)"),
     (lambda lm: beam_search(lm, prompts=[[1]], num_beams=2, max_new_tokens=3, early_stopping="sometimes"),
      'early_stopping must be True, False or "never"'),
+    (lambda lm: beam_search(lm, prompts=[[1]], num_beams=2, max_new_tokens=3, early_stopping=1),
+     'early_stopping must be True, False or "never", got 1'),
     (lambda lm: greedy(lm, prompts=[[1]], max_new_tokens=3, eos_id=-1), "eos_id must be a non-negative token id"),
     (lambda lm: greedy(lm, prompts=[[1]], max_new_tokens=3, prompt_ids=[[1], [2]]), "prompt_ids has 2 rows"),
     (lambda lm: greedy(lm, prompts=[[1]], max_new_tokens=3, processors=[P.BannedTokens(range(5))]),
@@ -369,7 +373,20 @@ EOS = 1
 
 
 def _adapters(hf_model):
-    yield "recompute", _HFRecompute(hf_model)
+    """HFCausalLM on HF's own cache, and genloom's Transformer with the weights converted."""
+    from genloom.models.hf import HFCausalLM, convert
+
+    yield "HFCausalLM", HFCausalLM(hf_model)
+    yield "Transformer", convert(hf_model)
+
+
+def _padded(prompts):
+    """Right-padded (B, T) ids and lengths, the prompt format of Transformer and HFCausalLM."""
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.tensor(p)
+    return ids, lengths
 
 
 @pytest.mark.parametrize("procs,hf_kw", [
@@ -377,34 +394,45 @@ def _adapters(hf_model):
     ((P.RepetitionPenalty(1.5), P.NoRepeatNGram(3)), dict(repetition_penalty=1.5, no_repeat_ngram_size=3)),
 ])
 def test_greedy_equals_hf_generate(tiny_gpt2, procs, hf_kw):
+    """20 prompts x 24 tokens, one HF generate() per prompt; ours decodes all 20 ragged prompts
+    in one batch (left-packed by the adapters) and must agree on every one."""
+    prompts = _hf_prompts()
+    refs = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        out = tiny_gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
+                                 eos_token_id=EOS, pad_token_id=EOS, **hf_kw)
+        refs.append(_hf_new_tokens(out[0], len(p), EOS))
+    assert any(len(r) < 24 for r in refs)  # some rows finish early
+    ids, lengths = _padded(prompts)
     for name, model in _adapters(tiny_gpt2):
-        agree = 0
-        for p in _hf_prompts():
-            ids = torch.tensor([p])
-            ref = tiny_gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
-                                     eos_token_id=EOS, pad_token_id=EOS, **hf_kw)
-            ours = greedy(model, input_ids=ids, max_new_tokens=24, eos_id=EOS, processors=procs, prompt_ids=[p])
-            agree += ours.sequences[0] == _hf_new_tokens(ref[0], len(p), EOS)
-        assert agree == 20, name
+        ours = greedy(model, input_ids=ids, lengths=lengths, max_new_tokens=24, eos_id=EOS, processors=procs,
+                      prompt_ids=prompts)
+        agree = sum(a == b for a, b in zip(ours.sequences, refs))
+        assert agree == 20, (name, agree)
 
 
 @pytest.mark.parametrize("lp,early", [(1.0, False), (1.0, True), (2.0, "never"), (-0.5, False), (0.8, "never")])
 def test_beam4_equals_hf_generate(tiny_gpt2, lp, early):
+    """Beam 4 on 20 prompts, one prompt at a time on both sides: the best sequence must agree on
+    >= 19 (all 20 agree here, and the whole 4-best list with its scores too)."""
+    refs = []
+    prompts = _hf_prompts(seed=1)
+    for p in prompts:
+        ids = torch.tensor([p])
+        out = tiny_gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=4,
+                                 max_new_tokens=16, eos_token_id=EOS, pad_token_id=EOS, length_penalty=lp,
+                                 early_stopping=early, num_return_sequences=4, output_scores=True,
+                                 return_dict_in_generate=True)
+        refs.append(([_hf_new_tokens(s, len(p), EOS) for s in out.sequences], out.sequences_scores.tolist()))
     for name, model in _adapters(tiny_gpt2):
         best = nbest = 0
-        for p in _hf_prompts(seed=1):
-            ids = torch.tensor([p])
-            ref = tiny_gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=4,
-                                     max_new_tokens=16, eos_token_id=EOS, pad_token_id=EOS, length_penalty=lp,
-                                     early_stopping=early, num_return_sequences=4, output_scores=True,
-                                     return_dict_in_generate=True)
-            ours = beam_search(model, input_ids=ids, num_beams=4, max_new_tokens=16, eos_id=EOS, length_penalty=lp,
-                               early_stopping=early, num_return_sequences=4)
-            hf_seqs = [_hf_new_tokens(s, len(p), EOS) for s in ref.sequences]
+        for p, (hf_seqs, hf_scores) in zip(prompts, refs):
+            ours = beam_search(model, input_ids=torch.tensor([p]), num_beams=4, max_new_tokens=16, eos_id=EOS,
+                               length_penalty=lp, early_stopping=early, num_return_sequences=4)
             best += ours.sequences[0] == hf_seqs[0]
-            nbest += ours.sequences == hf_seqs and ours.scores == pytest.approx(ref.sequences_scores.tolist(), abs=1e-4)
-        assert best >= 19, (name, best)
-        assert nbest >= 19, (name, nbest)
+            nbest += ours.sequences == hf_seqs and ours.scores == pytest.approx(hf_scores, abs=1e-4)
+        assert best >= 19 and nbest >= 19, (name, best, nbest)
 
 
 class _Counting:
@@ -432,9 +460,10 @@ def test_batched_beam_equals_hf_batched_and_per_row(tiny_gpt2, lp, early):
     kw = dict(num_beams=4, max_new_tokens=16, length_penalty=lp, early_stopping=early)
     ref = tiny_gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=EOS,
                              pad_token_id=EOS, num_return_sequences=2, **kw)
-    model = _HFRecompute(tiny_gpt2)
-    ours = beam_search(model, input_ids=ids, eos_id=EOS, num_return_sequences=2, **kw)
-    assert ours.sequences == [_hf_new_tokens(s, 5, EOS) for s in ref]
+    model = _HFRecompute(tiny_gpt2)  # cache-free: every step re-runs the whole sequence
+    for name, adapter in [("recompute", model), *_adapters(tiny_gpt2)]:
+        ours = beam_search(adapter, input_ids=ids, eos_id=EOS, num_return_sequences=2, **kw)
+        assert ours.sequences == [_hf_new_tokens(s, 5, EOS) for s in ref], name
     for i in range(8):
         one = _Counting(model)
         alone = beam_search(one, input_ids=ids[i : i + 1], eos_id=EOS, num_return_sequences=4, **kw)

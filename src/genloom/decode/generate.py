@@ -63,7 +63,7 @@ def validate_options(options: dict[str, Any]) -> GenerateOptions:
         value = getattr(opts, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
-    if opts.early_stopping not in (True, False, "never"):
+    if not (opts.early_stopping is True or opts.early_stopping is False or opts.early_stopping == "never"):
         raise UserError(f'early_stopping must be True, False or "never", got {opts.early_stopping!r}')
     if opts.strategy == "beam" and opts.num_return_sequences > opts.num_beams:
         raise UserError(f"num_return_sequences ({opts.num_return_sequences}) must be <= num_beams ({opts.num_beams})")

@@ -141,11 +141,13 @@ def _steps(
     for t in range(max_new_tokens):
         full = buf[:, : width + t] if prompt is not None else None  # (B, P + t)
         scores = apply(procs, logits.float(), buf[:, width : width + t], full)  # (B, V)
-        scores = torch.where(alive[:, None], scores, 0.0)  # finished rows: anything finite
-        if not torch.isfinite(scores).any(dim=-1).all():
+        if eos is not None:
+            scores = torch.where(alive[:, None], scores, 0.0)  # finished rows: anything finite
+        norm = scores.logsumexp(dim=-1)  # (B,), -inf where every token was removed
+        if bool(torch.isneginf(norm).any()):
             raise ValueError(f"the logits processors removed every token of some row at step {t}")
         tokens = choose(scores)  # (B,)
-        logp = scores.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)  # (B,)
+        logp = scores.gather(1, tokens[:, None]).squeeze(1) - norm  # (B,) log-softmax of the pick
         tokens = torch.where(alive, tokens, fill)
         buf[:, width + t] = tokens
         yield _Step(tokens, logp, alive)
@@ -310,7 +312,7 @@ def beam_search(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})")
-    if early_stopping not in (True, False, "never"):
+    if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
         raise ValueError(f'early_stopping must be True, False or "never", got {early_stopping!r}')
     K, N, lp = num_beams, max_new_tokens, float(length_penalty)
     with torch.no_grad():
