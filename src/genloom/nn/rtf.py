@@ -23,10 +23,11 @@ never depend on the total length.
 
 **Why b~ and not the true numerator C.** Learning C directly makes the length-L kernel the
 truncation of an infinite response; computing that exactly needs A^N (O(n^3 log N), the paper's
-RTF2) or a power-series inverse 1/a(z) mod z^L, whose FFT Newton iteration I measured diverging
-in float32 for poles at |r| = 0.99 (n = 16) and in float64 at n = 64. The b~ form keeps the kernel
-one stable division. An LM that decodes past N runs the recurrence, which continues the infinite
-response of (A, C): stable (poles inside the circle), but its taps past N were never trained.
+RTF2) or a power-series inverse 1/a(z) mod z^L, whose FFT Newton iteration was tried and
+diverged in float32 for poles at |r| = 0.99 (n = 16, random roots) and in float64 at n = 64. The
+b~ form keeps the kernel one stable division. An LM that decodes past N runs the recurrence,
+which continues the infinite response of (A, C): stable (poles inside the circle), but its taps
+past N were never trained; `recurrence()` warns when they grow large (below).
 
 **Recurrent inference without the inverse.** Decoding needs C = b~ (I - A^N)^-1 (the paper solves
 for it; ill-conditioned when a pole r has r^N near 1). Since M = I - A^N commutes with A, the
