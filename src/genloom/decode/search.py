@@ -86,12 +86,17 @@ def _with_min_length(processors: Sequence[LogitsProcessor], min_new_tokens: int,
     return list(processors)
 
 
-def _prompt_block(prompt_ids: Sequence[Sequence[int]] | None, rows: int, repeats: int, device) -> Tensor | None:
-    """The prompts, left-padded with -1 and each repeated `repeats` times: (rows * repeats, P)."""
+def _prompt_block(
+    prompt_ids: Sequence[Sequence[int]] | None, procs: Sequence[LogitsProcessor], rows: int, repeats: int, device
+) -> Tensor | None:
+    """The prompts, left-padded with -1 and each repeated `repeats` times: (rows * repeats, P);
+    None when there are none or no processor looks at them."""
     if prompt_ids is None:
         return None
     if len(prompt_ids) != rows:
         raise ValueError(f"prompt_ids has {len(prompt_ids)} rows but the model was started with {rows}")
+    if not any(getattr(p, "sees_prompt", False) for p in procs):
+        return None
     width = max((len(p) for p in prompt_ids), default=0)
     block = torch.full((rows, width), -1, dtype=torch.long, device=device)  # (B, P)
     for r, ids in enumerate(prompt_ids):
@@ -131,7 +136,7 @@ def _steps(
     device = logits.device
     eos = _eos_tensor(eos_id, device)
     procs = _with_min_length(processors, min_new_tokens, eos)
-    prompt = _prompt_block(prompt_ids, rows, repeats, device)
+    prompt = _prompt_block(prompt_ids, procs, rows, repeats, device)
     width = 0 if prompt is None else prompt.shape[1]
     buf = torch.zeros(logits.shape[0], width + max_new_tokens, dtype=torch.long, device=device)  # (B, P + N)
     if prompt is not None:
@@ -320,7 +325,7 @@ def beam_search(
     device, V = logits.device, logits.shape[-1]
     eos = _eos_tensor(eos_id, device)
     procs = _with_min_length(processors, min_new_tokens, eos)
-    prompt = _prompt_block(prompt_ids, B, K, device)  # (B * K, P) or None
+    prompt = _prompt_block(prompt_ids, procs, B, K, device)  # (B * K, P) or None
     keep = max(2, 1 + (0 if eos is None else eos.numel())) * K  # candidates kept per row
     top_k_mask = torch.arange(keep, device=device) < K  # (2K,): only these may finish
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
