@@ -242,3 +242,14 @@ def test_cli_on_a_genloom_model_directory(hf_dir, loaded, tmp_path):
     (tmp_path / "lm" / "model.safetensors").write_bytes(b"not safetensors")
     r = _cli("--model", str(tmp_path / "lm"), "--prompt", "hi")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot read the weights" in r.stderr
+
+
+def test_engines_pick_the_model_class(hf_dir, tmp_path):
+    from genloom.models import HFCausalLM, Transformer
+    from genloom.tasks.generate import load_model
+
+    assert isinstance(load_model(str(hf_dir))[0], Transformer)  # auto: GPT-2 converts
+    assert isinstance(load_model(str(hf_dir), engine="genloom")[0], Transformer)
+    assert isinstance(load_model(str(hf_dir), engine="hf")[0], HFCausalLM)
+    with pytest.raises(UserError, match="unknown engine 'onnx'"):
+        load_model(str(hf_dir), engine="onnx")

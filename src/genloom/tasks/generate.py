@@ -7,9 +7,10 @@
 
 `--model` is a genloom model directory (its config.json names a genloom model type; loaded with
 `genloom.models.io.load`) or a Hugging Face model: the name "smollm2-135m", a local model
-directory, or a .gguf file. A Hugging Face GPT-2 / Llama-family model is converted into
-genloom's own Transformer (`--engine genloom`, the default, faster); `--engine hf` runs it
-unconverted through `HFCausalLM` (any architecture). Nothing is downloaded.
+directory, or a .gguf file. With `--engine auto` (the default) a GPT-2 / Llama-family model is
+converted into genloom's own Transformer (`genloom.models.convert`, the faster path) and any
+other architecture runs unconverted through `HFCausalLM`; `--engine genloom` / `--engine hf`
+force one or the other. Nothing is downloaded.
 
 `--input FILE` reads one prompt per non-empty line. Output: the generated continuations, one per
 line (newlines inside a continuation escaped as \\n), or JSON lines with --jsonl; `--output FILE`
@@ -28,7 +29,9 @@ from typing import Any
 
 from genloom.errors import UserError
 
-ENGINES = ("genloom", "hf")  # how a Hugging Face model runs: converted, or wrapped as it is
+# how a Hugging Face model runs: converted to genloom's Transformer, wrapped as it is, or
+# converted when its architecture is supported (GPT-2, Llama family) and wrapped otherwise
+ENGINES = ("auto", "genloom", "hf")
 
 
 def _is_genloom_dir(path: Path) -> bool:
@@ -42,7 +45,7 @@ def _is_genloom_dir(path: Path) -> bool:
     return isinstance(data, dict) and data.get("model_type") in io.MODEL_TYPES
 
 
-def load_model(source: str, *, engine: str = "genloom") -> tuple[Any, Any]:
+def load_model(source: str, *, engine: str = "auto") -> tuple[Any, Any]:
     """(Decodable, tokenizer) from a genloom model directory or a Hugging Face model (see module)."""
     path = Path(source)
     if path.is_dir() and _is_genloom_dir(path):
@@ -54,7 +57,7 @@ def load_model(source: str, *, engine: str = "genloom") -> tuple[Any, Any]:
         return model, tokenizer
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    from genloom.models.hf import HFCausalLM, from_hf, load_hf
+    from genloom.models.hf import CONVERTERS, HFCausalLM, convert, load_hf
 
     try:  # no "Loading weights" bar on stderr, so an error stays one line
         from transformers.utils import logging as hf_logging
@@ -62,14 +65,13 @@ def load_model(source: str, *, engine: str = "genloom") -> tuple[Any, Any]:
         hf_logging.disable_progress_bar()
     except ImportError:  # load_hf reports the missing extra
         pass
-    if engine == "hf":
-        hf_model, tokenizer = load_hf(source)
-        model = HFCausalLM(hf_model)
-    else:
-        model, tokenizer = from_hf(source)
+    hf_model, tokenizer = load_hf(source)
     if tokenizer is None:
         raise UserError(f"{source} has no tokenizer files: generate needs one to read prompts")
-    return model, tokenizer
+    convertible = getattr(hf_model.config, "model_type", None) in CONVERTERS
+    if engine == "genloom" or (engine == "auto" and convertible):
+        return convert(hf_model), tokenizer
+    return HFCausalLM(hf_model), tokenizer
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -178,8 +180,9 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to prompts")
     p.add_argument("--truncate", action="store_true", help="left-truncate prompts too long for the context")
-    p.add_argument("--engine", choices=ENGINES, default="genloom",
-                   help="Hugging Face models: convert to genloom's Transformer, or run them as they are")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="Hugging Face models: convert to genloom's Transformer (genloom), run them as they are "
+                        "(hf), or convert when the architecture allows (auto)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, index, output}")
     p.add_argument("--output", help="write the results to this file instead of stdout")
