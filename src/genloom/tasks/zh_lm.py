@@ -49,8 +49,8 @@ class ZhLMConfig:
     vocab_size: int = 32768  # BPE ids in all (4 specials + 256 bytes + merges)
     min_frequency: int = 2  # a pair must occur this often to be merged
     max_token_length: int = 24  # longest token in bytes (8 CJK characters)
-    seq_len: int = 64  # T, tokens per training block
-    batch_size: int = 16  # B, blocks per optimizer step
+    seq_len: int = 128  # T, tokens per training block (also the model's context, max_len)
+    batch_size: int = 8  # B, blocks per optimizer step
     n_layer: int = 2  # Transformer blocks
     n_head: int = 4  # attention heads
     d_model: int = 128  # residual width (the 32k-row output layer dominates the cost)
@@ -142,7 +142,7 @@ def build(
     torch.manual_seed(cfg.seed)
     model = Transformer(TransformerConfig(
         vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
-        d_ff=cfg.d_ff, max_len=max(256, cfg.seq_len), tie_embeddings=True))
+        d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
     steps = cfg.max_steps
     if steps is None and cfg.minutes is None:
         raise UserError("give max_steps or minutes: the training would never stop")
