@@ -286,23 +286,39 @@ def test_iw_log_likelihood_reduction_is_logsumexp_over_k() -> None:
             super().__init__()
             self.seen: list[torch.Tensor] = []
 
-        def forward(self, x: torch.Tensor) -> VAEOutput:
-            w = torch.randn(x.shape[0]) + x.flatten(1).sum(1)  # row-dependent log weights
+        def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [x.flatten(1).sum(1)]
+
+        def decode(self, encoded: list[torch.Tensor]) -> VAEOutput:
+            w = torch.randn(encoded[0].shape[0]) + encoded[0]  # row-dependent log weights
             self.seen.append(w)
-            zero = torch.zeros(x.shape[0])
-            return VAEOutput(x, [zero], zero, w)
+            zero = torch.zeros_like(w)
+            return VAEOutput(w, [zero], zero, w)
 
         def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return torch.zeros(x.shape[0])
 
     torch.manual_seed(12)
     fake = Fake()
-    x = torch.arange(3.0).view(3, 1, 1, 1) * 10
-    ll = iw_log_likelihood(fake, x, k=7, chunk=5)
-    w = torch.cat(fake.seen).view(3, 7)
+    x = torch.arange(5.0).view(5, 1, 1, 1) * 10
+    ll = iw_log_likelihood(fake, x, k=7, chunk=15)  # 2 images per pass: 3 passes
+    assert len(fake.seen) == 3
+    w = torch.cat(fake.seen).view(5, 7)
     torch.testing.assert_close(ll, torch.logsumexp(w, 1) - math.log(7))
-    offsets = torch.arange(3.0).view(3, 1) * 10  # image i's K weights are 10 i + noise
+    offsets = torch.arange(5.0).view(5, 1) * 10  # image i's K weights are 10 i + noise
     assert ((w - offsets).abs() < 5).all()
+
+
+def test_iw_log_likelihood_with_k_1_is_a_single_sample_elbo_estimate() -> None:
+    torch.manual_seed(14)
+    model = NVAE(nvae_tiny()).eval()
+    x = torch.rand(3, 1, 16, 16).bernoulli()
+    torch.manual_seed(5)
+    ll = iw_log_likelihood(model, x, k=1)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(ll, model.log_px(out.params, x) + out.log_p - out.log_q)
 
 
 def test_iw_bound_is_above_the_elbo_and_below_zero() -> None:

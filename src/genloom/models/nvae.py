@@ -64,9 +64,11 @@ class NVAEConfig:
 
 
 def nvae_fmnist_cpu() -> NVAEConfig:
-    """The 2-core-CPU preset for 28x28 Fashion-MNIST: 16 channels, latent scales 8x8 (2 groups)
-    and 16x16 (3 groups) of 8 channels, one cell per group (reference: nvae-rtf.md section 1)."""
-    return NVAEConfig()
+    """The 2-core-CPU preset for 28x28 Fashion-MNIST (nvae-rtf.md section 1, "smallest setup"):
+    16 channels, latent scales 8x8 (2 groups) and 16x16 (3 groups) of 8 channels, one cell per
+    group, one pre/post block of a single (down/up) cell, and decoder cells expanded 3x instead
+    of the official 6x (about 1.6x faster a step on CPU, where depthwise convs dominate)."""
+    return NVAEConfig(pre_cells=1, post_cells=1, dec_expand=3)
 
 
 def nvae_tiny(output: str = "bernoulli") -> NVAEConfig:
@@ -191,9 +193,9 @@ class NVAE(nn.Module):
         params = crop_to(params, self.config.image_size, self.config.image_size)
         return params, kls, log_q, log_p
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        """x (B, C, H, W) in [0, 1] -> one posterior sample: output params, per-group KL,
-        log q(z|x) and log p(z)."""
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The deterministic bottom-up pass: x (B, C, H, W) in [0, 1] -> [top feature, then the
+        encoder feature of each top-down group j >= 1]; every tensor has B rows."""
         x_in = (2 * pad_to(x, self.config.padded_size) - 1).contiguous(
             memory_format=torch.channels_last)  # (B, C, S, S)
         s = self.pre(self.stem(x_in))
@@ -202,9 +204,18 @@ class NVAE(nn.Module):
             s = group(s)
             feats.append(s)
         top = self.enc0(feats.pop())  # the last feature feeds the top group
-        feats.reverse()  # feats[j - 1] now serves top-down group j
-        params, kls, log_q, log_p = self._top_down(x.shape[0], feats, top, 1.0)
+        return [top, *reversed(feats)]  # feats[j] now serves top-down group j
+
+    def decode(self, encoded: list[Tensor]) -> VAEOutput:
+        """The stochastic top-down pass over `encode`'s output (rows may be repeated, e.g. K
+        times for importance sampling): output params, per-group KL, log q(z|x), log p(z)."""
+        top, *feats = encoded
+        params, kls, log_q, log_p = self._top_down(top.shape[0], feats, top, 1.0)
         return VAEOutput(params, kls, log_q, log_p)
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """x (B, C, H, W) in [0, 1] -> one posterior sample: `decode(encode(x))`."""
+        return self.decode(self.encode(x))
 
     def log_px(self, params: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) (B,) for images x (B, C, H, W) in [0, 1]."""
@@ -289,18 +300,21 @@ def iw_log_likelihood(model: ImageVAE, x: Tensor, *, k: int, chunk: int = 256) -
     """Importance-weighted estimate of log p(x) (B,) in nats with K posterior samples:
     logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K (use the model in eval mode).
 
-    Rows are repeated K times and run `chunk` at a time, so memory stays bounded for any K.
+    The deterministic encoder runs once per image; its output is repeated K times for the
+    stochastic decoder, about `chunk` rows at a time (at least K), so memory stays bounded.
     """
     if k < 1:
         raise UserError(f"the number of importance samples must be >= 1, got {k}")
-    reps = x.repeat_interleave(k, dim=0)  # (B*K, C, H, W)
-    log_w = []
-    for start in range(0, reps.shape[0], chunk):
-        xb = reps[start:start + chunk]
-        out = model(xb)
-        log_w.append(model.log_px(out.params, xb) + out.log_p - out.log_q)  # (chunk,)
-    log_w_all = torch.cat(log_w).view(x.shape[0], k)  # (B, K)
-    return torch.logsumexp(log_w_all, dim=1) - math.log(k)
+    per = max(1, chunk // k)  # images per decoder pass
+    out_ll = []
+    for start in range(0, x.shape[0], per):
+        xb = x[start:start + per]
+        encoded = [t.repeat_interleave(k, dim=0) for t in model.encode(xb)]  # (b*K, ...) each
+        out = model.decode(encoded)
+        xr = xb.repeat_interleave(k, dim=0)  # (b*K, C, H, W)
+        log_w = (model.log_px(out.params, xr) + out.log_p - out.log_q).view(-1, k)  # (b, K)
+        out_ll.append(torch.logsumexp(log_w, dim=1) - math.log(k))
+    return torch.cat(out_ll)
 
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:

@@ -143,16 +143,24 @@ class ConvVAE(nn.Module):
         params = self.out(self.decoder(F.silu(h)))  # (B, P, S, S)
         return crop_to(params, self.config.image_size, self.config.image_size)
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        """x (B, C, H, W) in [0, 1] -> VAEOutput with one latent group."""
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """x (B, C, H, W) in [0, 1] -> [posterior mean (B, D), posterior log sigma (B, D)]."""
         h = self.encoder(2 * pad_to(x, self.config.padded_size) - 1)  # (B, C', s, s)
         mu, log_sigma = self.to_posterior(h.flatten(1)).chunk(2, dim=1)  # (B, D) each
-        log_sigma = 5 * torch.tanh(log_sigma / 5)
+        return [mu, 5 * torch.tanh(log_sigma / 5)]
+
+    def decode(self, encoded: list[Tensor]) -> VAEOutput:
+        """One posterior sample per row of `encode`'s output -> VAEOutput (one latent group)."""
+        mu, log_sigma = encoded
         q = torch.distributions.Normal(mu, torch.exp(log_sigma), validate_args=False)
         z = q.rsample()  # (B, D)
         p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
         kl = torch.distributions.kl_divergence(q, p).sum(dim=1)  # (B,)
         return VAEOutput(self._decode(z), [kl], q.log_prob(z).sum(1), p.log_prob(z).sum(1))
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """x (B, C, H, W) in [0, 1] -> one posterior sample: `decode(encode(x))`."""
+        return self.decode(self.encode(x))
 
     def log_px(self, params: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) (B,) for images x (B, C, H, W) in [0, 1]."""

@@ -306,12 +306,16 @@ def train(cfg: NVAETrainConfig, run_dir: str | Path, *, resume: bool = False) ->
 # ----------------------------------------------------------------------------- evaluation, images
 
 
-def iw_nll(model: ImageVAE, x: Tensor, *, k: int, chunk: int = 256) -> dict[str, float]:
+def iw_nll(model: ImageVAE, x: Tensor, *, k: int, chunk: int = 256, progress: bool = False
+           ) -> dict[str, float]:
     """Importance-weighted NLL of x (N, C, H, W) in [0, 1]: mean nats, its standard error,
     bits/dim and N (model in eval mode for the call)."""
     model.eval()
-    nll = torch.cat([-iw_log_likelihood(model, x[i:i + 100], k=k, chunk=chunk)
-                     for i in range(0, x.shape[0], 100)]).double()  # (N,)
+    parts = []
+    for i in tqdm(range(0, x.shape[0], 100), disable=not progress, unit="x100 images",
+                  desc=f"IW-NLL K={k}", dynamic_ncols=True):
+        parts.append(-iw_log_likelihood(model, x[i:i + 100], k=k, chunk=chunk))
+    nll = torch.cat(parts).double()  # (N,)
     dims = x[0].numel()
     mean = float(nll.mean())
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
@@ -413,7 +417,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
                         f"{model.config.image_channels}x{model.config.image_size}x"
                         f"{model.config.image_size}")
     torch.manual_seed(args.seed)
-    res = iw_nll(model, x.to(device), k=args.k, chunk=args.chunk)
+    res = iw_nll(model, x.to(device), k=args.k, chunk=args.chunk, progress=not args.quiet)
     print(f"IW-NLL (K={res['k']}, {res['images']} test images): {res['nll_nats']:.2f} "
           f"+- {res['nll_stderr']:.2f} nats, {res['bpd']:.4f} bits/dim")
     if args.json:
@@ -481,6 +485,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
             s.add_argument("--limit", type=int, help="first N test images only")
             s.add_argument("--chunk", type=int, default=256, help="rows per forward pass")
             s.add_argument("--json", help="also write the figures to this JSON file")
+            s.add_argument("--quiet", action="store_true", help="no progress bar")
             s.set_defaults(func=_eval_cmd)
         else:
             s.add_argument("--out", required=True, help="PNG to write")
