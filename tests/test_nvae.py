@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -456,3 +457,26 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                      str(tmp_path / "nodir"), "--steps", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r" / "model").exists()
+
+
+def test_nan_guard_skips_bad_steps_and_stops_on_a_run_of_them(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import genloom.tasks.nvae as task
+
+    real, calls = task.vae_loss, {"n": 0}
+
+    def flaky(model, x, **kw):
+        loss, stats = real(model, x, **kw)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] in bad else (loss, stats)
+
+    monkeypatch.setattr(task, "vae_loss", flaky)
+    cfg = NVAETrainConfig(preset="tiny", data="shapes", train_limit=64, eval_images=16,
+                          batch_size=16, max_steps=5, eval_every=0, ckpt_every=0, progress=False)
+    bad = {2, 3}
+    result = train(cfg, tmp_path / "a")
+    assert result.steps == 5 and result.nan_skipped == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    bad, calls["n"] = set(range(1, 100)), 0
+    with pytest.raises(UserError, match="non-finite steps in a row"):
+        train(replace(cfg, max_bad_steps=3), tmp_path / "b")
