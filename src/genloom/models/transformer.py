@@ -1,7 +1,7 @@
 """One configurable decoder Transformer: GPT-2 and Llama families, causal / prefix / bidirectional.
 
 Letters: B batch rows, T positions, W packed prompt width, S cache columns (W + new tokens),
-C model width, F feed-forward width, V vocabulary size, L layers.
+C model width, F feed-forward width, V vocabulary size, L layers, E condition width.
 
 `Transformer.forward` runs whole sequences (training, scoring). The decoding protocol
 (`genloom.decode.protocol`) runs prompts with a cache:
@@ -22,6 +22,11 @@ C model width, F feed-forward width, V vocabulary size, L layers.
 With mask="prefix" (UniLM), the prompt is the source, bidirectional among itself, and generated
 tokens are causal; with mask="bidirectional", `start` returns the last prompt position's logits
 but `step` refuses (a bidirectional model has no left-to-right factorisation to decode).
+
+With `cond_dim` set every norm is a Conditional LayerNorm / RMSNorm (`genloom.nn.cln`, issue 7):
+`forward` and `start` take `condition=` (label ids (B,) through a learned embedding when
+`cond_labels` > 0, or any vectors (B, E)); `start` keeps the (B, E) vectors in the state, so
+`step` and `select` need nothing more.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from torch import Tensor, nn
 
 from genloom.errors import UserError
 from genloom.nn.attention import Attention, Frame, allowed_mask, rope_tables
+from genloom.nn.cln import ACTIVATIONS as COND_ACTIVATIONS
+from genloom.nn.cln import Condition, ConditionInput, resolve_condition
 from genloom.nn.norms import make_norm
 
 
@@ -61,6 +68,9 @@ class TransformerConfig:
     dropout: float = 0.0  # dropout on embeddings, residual branches and attention probabilities
     n_segment: int = 0  # segment (token-type) embeddings added to the input, BERT/UniLM style; 0 = none
     cond_dim: int | None = None  # width of a condition vector for conditional norms (issue 7); None = plain
+    cond_labels: int = 0  # label ids a condition may be given as (a learned cond_dim embedding); 0 = vectors only
+    cond_hidden: int | None = None  # each conditional norm projects the condition to this width first; None = no
+    cond_act: str = "linear"  # activation of that projection, a key of genloom.nn.cln.ACTIVATIONS
     mixer: str = "attention"  # token mixer of every block, a key of MIXERS
     init_std: float = 0.02  # std of the normal initialisation of weight matrices and embeddings
 
@@ -83,6 +93,12 @@ class TransformerConfig:
             raise UserError(f"RoPE needs an even head width, got {self.dim_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.cond_dim is None and (self.cond_labels or self.cond_hidden):
+            raise UserError("cond_labels and cond_hidden need cond_dim (the condition width)")
+        if any(v is not None and v < 1 for v in (self.cond_dim, self.cond_hidden)) or self.cond_labels < 0:
+            raise UserError("cond_dim and cond_hidden must be >= 1 and cond_labels >= 0")
+        if self.cond_act not in COND_ACTIVATIONS:
+            raise UserError(f"cond_act={self.cond_act!r} is not one of {', '.join(COND_ACTIVATIONS)}")
 
     @property
     def kv_heads(self) -> int:
@@ -145,25 +161,36 @@ def _attention_mixer(config: TransformerConfig) -> nn.Module:
 MIXERS: dict[str, Callable[[TransformerConfig], nn.Module]] = {"attention": _attention_mixer}
 
 
+def _make_norm(c: TransformerConfig) -> nn.Module:
+    """One norm of the model: plain, or conditional (CLN) when cond_dim is set."""
+    return make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim,
+                     cond_hidden=c.cond_hidden, cond_act=c.cond_act)
+
+
+def _norm(norm: nn.Module, x: Tensor, cond: Tensor | None) -> Tensor:
+    """Apply a norm, passing the condition (B, E) to a conditional one."""
+    return norm(x) if cond is None else norm(x, cond)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm1(x)), then x + mlp(norm2(x))."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         c = config
-        self.norm1 = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.norm1 = _make_norm(c)
         self.mixer = MIXERS[c.mixer](c)
-        self.norm2 = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.norm2 = _make_norm(c)
         self.mlp = MLP(c.d_model, c.d_ff, kind=c.mlp, bias=c.bias)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, frame: Frame, state: Tensor | None = None) -> Tensor:
-        x = x + self.drop(self.mixer(self.norm1(x), frame, state))  # (B, T, C)
-        return x + self.drop(self.mlp(self.norm2(x)))  # (B, T, C)
+    def forward(self, x: Tensor, frame: Frame, state: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.mixer(_norm(self.norm1, x, cond), frame, state))  # (B, T, C)
+        return x + self.drop(self.mlp(_norm(self.norm2, x, cond)))  # (B, T, C)
 
-    def step(self, x: Tensor, frame: Frame, state: Tensor) -> Tensor:
-        x = x + self.mixer.step(self.norm1(x), frame, state)  # (B, C)
-        return x + self.mlp(self.norm2(x))  # (B, C)
+    def step(self, x: Tensor, frame: Frame, state: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = x + self.mixer.step(_norm(self.norm1, x, cond), frame, state)  # (B, C)
+        return x + self.mlp(_norm(self.norm2, x, cond))  # (B, C)
 
 
 def check_prompts(
@@ -245,6 +272,7 @@ class TransformerState:
     offsets: Tensor | None  # (B,) left-padding columns per row; None when no row is padded
     key_valid: Tensor | None  # (B, S) bool, False at padding columns; None when no row is padded
     segment: int  # segment id of generated tokens (1 for the prefix mask, else 0)
+    condition: Tensor | None = None  # (B, E) condition vectors of a conditional (CLN) model, from start()
 
 
 class Transformer(nn.Module):
@@ -259,7 +287,8 @@ class Transformer(nn.Module):
         self.seg_emb = nn.Embedding(c.n_segment, c.d_model) if c.n_segment else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
-        self.norm = make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim)
+        self.norm = _make_norm(c)
+        self.cond_input = ConditionInput(c.cond_dim, n_labels=c.cond_labels) if c.cond_dim else None
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -281,6 +310,8 @@ class Transformer(nn.Module):
         """GPT-2 initialisation: N(0, init_std) weights, zero biases, residual outputs / sqrt(2L)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
+            if any(part.startswith("cond_") for part in name.split(".")):
+                continue  # CLN projections (zero-initialised) and label embeddings keep their own init
             if name.endswith("bias"):
                 nn.init.zeros_(p)
             elif p.dim() < 2:  # norm gains
@@ -307,10 +338,12 @@ class Transformer(nn.Module):
         return x
 
     def hidden_states(
-        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None
+        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+        condition: Condition | None = None,
     ) -> Tensor:
         """Final-norm hidden states (B, T, C) of whole sequences (see `forward`)."""
         b, t = input_ids.shape
+        cond = resolve_condition(self.cond_input, condition, b, like=self.tok_emb.weight)  # (B, E) or None
         if t > self.config.max_len:
             raise UserError(f"sequence of {t} tokens exceeds the model's context of {self.config.max_len}")
         if self.config.mask == "prefix" and segment_ids is None:
@@ -325,11 +358,12 @@ class Transformer(nn.Module):
         frame = Frame(cos=cos, sin=sin, mask=mask, causal=causal, column=0)
         x = self.drop(self._embed(input_ids, positions, segment_ids))  # (B, T, C)
         for block in self.blocks:
-            x = block(x, frame)
-        return self.norm(x)  # (B, T, C)
+            x = block(x, frame, None, cond)
+        return _norm(self.norm, x, cond)  # (B, T, C)
 
     def forward(
-        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None
+        self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+        condition: Condition | None = None,
     ) -> Tensor:
         """Logits of whole sequences.
 
@@ -339,11 +373,14 @@ class Transformer(nn.Module):
                 segment embeddings when n_segment > 0).
             attention_mask: (B, T) 1 = token, 0 = padding (left or right); padding is never
                 attended and positions count only real tokens.
+            condition: for a conditional (CLN) model only: label ids (B,) or vectors (B, E)
+                (one id or one (E,) vector is used for every row).
 
         Returns:
             logits (B, T, V); position t predicts token t + 1.
         """
-        return self.lm_head(self.hidden_states(input_ids, segment_ids=segment_ids, attention_mask=attention_mask))
+        return self.lm_head(self.hidden_states(input_ids, segment_ids=segment_ids, attention_mask=attention_mask,
+                                               condition=condition))
 
     # ---- decoding protocol ------------------------------------------------------------------
 
@@ -356,6 +393,7 @@ class Transformer(nn.Module):
         segment_ids: Tensor | None = None,
         max_new_tokens: int,
         truncate: bool = False,
+        condition: Condition | None = None,
     ) -> tuple[Tensor, TransformerState]:
         """Prefill right-padded prompts and allocate the cache.
 
@@ -367,6 +405,7 @@ class Transformer(nn.Module):
             max_new_tokens: the most tokens that will be stepped (cache columns reserved).
             truncate: if a prompt plus max_new_tokens exceeds max_len, keep its last tokens
                 instead of raising.
+            condition: for a conditional (CLN) model only, as in `forward`; held in the state.
 
         Returns:
             (logits (B, V) for the first new token of each row, state).
@@ -378,6 +417,7 @@ class Transformer(nn.Module):
             raise UserError("a bidirectional model cannot decode token by token (use mask='causal' or "
                             "'prefix'); start() with max_new_tokens=0 only scores the prompt")
         b = ids.shape[0]
+        cond = resolve_condition(self.cond_input, condition, b, like=self.tok_emb.weight)  # (B, E) or None
         packed, src, key_valid, offsets = left_pack(ids, lengths)
         seg = None if segment_ids is None else segment_ids.gather(1, src).masked_fill(~key_valid, 0)
         width = packed.shape[1]
@@ -395,13 +435,13 @@ class Transformer(nn.Module):
         layers = [buffer[:, i] for i in range(len(self.blocks))]
         x = self._embed(packed, src, seg)  # (B, W, C)
         for block, layer_state in zip(self.blocks, layers):
-            x = block(x, frame, layer_state)
-        logits = self.lm_head(self.norm(x[:, -1]))  # (B, V): column W-1 is every row's last token
+            x = block(x, frame, layer_state, cond)
+        logits = self.lm_head(_norm(self.norm, x[:, -1], cond))  # (B, V): column W-1 is every row's last token
         state = TransformerState(
             buffer=buffer, layers=layers, rows=b, length=width, capacity=capacity,
             offsets=offsets if padded else None,
             key_valid=torch.cat([key_valid, key_valid.new_ones(b, max_new_tokens)], dim=1) if padded else None,
-            segment=1 if self.config.mask == "prefix" else 0)
+            segment=1 if self.config.mask == "prefix" else 0, condition=cond)
         return logits, state
 
     @torch.inference_mode()
@@ -426,9 +466,9 @@ class Transformer(nn.Module):
             x = x + self.seg_emb.weight[state.segment]
         frame = Frame(cos=cos, sin=sin, mask=mask, causal=False, column=n)
         for block, layer_state in zip(self.blocks, state.layers):
-            x = block.step(x, frame, layer_state)
+            x = block.step(x, frame, layer_state, state.condition)
         state.length = n + 1
-        return self.lm_head(self.norm(x)), state  # (B, V)
+        return self.lm_head(_norm(self.norm, x, state.condition)), state  # (B, V)
 
     @torch.inference_mode()
     def select(self, state: TransformerState, index: Tensor) -> TransformerState:
@@ -451,4 +491,4 @@ class Transformer(nn.Module):
             length=n, capacity=state.capacity,
             offsets=None if state.offsets is None else state.offsets[index],
             key_valid=None if state.key_valid is None else state.key_valid[index],
-            segment=state.segment)
+            segment=state.segment, condition=None if state.condition is None else state.condition[index])
