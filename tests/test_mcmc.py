@@ -182,6 +182,9 @@ def test_constraints_compose_and_short_circuit():
     per = KeywordsPresent([[[2], [5]], [[3, 4]]], per_cond=True)
     assert per(chains.tokens, chains.mask, chains.cond).tolist() == [0, 0, 0, -math.inf]
     assert LengthRange(2, 3)(chains.tokens, chains.mask).tolist() == [-math.inf, 0, -math.inf, -math.inf]
+    soft_length = LengthRange(2, 3, weight=0.5)
+    assert not soft_length.hard
+    assert soft_length(chains.tokens, chains.mask).tolist() == [-0.5, 0, -0.5, -0.5]
     assert ForbiddenTokens([6])(chains.tokens, chains.mask).tolist() == [0, 0, -math.inf, -math.inf]
     soft = Recorder()
     total = 2.0 * soft + kw + ForbiddenTokens([6])
@@ -310,6 +313,24 @@ def test_gibbs_with_the_exact_conditional(exact):
     assert bool((res.best.log_target >= res.last.log_target).all())
 
 
+def test_replace_sweep_reaches_the_exact_distribution(exact):
+    """Replace moves scanning positions left to right (a deterministic scan), target-weighted over
+    all 5 tokens, on length-4 strings: 2,000 chains, 20 burn-in + 80 steps."""
+    table, p = exact
+    four = torch.tensor([len(s) == 4 for s in STRINGS])
+    p4 = torch.where(four, p, 0.0)
+    g = torch.Generator().manual_seed(9)
+    on_step, tv = histogram_tv(p4 / p4.sum(), burn=20)
+    cfg = EditConfig(replace=1.0, insert=0.0, delete=0.0, top_k=5, order="sweep", min_len=1, max_len=4)
+    init = random_chains(2000, g, table, length=4)
+    first = EditProposal(UniformSlots(V), VOCAB, cfg).propose(init, target=table, temperature=1.0, generator=g, step=1)
+    changed = first.proposed.tokens != init.tokens  # step 1 may only touch position 1
+    assert not bool(changed[:, [0, 2, 3]].any()) and bool(changed[:, 1].any())
+    metropolis_hastings(table, EditProposal(UniformSlots(V), VOCAB, cfg), init, steps=100, generator=g,
+                        on_step=on_step)
+    assert tv() <= 0.03
+
+
 def test_keywords_stay_pinned_and_whole():
     """Two-token and one-token keywords survive 200 steps of every move in every chain."""
     target = CausalLMScorer(tiny_lm(), bos_id=BOS, eos_id=EOS)
@@ -377,6 +398,8 @@ def test_edit_errors():
         EditConfig(insert=0.5, delete=0.0)
     with pytest.raises(UserError, match="weighting"):
         EditConfig(weighting="best")
+    with pytest.raises(UserError, match="replace moves only"):
+        EditConfig(order="sweep")
     prop = EditProposal(UniformSlots(V), VOCAB, EditConfig(min_len=3))
     with pytest.raises(UserError, match="must start with"):
         prop.propose(make_chains([[2]], width=4, target=Recorder()), target=Recorder(), temperature=1.0,

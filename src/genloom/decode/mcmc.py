@@ -211,8 +211,9 @@ class Proposal(Protocol):
     """A Metropolis-Hastings proposal over `Chains`."""
 
     def propose(self, chains: Chains, *, target: Target, temperature: float,
-                generator: torch.Generator | None) -> Move:
-        """One proposed state per chain with its forward and backward log-probabilities."""
+                generator: torch.Generator | None, step: int) -> Move:
+        """One proposed state per chain with its forward and backward log-probabilities (`step`
+        counts from 0, for proposals that scan positions in order)."""
         ...
 
 
@@ -275,7 +276,7 @@ def metropolis_hastings(
     proposed = accepted = 0
     for step in tqdm(range(steps), disable=not progress, unit="step", dynamic_ncols=True):
         tau = tau_of(step)
-        move = proposal.propose(chains, target=target, temperature=tau, generator=generator)
+        move = proposal.propose(chains, target=target, temperature=tau, generator=generator, step=step)
         y = move.proposed
         scored_rows += move.rows_scored
         if not move.scored:

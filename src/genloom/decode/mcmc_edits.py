@@ -7,8 +7,10 @@ One step, for every chain at once (Miao et al. 2019, "CGMH"; 【搜出来的文�
 
 1. pick an action with fixed prior probabilities (replace / insert / delete) and a position:
    a free (not pinned) token for replace and delete, a slot for insert (any gap of 0..L that
-   does not split a pinned keyword); an action that is impossible in this state (no free token,
-   the length at its bound) leaves the chain where it is;
+   does not split a pinned keyword), uniformly (or, for replace-only runs, the next free token
+   left to right: a deterministic scan, each of whose steps keeps the target invariant); an
+   action that is impossible in this state (no free token, the length at its bound) leaves the
+   chain where it is;
 2. make the "hole" row: x itself for replace and delete, x with a blank inserted for insert; a
    `SlotModel` scores every token for the hole given the rest of the row (a masked LM with
    [MASK] there, or forward x backward LM scores, CGMH's proposal); the K best allowed tokens
@@ -32,7 +34,8 @@ One step, for every chain at once (Miao et al. 2019, "CGMH"; 【搜出来的文�
 
 Candidate sets depend on the hole row only (never on the token in the hole), so the forward and
 reverse moves see the same set; with explore = 0 and K < A a token outside its top-K can neither
-be proposed nor removed by replace, so use explore > 0 when exact sampling matters more than speed.
+be proposed nor replaced (the reverse move would be impossible), so a chain that holds one keeps
+it: explore > 0 (the `genloom search` tasks use 0.05) makes every move reversible.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class EditConfig:
     explore: float = 0.0  # probability of a uniform token instead of a candidate (exactness for any K)
     min_len: int = 1  # no deletion below this length (chains must start at or above it)
     max_len: int | None = None  # no insertion above this length (None: the chains' width)
+    order: str = "random"  # positions: "random" (uniform) or "sweep" (left to right; replace only)
 
     def __post_init__(self) -> None:
         priors = (self.replace, self.insert, self.delete)
@@ -134,6 +138,10 @@ class EditConfig:
             raise UserError("insert and delete are each other's reverse: give both a prior > 0, or neither")
         if self.weighting not in WEIGHTINGS:
             raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.order not in ("random", "sweep"):
+            raise UserError(f"order must be 'random' or 'sweep', got {self.order!r}")
+        if self.order == "sweep" and (self.insert > 0 or self.delete > 0):
+            raise UserError("order='sweep' visits positions of a fixed length: use it with replace moves only")
         if self.top_k < 1 or not 0.0 <= self.explore <= 1.0:
             raise UserError(f"need top_k >= 1 and 0 <= explore <= 1, got {self.top_k}, {self.explore}")
 
@@ -195,7 +203,7 @@ class EditProposal:
 
     @torch.inference_mode()
     def propose(self, chains: Chains, *, target: Target, temperature: float,
-                generator: torch.Generator | None) -> Move:
+                generator: torch.Generator | None, step: int = 0) -> Move:
         c = self.config
         n, t = chains.tokens.shape
         dev = chains.tokens.device
@@ -216,7 +224,11 @@ class EditProposal:
                              (n_free > 0) & (~is_del | (lengths > c.min_len)))
         weights = torch.where(is_ins[:, None], slot_ok[:, :t].float(), free.float())
         weights[:, 0] += (weights.sum(1) == 0).float()  # a dummy position for chains that cannot move
-        pos = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (N,)
+        if c.order == "sweep":  # the (step mod free)-th free token: both directions see the same position
+            rank = step % n_free.clamp(min=1)
+            pos = (free.long().cumsum(1) == rank[:, None] + 1).float().argmax(1)
+        else:
+            pos = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (N,)
         zeros = torch.zeros(n, device=dev)
         if not bool(active.any()):
             return Move(proposed=chains, log_q_forward=zeros, log_q_backward=zeros, active=active, scored=True)

@@ -275,18 +275,24 @@ class KeywordsPresent(Target):
 
 
 class LengthRange(Target):
-    """0 if min_len <= length <= max_len, else -inf."""
+    """0 if min_len <= length <= max_len; outside, -inf (hard, the default) or, with a `weight`,
+    -weight per token short of min_len or beyond max_len (a soft bound that chains starting
+    outside the range can climb into, e.g. from bare keywords towards a minimum length)."""
 
-    hard = True
-
-    def __init__(self, min_len: int, max_len: int) -> None:
+    def __init__(self, min_len: int, max_len: int, *, weight: float | None = None) -> None:
         if not 0 <= min_len <= max_len:
             raise UserError(f"need 0 <= min_len <= max_len, got {min_len} and {max_len}")
-        self.min_len, self.max_len = min_len, max_len
+        if weight is not None and weight < 0:
+            raise UserError(f"a length penalty must be >= 0, got {weight}")
+        self.min_len, self.max_len, self.weight = min_len, max_len, weight
+        self.hard = weight is None
 
     def __call__(self, tokens: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
         n = mask.sum(1)
-        return torch.where((n >= self.min_len) & (n <= self.max_len), 0.0, NEG_INF)
+        if self.weight is None:
+            return torch.where((n >= self.min_len) & (n <= self.max_len), 0.0, NEG_INF)
+        outside = (self.min_len - n).clamp(min=0) + (n - self.max_len).clamp(min=0)
+        return -self.weight * outside.float()
 
 
 class ForbiddenTokens(Target):
