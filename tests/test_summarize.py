@@ -1,0 +1,138 @@
+"""The SPACES pipeline (tasks/summarize.py) and `genloom summarize` on a tiny model."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from genloom.cli import main
+from genloom.data import load_corpus
+from genloom.errors import UserError
+from genloom.tasks.summarize import (SummarizeConfig, Summarizer, best_clause_text, evaluate, extracted_text,
+                                     extraction_recall, select_clauses, train, truncate_text)
+from genloom.tasks.summarize_convert import split_clauses
+
+TINY = SummarizeConfig(window=48, max_target_len=16, max_clauses=24, encoder_steps=3, encoder_minutes=1.0,
+                       folds=2, extract_epochs=1, extract_hidden=16, d_model=32, n_layer=1, n_head=2, d_ff=64,
+                       steps=4, minutes=None, warmup_steps=2, batch_size=8, num_beams=2, vocab_max=800)
+
+
+def _pairs(split, n):
+    return [(r["content"], r["title"]) for r in load_corpus("inews", split) if len(r["content"]) > 80][:n]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("sum") / "pipeline"
+    return train(TINY, _pairs("train", 16), out=out, progress=False), out
+
+
+def test_select_clauses_by_hand():
+    clauses = ["甲甲，", "乙乙乙，", "丙，", "丁丁丁丁。"]
+    probs = [0.1, 0.9, 0.3, 0.25]
+    # above the threshold, most probable first, kept in document order
+    assert select_clauses(clauses, probs, window=100, threshold=0.2, fill=False) == [1, 2, 3]
+    assert select_clauses(clauses, probs, window=100, threshold=0.5, fill=False) == [1]
+    # the window: 乙乙乙， (4) + 丙， (2) fit in 7, 丁丁丁丁。 (5) does not, 甲甲， (3) does not either
+    assert select_clauses(clauses, probs, window=7, threshold=0.2, fill=False) == [1, 2]
+    # fill tops up with clauses below the threshold that still fit
+    assert select_clauses(clauses, probs, window=9, threshold=0.5, fill=True) == [0, 1, 2]
+    # the best clause is kept even when it alone exceeds the window (then cut)
+    assert select_clauses(clauses, probs, window=2, threshold=0.95, fill=False) == [1]
+    assert extracted_text(clauses, [2, 1], 5) == "乙乙乙，丙"
+    assert truncate_text(clauses, 6) == "甲甲，乙乙乙"
+    assert best_clause_text(clauses, probs, 6) == "乙乙乙，丙，"
+
+
+def test_extraction_recall_by_hand():
+    r = extraction_recall([[1, 2], [0]], [[2, 3], [0]])
+    assert r["recall"] == pytest.approx(100 * 2 / 3) and r["precision"] == pytest.approx(100 * 2 / 3)
+    assert extraction_recall([[]], [[]])["recall"] == 0.0
+
+
+def test_config_errors():
+    with pytest.raises(UserError, match="mode"):
+        SummarizeConfig(mode="abstract")
+    with pytest.raises(UserError, match="budget"):
+        SummarizeConfig(steps=None, minutes=None)
+    with pytest.raises(UserError, match="threshold"):
+        SummarizeConfig(threshold=1.5)
+
+
+def test_pipeline_reads_its_extraction_and_round_trips(pipeline):
+    summ, out = pipeline
+    docs = [d for d, _ in _pairs("test", 3)]
+    rows = summ.summarize(docs, explain=True)
+    for doc, row in zip(docs, rows):
+        clauses = split_clauses(doc)[: TINY.max_clauses]
+        picked = [e["clause"] for e in row["extracted"]]
+        assert row["source"] == "".join(picked)[: TINY.window]  # the seq2seq reads exactly the extraction
+        assert [e["index"] for e in row["extracted"]] == sorted(e["index"] for e in row["extracted"])
+        assert all(clauses[e["index"]] == e["clause"] for e in row["extracted"])
+        assert sum(map(len, picked[:-1])) <= TINY.window
+    again = Summarizer.load(out)
+    assert [r["summary"] for r in again.summarize(docs)] == [r["summary"] for r in rows]
+    # EMA weights are the default; the raw ones differ
+    raw = Summarizer.load(out, ema=False)
+    assert any(not torch.equal(a, b) for a, b in zip(raw.model.parameters(), again.model.parameters()))
+    assert summ.info["documents"] == 16 and summ.info["seq2seq_steps"] == 4
+
+
+def test_evaluate_reports_rows_and_recall(pipeline):
+    summ, _ = pipeline
+    pairs = _pairs("test", 4)
+    res = evaluate(summ, pairs)
+    assert set(res["rows"]) == {"summarizer", "extract only"}
+    for row in res["rows"].values():
+        assert set(row) == {"rouge-1", "rouge-2", "rouge-l", "cail"} and all(0 <= v <= 100 for v in row.values())
+    assert 0 <= res["extraction"]["threshold"]["recall"] <= 100 and len(res["predictions"]) == 4
+
+
+def test_truncate_mode_reads_the_first_window(tmp_path):
+    cfg = replace(TINY, mode="truncate")
+    summ = train(cfg, _pairs("train", 8), out=tmp_path / "t", progress=False)
+    doc = _pairs("test", 1)[0][0]
+    row = summ.summarize([doc], explain=True)[0]
+    assert row["source"] == "".join(split_clauses(doc))[: cfg.window] and "extracted" not in row
+    assert not (tmp_path / "t" / "extractor").exists()
+    with pytest.raises(UserError, match="empty"):
+        summ.summarize(["  \n "])
+
+
+def test_cli_run_explain_output_file_and_errors(pipeline, tmp_path, capsys):
+    _, model = pipeline
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"content": d}, ensure_ascii=False) for d, _ in _pairs("test", 2)) + "\n",
+                    encoding="utf-8")
+    out = tmp_path / "out" / "s.jsonl"
+    assert main(["summarize", "run", str(docs), "--model", str(model), "--explain", "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 2 and all("extracted" in x and "summary" in x for x in lines)
+    assert [p.name for p in out.parent.iterdir()] == ["s.jsonl"]  # no temporary file left behind
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"content": "ok"}\n{"text": "no content field"}\n')
+    assert main(["summarize", "run", str(bad), "--model", str(model)]) == 2
+    assert "bad.jsonl:2: field 'content'" in capsys.readouterr().err
+    bad.write_bytes(b"\xff\xfe broken\n")
+    assert main(["summarize", "run", str(bad), "--model", str(model), "--format", "lines"]) == 2
+    assert "invalid UTF-8" in capsys.readouterr().err
+    assert main(["summarize", "run", str(tmp_path / "none.txt"), "--model", str(model)]) == 2
+    assert main(["summarize", "run", str(docs), "--model", str(tmp_path)]) == 2
+    assert "not a summarizer directory" in capsys.readouterr().err
+
+
+def test_cli_eval_and_train_refuses_to_overwrite(pipeline, tmp_path, capsys):
+    _, model = pipeline
+    report = tmp_path / "eval.json"
+    assert main(["summarize", "eval", "--model", str(model), "--limit", "3", "--output", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "extract only" in printed and "recall" in printed
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["pairs"] == 3 and len(data["references"]) == 3
+    assert main(["summarize", "train", "--out", str(model), "--limit", "4"]) == 2
+    assert "already holds a summarizer" in capsys.readouterr().err
+    assert main(["summarize", "eval", "--model", str(model), "--min-chars", "100000"]) == 2
+    assert "no documents" in capsys.readouterr().err
