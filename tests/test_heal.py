@@ -25,7 +25,7 @@ from genloom.decode.heal import (
     healed_logprob,
     split_utf8,
 )
-from genloom.decode.heal_tree import VocabIndex, build_tree
+from genloom.decode.heal_tree import VocabIndex, build_tree, prefix_logprob
 from genloom.decode.search import beam_search, greedy, sample
 from genloom.errors import UserError
 
@@ -225,18 +225,23 @@ def TOK_bytes(ids):
     return b"".join(VOCAB[i] for i in ids)
 
 
-def test_pruning_bound_is_certified():
+@pytest.mark.parametrize("probe", [False, True])
+def test_pruning_bound_is_certified(probe):
     model = TrigramLM(7, scale=3.0)
-    ctx, s = [BOS, ID[b"a"]], b"ab  abc"
+    ctx, s = [BOS, ID[b"a"]], b"ab  abc\n    " + BAI
     exact = brute_z(model, ctx, s)
-    for tol, rows in ((1e-3, 10_000), (1e-1, 10_000), (0.0, 2)):
-        tree = build_tree(model, ctx, s, INDEX, tol=tol, max_rows=rows)
+    full = build_tree(model, ctx, s, INDEX, tol=0.0, max_rows=10_000, probe=probe)
+    assert full.bound == 0.0 and math.exp(full.log_z) == pytest.approx(exact, rel=1e-10)
+    for tol, rows in ((1e-3, 10_000), (1e-1, 10_000), (0.0, 2), (1e-2, 3)):
+        tree = build_tree(model, ctx, s, INDEX, tol=tol, max_rows=rows, probe=probe)
         zc = math.exp(tree.log_z)
         assert zc <= exact * (1 + 1e-12)
-        assert (exact - zc) / zc <= tree.bound + 1e-12
+        assert (exact - zc) / zc <= tree.bound + 1e-12  # the reported bound is certified
         if rows == 10_000:
-            assert tree.bound <= tol
-    assert build_tree(model, ctx, s, INDEX, tol=1e-1).model_calls < build_tree(model, ctx, s, INDEX, tol=0).model_calls + 1
+            assert tree.bound <= tol / (1 - tol)
+            assert len(tree.nodes) < len(full.nodes)  # and pruning did remove paths
+    log_z, bound = prefix_logprob(model, ctx, s, INDEX, tol=1e-3)
+    assert bound <= 1e-3 / (1 - 1e-3) and abs(math.exp(log_z) - exact) / exact <= bound + 1e-12
 
 
 def test_healed_logprob_modes_equal_brute_force():

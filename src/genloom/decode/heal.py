@@ -350,7 +350,7 @@ def healed_logprob(
     r = healed.removed
     min_len = len(r) if mode == "post" else 0
     num = build_tree(model, healed.context, r + bytes(gold), index, root_min_len=min_len, tol=tol,
-                     max_rows=max_rows)
+                     max_rows=max_rows, probe=True)
     if mode == "none" or not r:
         return num.log_z, num.bound
     if mode == "exact":

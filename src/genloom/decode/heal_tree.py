@@ -23,10 +23,13 @@ Pruning with a certified bound. A sub-tree rooted at a path of probability q con
 (Z <= 1). With `tol` > 0 a child is left unexpanded while the summed probability M of all such
 children stays below tol * L, where L is the part of Z already computed (a lower bound of the final
 value); `max_rows` caps the rows of a level (children beyond it are pruned too, and their mass
-counted). The computed value Zc satisfies Zc <= Z <= Zc + M, and the distribution the healing
+counted). For long targets little of Z is found before the deep levels, so L is 0 early on and
+nothing can be pruned; `probe=True` first walks one path (the most probable consistent token at
+each step, batch 1) and takes the covering mass met on the way as L from the start. The computed value Zc satisfies Zc <= Z <= Zc + M, and the distribution the healing
 processor induces over the first token sequences that complete s differs from the exact
-conditional by total variation (Z - Zc) / Z <= M / Zc: `PrefixTree.bound`. With tol = 0 and no
-row cap hit, bound = 0 and the tree is exact.
+conditional by total variation (Z - Zc) / Z <= M / Zc: `PrefixTree.bound`, computed from the tree
+itself (so it is certified whatever guided the pruning); it is at most tol / (1 - tol) unless the
+row cap was hit. With tol = 0 and no row cap hit, bound = 0 and the tree is exact.
 
 Hand-written: no library computes token-level prefix probabilities over a generic step function
 (genlm-bytes and byte-sampler are research code for their own model wrappers and not installed).
@@ -204,6 +207,7 @@ def build_tree(
     root_min_len: int = 0,
     tol: float = 1e-6,
     max_rows: int = 128,
+    probe: bool = False,
 ) -> PrefixTree:
     """Evaluate Z(context, target) and every node's Z with the model's cache, level by level.
 
@@ -216,6 +220,8 @@ def build_tree(
             restricts the first token to extensions of the backed-off text).
         tol: certified total-variation budget for pruning unlikely paths (0 = exact).
         max_rows: the most nodes stepped in one level (more are pruned and counted in the bound).
+        probe: walk one likely path first (one more prefill) so pruning can start at level 1;
+            worth it for long targets (many levels), not for a few bytes.
     Returns:
         The `PrefixTree` (its `log_z`, `bound`, `walk`, `log_conditional`).
     """
@@ -231,6 +237,7 @@ def build_tree(
         return tree
     device = model_device(model)
     ids = torch.tensor([list(context)], dtype=torch.long, device=device)  # (1, T)
+    log_hint = _probe(model, ids, target, index, root_min_len) if probe and tol > 0 else NEG_INF
     with torch.no_grad():
         logits, state = model.start(input_ids=ids, max_new_tokens=len(target))  # (1, V)
     tree.model_calls = 1
@@ -261,7 +268,8 @@ def build_tree(
                 for tok, ls in zip(prefixes, step):
                     if ls > NEG_INF:
                         candidates.append((node.log_path + ls, ls, row, level[row], tok))
-        keep = _prune(tree, candidates, log_budget=log_tol + log_lower if log_lower > NEG_INF else NEG_INF,
+        base = max(log_lower, log_hint)  # a lower bound of Z
+        keep = _prune(tree, candidates, log_budget=log_tol + base if base > NEG_INF else NEG_INF,
                       max_rows=max_rows)
         if not keep:
             break
@@ -291,6 +299,30 @@ def build_tree(
         raise UserError(f"no token sequence of this vocabulary spells {bytes(target)!r} after the context"
                         + (" (every path was pruned: raise max_rows)" if tree.log_pruned > NEG_INF else ""))
     return tree
+
+
+def _probe(model: Decodable, ids: Tensor, target: bytes, index: VocabIndex, root_min_len: int) -> float:
+    """log of a lower bound of Z: the covering mass met along one path that always takes the most
+    probable token spelling a proper prefix of the rest (batch 1, one step per token)."""
+    with torch.no_grad():
+        logits, state = model.start(input_ids=ids, max_new_tokens=len(target))  # (1, V)
+        offset, log_path, total = 0, 0.0, NEG_INF
+        while True:
+            logp = logits[0].double().log_softmax(dim=-1)  # (V,)
+            min_len = root_min_len if offset == 0 else 0
+            cover = index.cover(target[offset:], min_len).to(logp.device)
+            if cover.numel():
+                total = _logaddexp(total, log_path + float(torch.logsumexp(logp[cover], dim=0)))
+            prefixes = index.proper_prefixes(target[offset:], min_len)
+            if not prefixes:
+                return total
+            values = logp[prefixes]
+            j = int(values.argmax())
+            if values[j] == NEG_INF:
+                return total
+            log_path += float(values[j])
+            offset += len(index.token_bytes[prefixes[j]])
+            logits, state = model.step(torch.tensor([prefixes[j]], dtype=torch.long, device=ids.device), state)
 
 
 def _prune(tree: PrefixTree, candidates: list[tuple[float, float, int, int, int]], *, log_budget: float,
@@ -326,8 +358,10 @@ def prefix_logprob(
     root_min_len: int = 0,
     tol: float = 1e-6,
     max_rows: int = 128,
+    probe: bool = True,
 ) -> tuple[float, float]:
     """log Z(context, target): the log-probability that the continuation starts with `target`,
     summed over all tokenizations; returns (log Z, certified relative bound; 0 = exact)."""
-    tree = build_tree(model, context, target, index, root_min_len=root_min_len, tol=tol, max_rows=max_rows)
+    tree = build_tree(model, context, target, index, root_min_len=root_min_len, tol=tol, max_rows=max_rows,
+                      probe=probe)
     return tree.log_z, tree.bound
