@@ -23,7 +23,7 @@ from genloom.decode.mcmc import (Chains, Constant, Geometric, Linear, LMSequence
 from genloom.decode.mcmc_edits import (EditConfig, EditProposal, LMSlots, MaskedSlots, UniformSlots,
                                        _delete, _insert, _slot_ok)
 from genloom.decode.targets import (CausalLMScorer, CosineSimilarity, ExactConditional, ForbiddenTokens,
-                                    HammingPenalty, KeywordsPresent, LengthRange, MaskedLMScorer, Target,
+                                    HammingPenalty, KeywordsPresent, LengthRange, MaskedLMScorer, MeanHidden, Target,
                                     reverse_rows)
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig
@@ -211,6 +211,15 @@ def test_similarity_and_hamming_targets():
         vec = table[torch.tensor(row)].sum(0)
         want = 2.0 * torch.nn.functional.cosine_similarity(vec, ref[chains.cond[b]], dim=0)
         assert float(got[b]) == pytest.approx(float(want), abs=1e-6)
+
+
+def test_mean_hidden_ignores_padding():
+    model = tiny_lm("bidirectional", seed=3)
+    chains = make_chains([[2, 3, 4], [5, 6]], width=5, pad_id=4)
+    got = MeanHidden(model)(chains.tokens, chains.mask)
+    for b, row in enumerate(chains.rows()):
+        want = model.hidden_states(torch.tensor([row]))[0].mean(0)
+        torch.testing.assert_close(got[b], want, atol=1e-5, rtol=0)
 
 
 def test_table_is_the_lm(exact, lm_target):

@@ -1,0 +1,383 @@
+"""Search-based generation (issue 11): keywords to sentences, error correction, throughput.
+
+1. Keywords to sentences on 100 keyword sets per language against two baselines a user would
+   try, every output scored for keyword coverage and fluency:
+   - Chinese sets: 2-3 nouns (jieba POS n*) of inews test titles; the search runs on the
+     `train-models` models (target: the forward LM; proposals: the masked LM);
+   - English sets: 2-3 content words of docstring sentences of the standard library (the "test"
+     tenth, which `eval-en` never saw); the search runs on SmolLM2-135M;
+   - "sample": the LM's nucleus sample (top-p 0.9) after the keywords as prompt; the output is
+     prompt + continuation, so the keywords are in it, at its start;
+   - "beam": grid beam search (Hokamp & Liu 2017) forcing the keywords in the given order: beams
+     banked by how many keyword tokens they hold, EOS only once all are in, best finished
+     hypothesis by log-probability per token. Hand-written over the decoding protocol because
+     transformers 5 moved its constrained beam search to a Hub repository (not available offline)
+     and it would not drive genloom's Chinese models anyway;
+   - "cgmh": `genloom search keywords` (replace / insert / delete, keywords pinned, annealed).
+   Fluency is the NLL per token under a separate LM, `eval-zh` / `eval-en` (character LMs of
+   another shape and seed, trained by `train-models`), and, for reference, under the target LM
+   the search optimises.
+2. Error correction: 200 sentences of inews test contents (10-30 characters, all known to the
+   models), one Han character of each replaced by a random other known Han character;
+   `genloom search correct` runs on the 200 corrupted and the 200 clean sentences: the fraction
+   fully restored and the fraction of clean sentences changed (false edits).
+3. Throughput: candidate rows scored per second by the target LM, all in one call (batched,
+   as the samplers do) vs one row per call, on the same rows, timed round-robin in one run.
+
+    .venv/bin/python benchmarks/search.py                     # everything (slow on a busy machine)
+    .venv/bin/python benchmarks/search.py --sets 5 --correct 20 --skip-en    # a quick look
+
+Prints the tables and writes benchmarks/results/search.json (machine, versions, load average
+before and after, settings, every figure with min/median/max). Timings taken while the machine
+is busy are noisy; the script says so in the JSON ("busy").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genloom.decode.processors import BannedTokens, TopP
+from genloom.decode.search import sample
+from genloom.decode.targets import CausalLMScorer
+from genloom.tasks import search as task
+from genloom.tasks.search_models import stdlib_sentences
+
+RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+EN_STOP = set("""a an the and or but if then else of to in on at by for with from into onto over under is are
+was were be been being it its this that these those as not no can may will shall must should would could
+return returns returned true false none which when where what who whose how than also all any each every
+other such only same some more most many much very same given used using use uses""".split())
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "")
+    import transformers
+
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
+            "max": max(values), "n": len(values)} if values else {"n": 0}
+
+
+# ---- keyword sets -------------------------------------------------------------------------------
+
+
+def chinese_sets(tokenizer: Any, n: int, seed: int) -> list[dict]:
+    """Up to 3 distinct nouns (2+ characters, all known) of inews test titles, 2 at least."""
+    import jieba
+    import jieba.posseg as pseg
+
+    from genloom.data import load_corpus
+
+    jieba.setLogLevel(60)
+    rng = random.Random(seed)
+    out = []
+    for r in load_corpus("inews", "test"):
+        words = []
+        for w in pseg.cut(r["title"]):
+            if (w.flag.startswith("n") and len(w.word) >= 2 and all(_HAN.fullmatch(c) for c in w.word)
+                    and tokenizer.unk_id not in tokenizer.encode(w.word) and w.word not in words):
+                words.append(w.word)
+        if len(words) >= 2:
+            out.append({"source": r["title"], "keywords": sorted(rng.sample(words, min(3, len(words))),
+                                                                  key=words.index)})
+        if len(out) == n:
+            break
+    return out
+
+
+def english_sets(n: int, seed: int) -> list[dict]:
+    """2-3 content words (4+ letters, not stop words) of test docstring sentences, in order."""
+    rng = random.Random(seed)
+    sentences = stdlib_sentences("test")
+    rng.shuffle(sentences)
+    out = []
+    for s in sentences:
+        words = []
+        for w in re.findall(r"[A-Za-z]+", s):
+            if len(w) >= 4 and w.lower() not in EN_STOP and w.islower() and w not in words:
+                words.append(w)
+        if len(words) >= 2:
+            k = rng.choice((2, 3)) if len(words) >= 3 else 2
+            out.append({"source": s, "keywords": sorted(rng.sample(words, k), key=words.index)})
+        if len(out) == n:
+            break
+    return out
+
+
+# ---- baselines ----------------------------------------------------------------------------------
+
+
+def prompt_ids(backend: task.Backend, keywords: list[str]) -> list[int]:
+    if backend.lang == "zh":
+        return backend.encode("".join(keywords))
+    return backend.encode(" ".join(keywords))
+
+
+def sampled(backend: task.Backend, sets: list[dict], *, max_len: int, seed: int) -> list[str]:
+    """Nucleus samples (top-p 0.9) after BOS + the keywords; the output includes the prompt."""
+    model, bos, eos = backend.lm.model, backend.lm.bos_id, backend.lm.eos_id
+    banned = sorted(set(range(model.vocab_size)) - set(backend.vocab) - {eos})
+    prompts = [[bos, *prompt_ids(backend, s["keywords"])] for s in sets]
+    width = max(map(len, prompts))
+    ids = torch.tensor([p + [bos] * (width - len(p)) for p in prompts])
+    out = sample(model, max_new_tokens=max(1, max_len - width + 1), generator=torch.Generator().manual_seed(seed),
+                 eos_id=eos, processors=[BannedTokens(banned), TopP(0.9)], input_ids=ids,
+                 lengths=torch.tensor([len(p) for p in prompts]))
+    return [backend.decode(p[1:] + s) for p, s in zip(prompts, out.sequences)]
+
+
+@torch.inference_mode()
+def grid_beam(backend: task.Backend, keywords: list[list[int]], *, beam: int, max_len: int) -> list[int]:
+    """Grid beam search over the forward LM forcing `keywords` in order (module docstring)."""
+    model, bos, eos = backend.lm.model, backend.lm.bos_id, backend.lm.eos_id
+    cons = [t for k in keywords for t in k]
+    bounds, acc = {0}, 0
+    for k in keywords:
+        acc += len(k)
+        bounds.add(acc)
+    allowed = torch.full((model.vocab_size,), float("-inf"))
+    allowed[backend.vocab] = 0.0
+    logits, state = model.start(input_ids=torch.tensor([[bos]]), max_new_tokens=max_len + 1)
+    hyps = [([], 0, 0.0)]  # (tokens, keyword tokens placed, log-probability)
+    finished: list[tuple[float, list[int]]] = []
+    for t in range(max_len + 1):
+        logp = logits.float().log_softmax(-1)  # (R, V)
+        cands: dict[int, list[tuple[float, int, int]]] = {}
+        for r, (toks, c, score) in enumerate(hyps):
+            if c == len(cons):
+                finished.append(((score + float(logp[r, eos])) / (len(toks) + 1), toks))
+            if c < len(cons):
+                cands.setdefault(c + 1, []).append((score + float(logp[r, cons[c]]), r, cons[c]))
+            if c in bounds and t < max_len:
+                top = (logp[r] + allowed).topk(beam)
+                for s, tok in zip(top.values.tolist(), top.indices.tolist()):
+                    cands.setdefault(c, []).append((score + s, r, tok))
+        if t == max_len or not cands:
+            break
+        rows = [(c, *x) for c, xs in cands.items() for x in sorted(xs, reverse=True)[:beam]]
+        parents = torch.tensor([r for _, _, r, _ in rows])
+        tokens = torch.tensor([tok for *_, tok in rows])
+        hyps = [(hyps[r][0] + [tok], c, s) for c, s, r, tok in rows]
+        state = model.select(state, parents)
+        logits, state = model.step(tokens, state)
+    if finished:
+        return max(finished)[1]
+    complete = [h for h in hyps if h[1] == len(cons)]
+    return max(complete or hyps, key=lambda h: h[2] / max(1, len(h[0])))[0]
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+
+
+def nll_per_token(scorer: CausalLMScorer, tokenizer: Any, texts: list[str]) -> list[float]:
+    """NLL per token of [BOS] text [EOS] (EOS counted) under `scorer`."""
+    rows = [tokenizer.encode(t) for t in texts]
+    width = max(1, max(map(len, rows)))
+    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
+    lp = scorer.log_prob(tokens, mask)
+    return [-float(v) / (len(r) + 1) for v, r in zip(lp, rows)]
+
+
+def covered(text: str, keywords: list[str], lang: str) -> bool:
+    hay = text if lang == "zh" else text.lower()
+    return all((k if lang == "zh" else k.lower()) in hay for k in keywords)
+
+
+def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScorer, Any], sets: list[dict],
+                   args: argparse.Namespace) -> dict:
+    if lang == "zh":
+        config = task.KeywordsConfig(n=1, chains=args.zh_chains, steps=args.zh_steps, weighting=args.zh_weighting,
+                                     top_k=args.top_k, min_len=8, max_len=32)
+    else:
+        config = task.KeywordsConfig(n=1, chains=args.en_chains, steps=args.en_steps, weighting="model",
+                                     top_k=args.top_k, min_len=6, max_len=24)
+    outputs, seconds = {}, {}
+    t0 = time.perf_counter()
+    outputs["sample"] = sampled(backend, sets, max_len=config.max_len, seed=args.seed)
+    seconds["sample"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs["beam"] = [backend.decode(grid_beam(backend, [backend.encode_keyword(w) for w in s["keywords"]],
+                                                beam=args.beam, max_len=config.max_len)) for s in sets]
+    seconds["beam"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    found = task.keywords_search(backend, [s["keywords"] for s in sets], config,
+                                 generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
+    outputs["cgmh"] = [f[0].text for f in found]
+    seconds["cgmh"] = time.perf_counter() - t0
+    eval_scorer, eval_tok = eval_lm
+    table = {}
+    for method, texts in outputs.items():
+        table[method] = {
+            "coverage": sum(covered(t, s["keywords"], lang) for t, s in zip(texts, sets)) / len(sets),
+            "nll_eval_lm": stats(nll_per_token(eval_scorer, eval_tok, texts)),
+            "nll_target_lm": stats(nll_per_token(backend.lm, backend.tokenizer, texts)),
+            "length_chars": stats([float(len(t)) for t in texts]),
+            "seconds_per_set": seconds[method] / len(sets),
+            "examples": [{"keywords": s["keywords"], "output": t} for s, t in zip(sets[:8], texts[:8])],
+        }
+    return {"sets": len(sets), "config": vars(config) | {"beam": args.beam}, "methods": table,
+            "keyword_sets": [s["keywords"] for s in sets]}
+
+
+# ---- error correction ---------------------------------------------------------------------------
+
+
+def correction_sentences(tokenizer: Any, n: int, seed: int) -> list[str]:
+    from genloom.data import load_corpus, split_sentences
+
+    pool = []
+    for r in load_corpus("inews", "test"):
+        for s in split_sentences(r["content"]):
+            if (10 <= len(s) <= 30 and len(_HAN.findall(s)) >= 0.8 * len(s)
+                    and tokenizer.unk_id not in tokenizer.encode(s) and s not in pool):
+                pool.append(s)
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def correction_bench(backend: task.Backend, args: argparse.Namespace) -> dict:
+    tok = backend.tokenizer
+    clean = correction_sentences(tok, args.correct, args.seed)
+    han = [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))]
+    rng = random.Random(args.seed + 1)
+    corrupted, where = [], []
+    for s in clean:
+        pos = rng.choice([i for i, c in enumerate(s) if _HAN.fullmatch(c)])
+        new = s[pos]
+        while new == s[pos]:
+            new = tok.id_to_token(rng.choice(han))
+        corrupted.append(s[:pos] + new + s[pos + 1:])
+        where.append(pos)
+    t0 = time.perf_counter()
+    fixed = task.correct_texts(backend, corrupted + clean, task.CorrectConfig(penalty=args.penalty),
+                               generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
+    seconds = time.perf_counter() - t0
+    fixed_bad, fixed_clean = fixed[: len(clean)], fixed[len(clean):]
+    restored = sum(f == c for f, c in zip(fixed_bad, clean)) / len(clean)
+    touched = sum(f[p] != b[p] for f, b, p in zip(fixed_bad, corrupted, where)) / len(clean)
+    false_edits = sum(f != c for f, c in zip(fixed_clean, clean)) / len(clean)
+    return {"sentences": len(clean), "penalty": args.penalty, "restored": restored,
+            "error_position_changed": touched, "clean_changed": false_edits, "seconds": seconds,
+            "examples": [{"clean": c, "corrupted": b, "output": f}
+                         for c, b, f in list(zip(clean, corrupted, fixed_bad))[:10]],
+            "false_edit_examples": [{"clean": c, "output": f} for c, f in zip(clean, fixed_clean) if c != f][:10]}
+
+
+# ---- throughput ---------------------------------------------------------------------------------
+
+
+def throughput(backend: task.Backend, *, rows: int, repeats: int, seed: int) -> dict:
+    """Rows per second scored in one call vs one per call (round-robin repeats)."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = torch.tensor(backend.vocab)
+    lengths = torch.randint(12, 25, (rows,), generator=g)
+    tokens = vocab[torch.randint(0, len(vocab), (rows, 24), generator=g)]
+    mask = torch.arange(24)[None] < lengths[:, None]
+    batched, single = [], []
+    reference = backend.lm(tokens, mask)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        backend.lm(tokens, mask)
+        batched.append(rows / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        one = torch.cat([backend.lm(tokens[i: i + 1], mask[i: i + 1]) for i in range(rows)])
+        single.append(rows / (time.perf_counter() - t0))
+    assert torch.allclose(one, reference, atol=1e-3), "batched and single scores differ"
+    ratios = [b / s for b, s in zip(batched, single)]
+    return {"rows": rows, "batched_rows_per_s": stats(batched), "single_rows_per_s": stats(single),
+            "speedup": stats(ratios)}
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def print_keywords(lang: str, res: dict) -> None:
+    print(f"\nkeywords -> sentence ({lang}, {res['sets']} sets)")
+    print(f"{'method':<8} {'coverage':>9} {'NLL/tok eval LM':>16} {'NLL/tok target':>15} {'chars':>6} {'s/set':>7}")
+    for m, r in res["methods"].items():
+        print(f"{m:<8} {r['coverage']:>8.0%} {r['nll_eval_lm']['median']:>9.3f} (med) {r['nll_target_lm']['median']:>8.3f}"
+              f" (med) {r['length_chars']['mean']:>6.1f} {r['seconds_per_set']:>7.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="models/search")
+    p.add_argument("--sets", type=int, default=100, help="keyword sets per language")
+    p.add_argument("--correct", type=int, default=200, help="sentences for error correction")
+    p.add_argument("--zh-steps", type=int, default=150)
+    p.add_argument("--zh-chains", type=int, default=4)
+    p.add_argument("--zh-weighting", default="target", choices=("target", "model"))
+    p.add_argument("--en-steps", type=int, default=30)
+    p.add_argument("--en-chains", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--penalty", type=float, default=6.0)
+    p.add_argument("--throughput-rows", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-en", action="store_true")
+    p.add_argument("--en-lm", default="smollm2-135m", help="the English LM (a local Hugging Face model)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    from genloom.models import load
+
+    result: dict[str, Any] = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
+    zh = task.load_backend("zh", models=args.models, proposal="mlm")
+    eval_zh, _ = load(Path(args.models) / "eval-zh")
+    zh_eval = (CausalLMScorer(eval_zh, bos_id=zh.tokenizer.bos_id, eos_id=zh.tokenizer.eos_id), zh.tokenizer)
+    result["throughput_zh"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
+    print(f"throughput (zh target LM, {args.throughput_rows} rows): batched "
+          f"{result['throughput_zh']['batched_rows_per_s']['median']:.0f} rows/s, one at a time "
+          f"{result['throughput_zh']['single_rows_per_s']['median']:.0f} rows/s, x{result['throughput_zh']['speedup']['median']:.1f}")
+    result["keywords_zh"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed), args)
+    print_keywords("zh", result["keywords_zh"])
+    result["correction_zh"] = correction_bench(zh, args)
+    c = result["correction_zh"]
+    print(f"\ncorrection ({c['sentences']} sentences, 1 substitution each): restored {c['restored']:.1%}, "
+          f"error position changed {c['error_position_changed']:.1%}, clean sentences changed {c['clean_changed']:.1%}")
+    if not args.skip_en:
+        en = task.load_backend("en", lm=args.en_lm)
+        eval_en, eval_en_tok = load(Path(args.models) / "eval-en")
+        en_eval = (CausalLMScorer(eval_en, bos_id=eval_en_tok.bos_id, eos_id=eval_en_tok.eos_id), eval_en_tok)
+        result["throughput_en"] = throughput(en, rows=max(8, args.throughput_rows // 16), repeats=max(2, args.repeats // 2),
+                                             seed=args.seed)
+        result["keywords_en"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed), args)
+        print_keywords("en", result["keywords_en"])
+    result["load_average_after"] = os.getloadavg()
+    result["busy"] = max(load_before[0], result["load_average_after"][0]) > (os.cpu_count() or 1)
+    result["total_seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"\nwrote {out} ({result['total_seconds']:.0f} s; machine busy: {result['busy']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
