@@ -135,11 +135,12 @@ def _llama_config(hc: Any) -> TransformerConfig:
     attn_bias, mlp_bias = bool(getattr(hc, "attention_bias", False)), bool(getattr(hc, "mlp_bias", False))
     if attn_bias != mlp_bias:
         raise UserError("attention_bias != mlp_bias is not supported by the converter; use HFCausalLM")
+    theta = float(rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0)))
     return TransformerConfig(
         vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads,
         n_kv_head=hc.num_key_value_heads or hc.num_attention_heads, d_model=hc.hidden_size,
         d_ff=hc.intermediate_size, head_dim=getattr(hc, "head_dim", None), max_len=hc.max_position_embeddings,
-        norm="rms", mlp="swiglu", pos="rope", rope_theta=float(rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0))),
+        norm="rms", mlp="swiglu", pos="rope", rope_theta=theta,
         tie_embeddings=bool(getattr(hc, "tie_word_embeddings", False)), mask="causal", bias=attn_bias,
         norm_eps=hc.rms_norm_eps, dropout=0.0)
 
