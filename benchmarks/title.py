@@ -38,9 +38,9 @@ VARIANTS: dict[str, dict] = {
     "rnn-no-prior": {"arch": "rnn", "prior": False},
     "rnn-no-copy": {"arch": "rnn", "copy": False},  # the post's model (prior only)
     "rnn-no-prior-no-copy": {"arch": "rnn", "prior": False, "copy": False},
-    "unilm": {"arch": "unilm", "lr": 1e-3},  # prior + copy, from scratch
-    "unilm-no-copy": {"arch": "unilm", "lr": 1e-3, "copy": False},
-    "unilm-pretrained": {"arch": "unilm", "lr": 1e-3, "pretrain_minutes": None},  # + LM first
+    "unilm": {"arch": "unilm"},  # prior + copy, from scratch
+    "unilm-no-copy": {"arch": "unilm", "copy": False},
+    "unilm-pretrained": {"arch": "unilm", "pretrain_minutes": None},  # + LM first
 }
 
 

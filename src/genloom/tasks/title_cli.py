@@ -307,7 +307,8 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     t.add_argument("--min-count", type=int, default=d.min_count,
                    help="rarer characters become <unk>")
     t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
     t.add_argument("--dev-size", type=int, default=d.dev_size,
                    help="dev pairs decoded at each evaluation")
     t.add_argument("--eval-every", type=int, default=d.eval_every,

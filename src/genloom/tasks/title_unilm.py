@@ -250,10 +250,11 @@ class _LMObjective(nn.Module):
 def pretrain_lm(model: UniLMCopy, tokenizer: Any, texts: list[str], *, minutes: float,
                 run_dir: str | Path, batch_size: int, lr: float, seed: int, progress: bool = True,
                 length: int = 128) -> Any:
-    """Train `model.lm` as a causal char LM on `texts` (windows of `length`) for `minutes`."""
+    """Train `model.lm` as a causal char LM on `texts` (windows of `length` characters, at most
+    the model's context) for `minutes`."""
     from genloom.train import Loader, TrainConfig, fit
 
-    data = _Chunks(texts, tokenizer, length, seed)
+    data = _Chunks(texts, tokenizer, min(length, model.lm.config.max_len), seed)
     loader = Loader(data, batch_size=batch_size, collate_fn=_Pad(tokenizer.pad_id),
                     lengths=[len(x) for x in data.items], seed=seed)
     objective = _LMObjective(model.lm, tokenizer.pad_id)
