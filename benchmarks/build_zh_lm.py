@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=ZhLMConfig.max_steps, help="optimizer steps")
     p.add_argument("--minutes", type=float, help="a wall-clock training budget instead of --max-steps")
     p.add_argument("--vocab-size", type=int, default=ZhLMConfig.vocab_size)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build from --run-dir")
     args = p.parse_args(argv)
     cfg = ZhLMConfig(minutes=args.minutes, max_steps=args.max_steps, vocab_size=args.vocab_size)
     start = time.perf_counter()
     try:
-        out = build(args.out, cfg, run_dir=args.run_dir)
+        out = build(args.out, cfg, run_dir=args.run_dir, resume=args.resume)
     except UserError as e:
         print(f"build_zh_lm: error: {e}", file=sys.stderr)
         return 2

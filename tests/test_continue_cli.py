@@ -171,3 +171,16 @@ def test_exact_healing_is_the_same_on_converted_and_wrapped_hf_models(hf_dir, ca
         outs.append(json.loads(out))
     assert outs[0]["token_ids"] == outs[1]["token_ids"] and outs[0]["removed"] == ":"
     assert outs[0]["tv_bound"] == 0.0
+
+
+def test_build_resumes_from_its_run_directory(tmp_path):
+    cfg = ZhLMConfig(vocab_size=420, max_steps=2, seq_len=32, batch_size=4, n_layer=1, d_model=32, d_ff=64,
+                     n_head=2, warmup_steps=1, eval_blocks=4, progress=False, evals=2)
+    build(tmp_path / "a", cfg, run_dir=tmp_path / "run", texts=TEXTS, dev_texts=TEXTS[:12])
+    first, tok = load(tmp_path / "a")
+    assert (tmp_path / "run" / "tokenizer").is_dir()
+    # resuming a finished run trains no further step and rebuilds the same model and tokenizer
+    build(tmp_path / "b", cfg, run_dir=tmp_path / "run", texts=TEXTS, dev_texts=TEXTS[:12], resume=True)
+    again, tok2 = load(tmp_path / "b")
+    assert tok2.encode(TEXTS[0]) == tok.encode(TEXTS[0])
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))

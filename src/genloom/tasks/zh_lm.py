@@ -17,7 +17,8 @@ titles and contents; train split only, so the inews test text the benchmark cuts
 3. `genloom.models.save` into the model directory (default models/zh-bpe-lm), written beside it
    under a temporary name and renamed into place.
 
-Rebuild with one command (about 15 minutes on 2 quiet CPU cores, BPE included):
+Rebuild with one command (estimated 15-20 minutes on 2 quiet CPU cores, BPE included; on a
+heavily shared machine it took much longer, see the report of issue 6):
     python benchmarks/build_zh_lm.py [--out models/zh-bpe-lm] [--max-steps 800 | --minutes 12]
 """
 
@@ -58,7 +59,7 @@ class ZhLMConfig:
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_steps: int = 20  # linear warm-up steps
     ema_decay: float = 0.98  # EMA of the weights (the saved default weights; a short run, a short window)
-    max_steps: int | None = 800  # optimizer steps (about 10 minutes on 2 quiet CPU cores)
+    max_steps: int | None = 800  # optimizer steps (estimated 10-15 minutes on 2 quiet CPU cores)
     minutes: float | None = None  # a wall-clock budget instead (steps = budget / timed step)
     eval_blocks: int = 32  # dev blocks in each evaluation
     evals: int = 4  # evaluations over the run
@@ -113,14 +114,17 @@ def build(
     run_dir: str | Path = "runs/zh-bpe-lm",
     texts: Sequence[str] | None = None,
     dev_texts: Sequence[str] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train the BPE and the LM and save them as a model directory.
 
     Args:
         out_dir: the model directory to (re)create.
         config: settings (defaults: the benchmark's model).
-        run_dir: fit()'s run directory (metrics.jsonl, curves.png, checkpoints); replaced.
+        run_dir: fit()'s run directory (metrics.jsonl, curves.png, checkpoints, and the BPE as
+            soon as it is trained, under tokenizer/); replaced unless resuming.
         texts, dev_texts: training / dev texts (default: chinese_lm_texts("train" / "dev")).
+        resume: continue an interrupted build from run_dir (its BPE and latest checkpoint).
     Returns:
         The model directory.
     """
@@ -136,7 +140,19 @@ def build(
         dev_texts = chinese_lm_texts("dev") if dev_texts is None else dev_texts
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, cfg)
+    if resume and cfg.minutes is not None:
+        raise UserError("resuming needs the fixed number of steps of the first run (max_steps), not minutes")
+    if resume:
+        from genloom.tokenizers import load_tokenizer
+
+        if not (run_dir / "tokenizer").is_dir():
+            raise UserError(f"nothing to resume in {run_dir}: no tokenizer/ (start a fresh build)")
+        tokenizer = load_tokenizer(run_dir / "tokenizer")
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        tokenizer = train_tokenizer(texts, cfg)
+        tokenizer.save(run_dir / "tokenizer")
     train = pack_blocks(tokenizer, texts, cfg.seq_len)  # (N, T+1)
     dev = pack_blocks(tokenizer, dev_texts, cfg.seq_len)[: cfg.eval_blocks]  # (E, T+1)
     torch.manual_seed(cfg.seed)
@@ -154,15 +170,13 @@ def build(
         losses = [lm_loss(m, dev[i: i + cfg.batch_size])[0].item() for i in range(0, len(dev), cfg.batch_size)]
         return {"loss": sum(losses) / len(losses)}
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     train_cfg = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", min_lr_ratio=0.1,
                             max_steps=steps, max_minutes=None if cfg.minutes is None else cfg.minutes * 1.3,
                             ema_decay=cfg.ema_decay, eval_every=max(1, steps // cfg.evals),
                             seed=cfg.seed, device="cpu", progress=cfg.progress, keep_last=1)
     loader = Loader(train, batch_size=cfg.batch_size, collate_fn=torch.stack, seed=cfg.seed)
     result = fit(model, lm_loss, loader, config=train_cfg, run_dir=run_dir, eval_fn=evaluate,
-                 task_config=dataclasses.asdict(cfg))
+                 task_config=dataclasses.asdict(cfg), resume=resume)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save(model, tokenizer, tmp, ema=result.ema.averaged() if result.ema is not None else None)
