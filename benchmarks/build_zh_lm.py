@@ -1,6 +1,6 @@
 """Rebuild the Chinese large-vocabulary LM that `benchmarks/heal.py` and `genloom continue` use.
 
-    python benchmarks/build_zh_lm.py                      # models/zh-bpe-lm, 800 steps (~10 min quiet)
+    python benchmarks/build_zh_lm.py                      # models/zh-bpe-lm, 400 steps
     python benchmarks/build_zh_lm.py --minutes 3 --out models/zh-small   # a wall-clock budget instead
 
 Trains a 32,768-id byte-level BPE on the Chinese corpora (train split) and a small causal

@@ -17,9 +17,9 @@ titles and contents; train split only, so the inews test text the benchmark cuts
 3. `genloom.models.save` into the model directory (default models/zh-bpe-lm), written beside it
    under a temporary name and renamed into place.
 
-Rebuild with one command (estimated 15-20 minutes on 2 quiet CPU cores, BPE included; on a
+Rebuild with one command (estimated 10-15 minutes on 2 quiet CPU cores, BPE included; on a
 heavily shared machine it took much longer, see the report of issue 6):
-    python benchmarks/build_zh_lm.py [--out models/zh-bpe-lm] [--max-steps 800 | --minutes 12]
+    python benchmarks/build_zh_lm.py [--out models/zh-bpe-lm] [--max-steps 400 | --minutes 12]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ZhLMConfig:
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_steps: int = 20  # linear warm-up steps
     ema_decay: float = 0.98  # EMA of the weights (the saved default weights; a short run, a short window)
-    max_steps: int | None = 800  # optimizer steps (estimated 10-15 minutes on 2 quiet CPU cores)
+    max_steps: int | None = 400  # optimizer steps (estimated 5-10 minutes on 2 quiet CPU cores)
     minutes: float | None = None  # a wall-clock budget instead (steps = budget / timed step)
     eval_blocks: int = 32  # dev blocks in each evaluation
     evals: int = 4  # evaluations over the run
