@@ -73,14 +73,17 @@ def test_successor_matches_equal_brute_force():
     src = torch.tensor([[5, 6, 7, 5, 6, 0], [8, 8, 8, 9, 0, 0]])
     prev1 = torch.tensor([[2, 5, 6, 7], [2, 8, 8, 9]])
     prev2 = torch.tensor([[-2, 2, 5, 6], [-2, 2, 8, 8]])
-    m1, m2 = successor_matches(src, prev1, prev2)
+    m1, m2 = successor_matches(src, prev1, prev2, start_id=2)
     for b in range(2):
+        padded = [2, 2] + src[b].tolist()  # the source preceded by bos (id 2)
         for t in range(4):
             for j in range(6):
-                one = j >= 1 and int(src[b, j - 1]) == int(prev1[b, t])
-                two = one and j >= 2 and int(src[b, j - 2]) == int(prev2[b, t])
+                one = padded[j + 1] == int(prev1[b, t])
+                two = one and padded[j] == int(prev2[b, t])
                 assert (m1[b, t, j], m2[b, t, j]) == (float(one), float(two))
+    assert m1[0, 0].tolist() == [1, 0, 0, 0, 0, 0]  # after bos: the article's first character
     assert m1[0, 1].tolist() == [0, 1, 0, 0, 1, 0] and m2[0, 2].tolist() == [0, 0, 1, 0, 0, 1]
+    assert m2[0, 1].tolist() == [0, 1, 0, 0, 0, 0]  # bos, 5 -> continue the article's start
 
 
 def test_prior_is_initialised_to_scale_one_shift_zero():

@@ -12,7 +12,8 @@ usually the one after it in the source. Without input feeding or coverage the de
 where it copied last, and early in training it copies the same character again and again
 ("产产产产"). The bonus adds w1 to the score of every source position that follows an occurrence of
 the last generated character and w2 where the last two match (`successor_matches`; w learned,
-starting at 1). It needs only the ids, so training stays parallel over the title and a decoding
+starting at 1); the source counts as preceded by bos, so the first step favours the article's
+first character (news titles often start where the article does). It needs only the ids, so training stays parallel over the title and a decoding
 step stays O(S).
 
 Padding in the BiLSTM: the backward direction runs a one-directional LSTM over each row reversed
@@ -78,15 +79,18 @@ def title_rnn_small(vocab_size: int, **overrides: Any) -> RNNSeq2SeqConfig:
     return RNNSeq2SeqConfig(vocab_size=vocab_size, **overrides)
 
 
-def successor_matches(src: Tensor, prev1: Tensor, prev2: Tensor) -> tuple[Tensor, Tensor]:
+def successor_matches(src: Tensor, prev1: Tensor, prev2: Tensor, *, start_id: int
+                      ) -> tuple[Tensor, Tensor]:
     """Where the source continues what was just generated.
 
-    src (B, S); prev1 (B, T) the last generated id before each target position (bos first) and
-    prev2 (B, T) the one before it (negative where there is none). Returns float (B, T, S):
-    m1[b, t, s] = 1 iff src[b, s-1] == prev1[b, t]; m2 = m1 and src[b, s-2] == prev2[b, t].
+    src (B, S); prev1 (B, T) the last id fed before each target position (bos first) and prev2
+    (B, T) the one before it (negative where there is none). The source counts as preceded by
+    `start_id` (bos), as the title is, so at the first step position 0 continues the bos.
+    Returns float (B, T, S): m1[b, t, s] = 1 iff src[b, s-1] == prev1[b, t];
+    m2 = m1 and src[b, s-2] == prev2[b, t] (src[-1], src[-2] = start_id).
     """
-    before1 = F.pad(src, (1, 0), value=-1)[:, :-1]  # (B, S) src[s-1]
-    before2 = F.pad(src, (2, 0), value=-1)[:, :-2]  # (B, S) src[s-2]
+    before1 = F.pad(src, (1, 0), value=start_id)[:, :-1]  # (B, S) src[s-1]
+    before2 = F.pad(src, (2, 0), value=start_id)[:, :-2]  # (B, S) src[s-2]
     m1 = before1[:, None, :] == prev1[:, :, None]  # (B, T, S)
     m2 = m1 & (before2[:, None, :] == prev2[:, :, None])  # (B, T, S)
     return m1.float(), m2.float()
@@ -219,7 +223,7 @@ class RNNSeq2Seq(nn.Module):
         attention (B, T, S) and the copy gate (B, T, 1) (None without copy)."""
         bias = None
         if self.config.successor:
-            m1, m2 = successor_matches(st["src"], prev1, prev2)  # (B, T, S) each
+            m1, m2 = successor_matches(st["src"], prev1, prev2, start_id=self.config.bos_id)
             bias = self.successor_weight[0] * m1 + self.successor_weight[1] * m2
         ctx, attn = self.attention(dec, st["keys"], st["memory"], st["mask"], bias)
         pooled = st["pooled"][:, None, :].expand(-1, dec.shape[1], -1)  # (B, T, 2H)

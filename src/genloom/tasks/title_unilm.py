@@ -128,7 +128,7 @@ class UniLMCopy(nn.Module):
             return logp
         bias = None
         if self.config.successor:
-            m1, m2 = successor_matches(st["src"], prev1, prev2)  # (B, T, S) each
+            m1, m2 = successor_matches(st["src"], prev1, prev2, start_id=self.config.bos_id)
             bias = self.successor_weight[0] * m1 + self.successor_weight[1] * m2
         attn = self.attention(h, st["keys"], st["mask"], bias)  # (B, T, S)
         g = torch.sigmoid(self.gate(h))  # (B, T, 1)
