@@ -17,7 +17,9 @@ ratio of medians and as the median of the per-repeat paired ratios.
 
 Also measured: the memory-bandwidth floor of SmolLM2 at batch 1 (bytes of its weights / the
 copy bandwidth of a 1 GiB tensor, bytes read + written, as reference/performance-anchors.md
-states it), and the peak RSS of batch-8 greedy (VmHWM reset through /proc/self/clear_refs).
+states it), and the peak RSS of batch-8 greedy, each engine alone in a fresh process (genloom
+loading the converted model from a saved model directory, HF from the GGUF), after a warm-up
+call, with the high-water mark reset through /proc/self/clear_refs before the measured call.
 
     .venv/bin/python benchmarks/decode_vs_hf.py                  # ~6 min on a quiet 2-core machine
     .venv/bin/python benchmarks/decode_vs_hf.py --repeats 5 --threads 2
@@ -34,6 +36,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +47,7 @@ import torch
 
 from genloom.decode.processors import TopK, TopP
 from genloom.decode.search import beam_search, greedy, sample
-from genloom.models import HFCausalLM, convert
+from genloom.models import HFCausalLM, convert, load, save
 from genloom.models.hf import load_hf
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decode_vs_hf.json"
@@ -114,6 +117,7 @@ def _rss_kib(field: str) -> int:
 
 def peak_rss(fn: Callable[[], object]) -> dict:
     """Resident set size (MiB) before `fn` and its peak during it (VmHWM reset first)."""
+    fn()  # warm-up: allocator pools and lazily built tables are part of the model, not the call
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
         reset = True
@@ -124,6 +128,29 @@ def peak_rss(fn: Callable[[], object]) -> dict:
     peak = _rss_kib("VmHWM")
     return {"rss_before_mib": before / 1024, "peak_mib": peak / 1024, "peak_increase_mib": (peak - before) / 1024,
             "peak_is_this_call_only": reset}
+
+
+def rss_child(engine: str, model_dir: str, *, n: int, threads: int) -> dict:
+    """Peak RSS of SmolLM2 batch-8 greedy with only `engine`'s model loaded, in a subprocess."""
+    cmd = [sys.executable, __file__, "--rss-child", engine, model_dir, "--new-tokens", str(n),
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child_main(engine: str, model_dir: str, n: int) -> int:
+    """--rss-child: load one engine's SmolLM2 (genloom: the saved model directory; hf: the GGUF),
+    run batch-8 greedy once to warm up and once measured, print the figures as JSON."""
+    if engine == "genloom":
+        model, tok = load(model_dir)
+    else:
+        model, tok = load_hf("smollm2-135m")
+    ids = torch.tensor([tok.encode(t)[:PROMPT_TOKENS] for t in TEXTS])  # (8, 33)
+    run = make_runners(model, model, model, ids, case="greedy_b8", n=n, eos=tok.eos_id)
+    figures = peak_rss(run["hf" if engine == "hf" else "genloom"])
+    figures["weights_mib"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    print(json.dumps(figures))
+    return 0
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -264,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the anchors used 2)")
     ap.add_argument("--skip-smollm2", action="store_true", help="only the small GPT-2 config (a quick check)")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--rss-child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rss_child:
+        return _rss_child_main(*args.rss_child, args.new_tokens)
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -288,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         print(HEADER, flush=True)
         results["smollm2"] = bench_model("SmolLM2", hf, ours, ids, n=args.new_tokens, repeats=args.repeats,
                                          eos=tok.eos_id)
-        runners = make_runners(hf, ours, HFCausalLM(hf), ids, case="greedy_b8", n=args.new_tokens, eos=tok.eos_id)
-        results["smollm2"]["peak_rss_greedy_b8"] = {name: peak_rss(runners[name]) for name in ("genloom", "hf")}
+        with tempfile.TemporaryDirectory() as tmp:  # each engine alone in a fresh process
+            save(ours, tok, tmp)
+            results["smollm2"]["peak_rss_greedy_b8"] = {
+                name: rss_child(name, tmp, n=args.new_tokens, threads=args.threads) for name in ("genloom", "hf")}
         results["smollm2"]["weights_bytes"] = weight_bytes
         results["smollm2"]["bandwidth_floor_ms_per_token"] = floor_ms
         del hf, ours
@@ -319,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'met ' if c['met'] else 'MISS'}  {c['target']}: {c['value']:.3f} {c['op']} {c['threshold']}")
     if "smollm2" in results:
         rss = results["smollm2"]["peak_rss_greedy_b8"]
-        print(f"peak RSS, SmolLM2 greedy batch 8: genloom {rss['genloom']['peak_mib']:.0f} MiB "
-              f"(+{rss['genloom']['peak_increase_mib']:.0f} over the models), HF {rss['hf']['peak_mib']:.0f} MiB "
-              f"(+{rss['hf']['peak_increase_mib']:.0f}); both models resident")
+        print(f"peak RSS, SmolLM2 greedy batch 8, each engine alone: genloom {rss['genloom']['peak_mib']:.0f} MiB "
+              f"(+{rss['genloom']['peak_increase_mib']:.0f} during the call), HF {rss['hf']['peak_mib']:.0f} MiB "
+              f"(+{rss['hf']['peak_increase_mib']:.0f})")
     print(f"{data['note']}; wrote {args.output}")
     return 0
 

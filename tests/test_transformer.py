@@ -196,6 +196,29 @@ def test_cache_allocated_once_and_select_reorders_rows():
             logits, state = model.step(logits.argmax(-1), state)
 
 
+def test_random_selects_between_steps_follow_each_row_history():
+    """Beam-like traffic: rows reordered, repeated and dropped between steps (some keep their own
+    row, some take another's); every row's logits equal the full forward of its own history."""
+    model = tiny("llama_gqa_untied")
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, V, (2, 5), generator=gen)
+    logits, state = model.start(input_ids=ids, lengths=torch.tensor([5, 3]), max_new_tokens=12)
+    history = [ids[0].tolist(), ids[1, :3].tolist()]
+    for _ in range(10):
+        rows = len(history)
+        index = torch.randint(0, rows, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen)
+        if torch.rand(1, generator=gen) < 0.5:
+            index[: min(rows, len(index))] = torch.arange(min(rows, len(index)))  # rows keeping their own
+        state = model.select(state, index)
+        history = [list(history[i]) for i in index.tolist()]
+        tokens = torch.randint(0, V, (len(history),), generator=gen)
+        logits, state = model.step(tokens, state)
+        for h, t in zip(history, tokens.tolist()):
+            h.append(t)
+        for r, h in enumerate(history):
+            assert (logits[r] - model(torch.tensor([h]))[0, -1]).abs().max() <= 1e-4
+
+
 def test_probe_records_attention_and_changes_nothing():
     model = tiny("llama_gqa_untied")
     ids = torch.randint(0, V, (2, 6))
@@ -286,6 +309,13 @@ def test_load_errors_and_registry(tmp_path):
         load(tmp_path)
     model = tiny("gpt2")
     save(model, None, tmp_path / "ok")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    assert "lm_head.weight" not in weights  # the tied head is stored once
+    save_file({k: v for k, v in weights.items() if k != "norm.weight"}, str(tmp_path / "ok" / "model.safetensors"))
+    with pytest.raises(UserError, match="missing \\['norm.weight'\\]"):
+        load(tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot read the weights"):
         load(tmp_path / "ok")

@@ -190,21 +190,25 @@ def load(
     if not weights_path.is_file():
         raise UserError(f"{path} has no weights ({WEIGHTS_FILE})")
     weights = _read_weights(weights_path, device)
-    if hasattr(model_cls, "init_buffers"):  # it can rebuild its non-persistent buffers: skip the random init
+    if hasattr(model_cls, "init_buffers"):  # it rebuilds its non-persistent buffers: no random init, no copy
         with torch.device("meta"):
             model = model_cls(config)
-        model = model.to_empty(device=device)
+        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+        if getattr(config, "tie_embeddings", False):  # a tied matrix is stored once, under either name
+            if model.tok_emb.weight.is_meta:
+                model.tok_emb.weight = model.lm_head.weight
+            else:
+                model.lm_head.weight = model.tok_emb.weight
         model.init_buffers()
-        if getattr(config, "tie_embeddings", False):
-            model.lm_head.weight = model.tok_emb.weight  # to_empty gives each name its own tensor
     else:
         model = model_cls(config).to(device)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # a tied matrix is stored once, under one of its names
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {n for n in missing if _is_tied(model, n)}
-    if set(missing) - tied or unexpected:
-        raise UserError(f"{weights_path} does not match {model_type}: missing "
-                        f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    left = sorted(set(missing) - tied)
+    left += [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta and n not in left]
+    if left or unexpected:
+        raise UserError(f"{weights_path} does not match {model_type}: missing {left[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}")
     tokenizer = None
     if (path / TOKENIZER_MANIFEST).is_file():
         from genloom.tokenizers import load_tokenizer

@@ -15,9 +15,10 @@ C model width, F feed-forward width, V vocabulary size, L layers, E condition wi
 - `step` feeds one token per row, writes its keys/values in place and returns the next logits.
   The state is updated in place and returned (a state passed to `step` or `select` must not be
   used again).
-- `select` reorders or drops rows with one `index_select` over the used columns of the cache,
-  copied back into the same buffer (it only grows when a select asks for more rows than the
-  buffer holds, e.g. expanding prompts into beams).
+- `select` reorders, repeats or drops rows in place: only rows whose source is another row are
+  gathered (one `index_select` over the used columns) and copied back with one `index_copy_`,
+  so beams that keep their own history cost nothing; the buffer only grows when a select asks
+  for more rows than it holds (e.g. expanding prompts into beams).
 
 With mask="prefix" (UniLM), the prompt is the source, bidirectional among itself, and generated
 tokens are causal; with mask="bidirectional", `start` returns the last prompt position's logits
@@ -478,14 +479,19 @@ class Transformer(nn.Module):
         used = state.buffer[: state.rows]  # (B, L, *state)
         if self._time_axis is not None:
             used = used.narrow(2 + self._time_axis, 0, n)
-        picked = used.index_select(0, index)  # (B', L, *state[:n])
         buffer = state.buffer
         if rows > buffer.shape[0]:  # more rows than allocated (prompts expanded into beams)
             buffer = buffer.new_zeros(rows, *buffer.shape[1:])
-        target = buffer[:rows]
-        if self._time_axis is not None:
-            target = target.narrow(2 + self._time_axis, 0, n)
-        target.copy_(picked)
+            target = buffer if self._time_axis is None else buffer.narrow(2 + self._time_axis, 0, n)
+            target.copy_(used.index_select(0, index))
+        else:  # in place: only rows whose source is another row are copied (beams mostly keep theirs)
+            moved = (index != torch.arange(rows, device=index.device)).nonzero().squeeze(1)  # (M,)
+            if moved.numel():
+                picked = used.index_select(0, index[moved])  # (M, L, *state[:n]): read before writing
+                target = buffer[:rows]
+                if self._time_axis is not None:
+                    target = target.narrow(2 + self._time_axis, 0, n)
+                target.index_copy_(0, moved, picked)
         return TransformerState(
             buffer=buffer, layers=[buffer[:rows, i] for i in range(len(state.layers))], rows=rows,
             length=n, capacity=state.capacity,

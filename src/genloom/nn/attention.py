@@ -11,7 +11,8 @@ the state is the KV cache of one layer, (2, K, S, D): keys at [0], values at [1]
 post-RoPE keys. The model allocates the caches of all layers in ONE tensor
 (B, layers, 2, K, S, D) once per `start()`; `forward` with a state fills columns [0, T) and
 `step` writes column `frame.column` in place (no concatenation), then attends to columns
-[0, column]. Reordering rows (beams) is one `index_select` over that single tensor.
+[0, column]. Reordering rows (beams) gathers and copies back, in that single tensor, only the
+rows that change.
 
 Query heads are grouped as Hugging Face's `repeat_kv` does: query head h uses K/V head h // G.
 In `step` the G query heads of a group are passed to SDPA as G query *positions* of one head,
