@@ -22,7 +22,7 @@ from genloom.decode.heal import (
     back_off,
     continue_prompt,
     heal_prompt,
-    healed_logprob,
+    healed_logprobs,
     split_utf8,
 )
 from genloom.decode.heal_tree import VocabIndex, build_tree, prefix_logprob
@@ -244,32 +244,35 @@ def test_pruning_bound_is_certified(probe):
     assert bound <= 1e-3 / (1 - 1e-3) and abs(math.exp(log_z) - exact) / exact <= bound + 1e-12
 
 
-def test_healed_logprob_modes_equal_brute_force():
-    model = TrigramLM(3)
-    prompt, gold = b"c ab", b"c "
+@pytest.mark.parametrize("prompt, gold", [(b"c ab", b"c "), (b"abc:", b"//a"), ("c白".encode(), YUN + b"a")])
+def test_healed_logprobs_equal_brute_force(prompt, gold):
+    model = TrigramLM(3, scale=1.5)
     ids = TOK.encode(prompt.decode())
+    got = healed_logprobs(model, TOK, prompt, gold, bos_id=BOS, tol=0, index=INDEX)
+    assert all(bound == 0.0 for _, bound in got.values())
     # none: Z(all tokens, gold)
-    lp, b = healed_logprob(model, TOK, prompt, gold, mode="none", bos_id=BOS, tol=0, index=INDEX)
-    assert b == 0 and lp == pytest.approx(math.log(brute_z(model, [BOS] + ids, gold)), abs=1e-9)
+    assert got["none"][0] == pytest.approx(math.log(brute_z(model, [BOS] + ids, gold)), abs=1e-9)
     # exact: Z(kept, r gold) / Z(kept, r)
     kept, r = back_off(ids, INDEX)
-    lp, _ = healed_logprob(model, TOK, prompt, gold, mode="exact", bos_id=BOS, tol=0, index=INDEX)
     want = brute_z(model, [BOS] + kept, r + gold) / brute_z(model, [BOS] + kept, r)
-    assert lp == pytest.approx(math.log(want), abs=1e-9)
-    # post: first token among the extensions of the last token, renormalized
+    assert got["exact"][0] == pytest.approx(math.log(want), abs=1e-9)
+    # post: the first token among the extensions of the last token, renormalized
     kept, r = ids[:-1], VOCAB[ids[-1]]
     p = model.logp([BOS] + kept).exp()
     num = den = 0.0
     for v, bv in enumerate(VOCAB):
-        if bv.startswith(r):
+        if bv and bv.startswith(r):
             den += float(p[v])
-            rest = (r + gold)
+            rest = r + gold
             if bv.startswith(rest):
                 num += float(p[v])
             elif rest.startswith(bv):
                 num += float(p[v]) * brute_z(model, [BOS] + kept + [v], rest[len(bv):])
-    lp, _ = healed_logprob(model, TOK, prompt, gold, mode="post", bos_id=BOS, tol=0, index=INDEX)
-    assert lp == pytest.approx(math.log(num / den), abs=1e-9)
+    assert got["post"][0] == pytest.approx(math.log(num / den), abs=1e-9)
+    # each mode alone (separate trees) gives the same numbers as the shared tree
+    for mode in ("post", "exact"):
+        assert healed_logprobs(model, TOK, prompt, gold, modes=[mode], bos_id=BOS, tol=0, index=INDEX)[mode][0] \
+            == pytest.approx(got[mode][0], abs=1e-9)
 
 
 # ---- search loops -------------------------------------------------------------------------------

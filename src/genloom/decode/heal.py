@@ -35,6 +35,7 @@ reordered and samples repeated freely.
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,40 +321,69 @@ def continue_prompt(
     return results
 
 
-def healed_logprob(
+def healed_logprobs(
     model: Decodable,
     tokenizer: Any,
     prompt: str | bytes | Sequence[int],
     gold: bytes,
     *,
-    mode: str,
+    modes: Sequence[str] = ("none", "post", "exact"),
     bos_id: int | None = None,
     tol: float = 1e-6,
     max_rows: int = 128,
     index: VocabIndex | None = None,
-) -> tuple[float, float]:
+    healed: HealedPrompt | None = None,
+) -> dict[str, tuple[float, float]]:
     """log P(the continuation after `prompt` starts with the bytes `gold`) under the decoding
-    distribution of a mode (none, post, exact), summed over every tokenization.
+    distribution of each mode, summed over every tokenization:
 
     - none: log Z(all prompt tokens, gold);
-    - post: the first token is drawn among the extensions of r renormalized, then the model:
+    - post: the first token is drawn among the extensions of r, renormalized, then the model:
       log [sum_{v extends r} p(v) Z(ctx v, (r gold)[len v:])] - log sum_{v extends r} p(v);
     - exact: log Z(kept, r gold) - log Z(kept, r).
+    When post and exact back off to the same context, one tree over r gold serves both (post's
+    numerator is the part of its root whose first token is at least len(r) bytes long).
+
+    Args:
+        healed: the exact mode's prompt step if already made (its tree gives Z(kept, r)).
+        Other arguments: as in `heal_prompt`.
     Returns:
-        (log-probability, certified relative bound of the trees used; 0 = exact).
+        mode -> (log-probability, certified relative bound of the trees used; 0 = exact).
     """
-    if mode not in ("none", "post", "exact"):
-        raise UserError(f"healed_logprob mode must be none, post or exact; got {mode!r}")
+    unknown = set(modes) - {"none", "post", "exact"}
+    if unknown:
+        raise UserError(f"healed_logprobs modes must be none, post or exact; got {sorted(unknown)}")
     index = index or VocabIndex.from_tokenizer(tokenizer)
-    healed = heal_prompt(model, tokenizer, prompt, mode=mode, bos_id=bos_id, tol=tol, max_rows=max_rows,
-                         index=index)
-    r = healed.removed
-    min_len = len(r) if mode == "post" else 0
-    num = build_tree(model, healed.context, r + bytes(gold), index, root_min_len=min_len, tol=tol,
-                     max_rows=max_rows, probe=True)
-    if mode == "none" or not r:
-        return num.log_z, num.bound
-    if mode == "exact":
-        return num.log_z - healed.tree.log_z, num.bound + healed.tree.bound
-    den = float(torch.logsumexp(num.root_logp[index.cover(r).to(num.root_logp.device)], dim=0))
-    return num.log_z - den, num.bound
+    gold = bytes(gold)
+    opts = dict(tol=tol, max_rows=max_rows, probe=True)
+    out: dict[str, tuple[float, float]] = {}
+    if "none" in modes:
+        plain = heal_prompt(model, tokenizer, prompt, mode="none", bos_id=bos_id, index=index)
+        tree = build_tree(model, plain.context, gold, index, **opts)
+        out["none"] = (tree.log_z, tree.bound)
+    exact = post = shared = None
+    if "exact" in modes:
+        exact = healed if healed is not None and healed.mode == "exact" else heal_prompt(
+            model, tokenizer, prompt, mode="exact", bos_id=bos_id, tol=tol, max_rows=max_rows, index=index)
+    if "post" in modes:
+        post = heal_prompt(model, tokenizer, prompt, mode="post", bos_id=bos_id, index=index)
+    if exact is not None and post is not None and (exact.context, exact.removed) == (post.context, post.removed):
+        shared = build_tree(model, exact.context, exact.removed + gold, index, **opts)
+    if exact is not None:
+        tree = shared or build_tree(model, exact.context, exact.removed + gold, index, **opts)
+        den, den_bound = (exact.tree.log_z, exact.tree.bound) if exact.tree is not None else (0.0, 0.0)
+        out["exact"] = (tree.log_z - den, tree.bound + den_bound)
+    if post is not None:
+        r = post.removed
+        if shared is not None:
+            tree, num = shared, shared.log_z_first_at_least(len(r))
+        else:
+            tree = build_tree(model, post.context, r + gold, index, root_min_len=len(r), **opts)
+            num = tree.log_z
+        bound = 0.0 if tree.log_pruned == NEG_INF else math.exp(tree.log_pruned - num)
+        if not r:
+            out["post"] = (num, bound)
+        else:
+            cover = index.cover(r).to(tree.root_logp.device)
+            out["post"] = (num - float(torch.logsumexp(tree.root_logp[cover], dim=0)), bound)
+    return out

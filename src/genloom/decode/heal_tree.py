@@ -150,6 +150,19 @@ class PrefixTree:
             return 0.0
         return math.exp(self.log_pruned - self.log_z)
 
+    def log_z_first_at_least(self, min_len: int) -> float:
+        """log of the part of Z whose first token is at least `min_len` bytes long (min_len at most
+        len(target): every covering token qualifies), from a tree built with root_min_len = 0."""
+        if self.root_min_len or min_len > len(self.target):
+            raise ValueError("log_z_first_at_least needs root_min_len = 0 and min_len <= len(target)")
+        root = self.nodes[0]
+        z = root.log_cover
+        for tok, c in root.children.items():
+            if len(self.index.token_bytes[tok]) >= min_len:
+                child = self.nodes[c]
+                z = _logaddexp(z, child.log_step + child.log_z)
+        return z
+
     def walk(self, path: Sequence[int]) -> int | None:
         """The node reached by `path` (generated tokens), or None once a token left the tree
         (covered the rest of the target: from there on decoding is unconstrained)."""
