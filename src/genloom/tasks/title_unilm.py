@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from genloom.models.io import register_model
 from genloom.models.rnn_seq2seq import source_presence, successor_matches
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn import probe
@@ -202,6 +203,9 @@ class UniLMCopy(nn.Module):
         """Reorder rows of the Transformer cache and of the source-side tensors."""
         return {k: self.lm.select(v, index) if k == "lm" else v.index_select(0, index)
                 for k, v in state.items()}
+
+
+register_model("unilm_copy", UniLMCopyConfig, UniLMCopy)  # genloom.models.load rebuilds it
 
 
 # ---- char-LM pre-training ---------------------------------------------------------------------
