@@ -30,11 +30,14 @@ STRATEGIES = ("greedy", "beam", "sample")
 
 
 def _is_hf_source(source: str) -> bool:
-    """True unless `source` is a genloom model directory."""
-    from genloom.tasks.generate import _is_genloom_dir
+    """True unless `source` is a genloom model directory (its config.json names a genloom type)."""
+    from genloom.models import io
 
-    path = Path(source)
-    return not (path.is_dir() and _is_genloom_dir(path))
+    try:
+        data = json.loads((Path(source) / io.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return not (isinstance(data, dict) and data.get("model_type") in io.MODEL_TYPES)
 
 
 def start_token(tokenizer: Any, choice: str, *, hf: bool) -> int | None:
