@@ -89,11 +89,14 @@ class SummarizeConfig:
     minutes: float | None = 10.0  # seq2seq wall-clock budget (None: bounded by steps only)
     ema_decay: float = 0.995  # EMA of the seq2seq weights (saved as its default weights)
     num_beams: int = 3  # beam width when summarizing
+    no_repeat_ngram: int = 3  # ban repeated character n-grams of this size when summarizing (0: off)
     seed: int = 0  # every random choice of the run
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.no_repeat_ngram < 0:
+            raise UserError(f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
         for name in ("window", "max_target_len", "max_clauses", "batch_size", "num_beams", "folds"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -248,7 +251,8 @@ class Summarizer:
         if beams < 1:
             raise UserError(f"the beam size must be at least 1, got {beams}")
         ids = [self.tokenizer.encode(p["source"]) for p in prepared]
-        outs = generate_ids(self.model, ids, num_beams=beams, copy=copy, batch_size=batch_size)
+        outs = generate_ids(self.model, ids, num_beams=beams, copy=copy, batch_size=batch_size,
+                            no_repeat_ngram=self.config.no_repeat_ngram)
         results = []
         for p, o in zip(prepared, outs):
             row: dict[str, Any] = {"summary": self.tokenizer.decode(o)}

@@ -91,6 +91,7 @@ _TRAIN_FLAGS: dict[str, str] = {  # SummarizeConfig field -> help
     "steps": "seq2seq optimizer steps (default: bounded by --minutes)",
     "minutes": "seq2seq training minutes (0: bounded by --steps only)", "ema_decay": "EMA decay of the seq2seq weights",
     "num_beams": "beam size saved for summarizing", "seed": "seed of every random choice",
+    "no_repeat_ngram": "ban repeated character n-grams of this size when summarizing (0: off)",
 }
 
 

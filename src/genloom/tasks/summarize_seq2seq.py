@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from genloom.decode.copy import O, CopyConstraint, SparseSoftmax
+from genloom.decode.processors import NoRepeatNGram
 from genloom.decode.search import beam_search, greedy
 from genloom.errors import UserError
 from genloom.models.io import register_model
@@ -256,23 +257,26 @@ def pad_sources(sources: Sequence[Sequence[int]], pad_id: int) -> Tensor:
 
 
 def decode_processors(model: CopyUniLM, sources: Sequence[Sequence[int]], *, copy: bool | None = None,
-                      sparse: bool = True) -> list:
+                      sparse: bool = True, no_repeat_ngram: int = 0) -> list:
     """The processor list of SPACES decoding: [CopyConstraint] (when the model has a copy head and
-    `copy` is not False) then [SparseSoftmax] (when the model was trained with it and `sparse`)."""
+    `copy` is not False), [NoRepeatNGram] (when no_repeat_ngram > 0), then [SparseSoftmax] (when the
+    model was trained with it and `sparse`)."""
     procs: list = []
     use_copy = model.config.copy if copy is None else copy
     if use_copy:
         if not model.config.copy:
             raise UserError("this model has no copy head: decode with copy off")
         procs.append(CopyConstraint(sources, lambda: model.copy_logits, always=[model.config.eos_id]))
+    if no_repeat_ngram > 0:
+        procs.append(NoRepeatNGram(no_repeat_ngram))
     if sparse and model.config.sparse is not None:
         procs.append(SparseSoftmax(**model.config.sparse))
     return procs
 
 
 def generate_ids(model: CopyUniLM, sources: Sequence[Sequence[int]], *, num_beams: int = 3,
-                 copy: bool | None = None, sparse: bool = True, max_new_tokens: int | None = None,
-                 batch_size: int = 32) -> list[list[int]]:
+                 copy: bool | None = None, sparse: bool = True, no_repeat_ngram: int = 0,
+                 max_new_tokens: int | None = None, batch_size: int = 32) -> list[list[int]]:
     """Target ids (EOS stripped) for each source (ids, cut to the window), by beam search
     (greedy when num_beams == 1) under `decode_processors`."""
     c = model.config
@@ -283,7 +287,7 @@ def generate_ids(model: CopyUniLM, sources: Sequence[Sequence[int]], *, num_beam
         chunk = [list(s)[: c.max_source_len] for s in sources[start:start + batch_size]]
         if any(not s for s in chunk):
             raise UserError("an empty source cannot be summarized")
-        procs = decode_processors(model, chunk, copy=copy, sparse=sparse)
+        procs = decode_processors(model, chunk, copy=copy, sparse=sparse, no_repeat_ngram=no_repeat_ngram)
         src = pad_sources(chunk, c.pad_id)
         if num_beams > 1:
             res = beam_search(model, num_beams=num_beams, max_new_tokens=n, eos_id=c.eos_id,
