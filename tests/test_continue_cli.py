@@ -158,8 +158,15 @@ def test_hf_mode_crash_is_a_counted_user_error(hf_dir, monkeypatch):
         raise RuntimeError("The size of tensor a (82) must match the size of tensor b (81)\nmore")
 
     monkeypatch.setattr(model, "generate", broken)
-    with pytest.raises(HFHealingError, match=r"token healing failed: The size of tensor a \(82\)"):
+    with pytest.raises(HFHealingError, match=r"token healing failed: RuntimeError: The size of tensor a \(82\)"):
         hf_continue(HFCausalLM(model), tok, "visit http:", max_new_tokens=3)
+
+    def broken_key(*args, **kwargs):
+        raise KeyError((36826,))
+
+    monkeypatch.setattr(model, "generate", broken_key)
+    with pytest.raises(HFHealingError, match=r"KeyError: \(36826,\)"):
+        hf_continue(model, tok, "visit http:", max_new_tokens=3)
 
 
 def test_exact_healing_is_the_same_on_converted_and_wrapped_hf_models(hf_dir, capsys):

@@ -5,8 +5,9 @@ Kept for comparison with genloom's modes (heal.py), run exactly as transformers 
 the last token only, adds a soft +10 bias to the tokens extending it (+1 more to the original),
 picks one token greedily, and then `generate` continues with the requested strategy. On some
 mid-word prompts transformers raises inside `heal_tokens` (a tensor size mismatch when the
-re-encoded prompt has a different length); that surfaces here as `HFHealingError`, a `UserError`
-the benchmark counts as a miss.
+re-encoded prompt has a different length; a KeyError when the last token is not among the
+extensions of its own decoded text); any such exception surfaces here as `HFHealingError`, a
+`UserError` the benchmark counts as a miss.
 
 The continuation text is what follows the prompt in the decoded output; when healing rewrote the
 prompt's own text (a soft bias lets a token that does not extend the prompt win, or stripping lost
@@ -81,8 +82,9 @@ def hf_continue(
     try:
         with torch.no_grad():
             out = hf_model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)  # (R, L)
-    except (RuntimeError, IndexError, ValueError) as e:
-        raise HFHealingError(f"transformers token healing failed: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # any crash inside transformers' healing (seen: RuntimeError, KeyError)
+        first = (str(e).splitlines() or [""])[0]
+        raise HFHealingError(f"transformers token healing failed: {type(e).__name__}: {first}") from None
     head = prompt.lstrip()  # heal_tokens strips leading whitespace too
     results = []
     special = set(getattr(hf_tok, "all_special_ids", []))
