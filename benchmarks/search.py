@@ -242,11 +242,11 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
 # ---- error correction ---------------------------------------------------------------------------
 
 
-def correction_sentences(tokenizer: Any, n: int, seed: int) -> list[str]:
+def correction_sentences(tokenizer: Any, n: int, seed: int, split: str = "test") -> list[str]:
     from genloom.data import load_corpus, split_sentences
 
     pool = []
-    for r in load_corpus("inews", "test"):
+    for r in load_corpus("inews", split):
         for s in split_sentences(r["content"]):
             if (10 <= len(s) <= 30 and len(_HAN.findall(s)) >= 0.8 * len(s)
                     and tokenizer.unk_id not in tokenizer.encode(s) and s not in pool):
@@ -257,7 +257,7 @@ def correction_sentences(tokenizer: Any, n: int, seed: int) -> list[str]:
 
 def correction_bench(backend: task.Backend, args: argparse.Namespace) -> dict:
     tok = backend.tokenizer
-    clean = correction_sentences(tok, args.correct, args.seed)
+    clean = correction_sentences(tok, args.correct, args.seed, args.correct_split)
     han = [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))]
     rng = random.Random(args.seed + 1)
     corrupted, where = [], []
@@ -269,14 +269,16 @@ def correction_bench(backend: task.Backend, args: argparse.Namespace) -> dict:
         corrupted.append(s[:pos] + new + s[pos + 1:])
         where.append(pos)
     t0 = time.perf_counter()
-    fixed = task.correct_texts(backend, corrupted + clean, task.CorrectConfig(penalty=args.penalty),
+    config = task.CorrectConfig(penalty=args.penalty, top_k=args.correct_top_k, sweeps=args.sweeps,
+                                both=args.both)
+    fixed = task.correct_texts(backend, corrupted + clean, config,
                                generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - t0
     fixed_bad, fixed_clean = fixed[: len(clean)], fixed[len(clean):]
     restored = sum(f == c for f, c in zip(fixed_bad, clean)) / len(clean)
     touched = sum(f[p] != b[p] for f, b, p in zip(fixed_bad, corrupted, where)) / len(clean)
     false_edits = sum(f != c for f, c in zip(fixed_clean, clean)) / len(clean)
-    return {"sentences": len(clean), "penalty": args.penalty, "restored": restored,
+    return {"sentences": len(clean), "split": args.correct_split, "config": vars(config), "restored": restored,
             "error_position_changed": touched, "clean_changed": false_edits, "seconds": seconds,
             "examples": [{"clean": c, "corrupted": b, "output": f}
                          for c, b, f in list(zip(clean, corrupted, fixed_bad))[:10]],
@@ -324,14 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="models/search")
     p.add_argument("--sets", type=int, default=100, help="keyword sets per language")
     p.add_argument("--correct", type=int, default=200, help="sentences for error correction")
-    p.add_argument("--zh-steps", type=int, default=150)
-    p.add_argument("--zh-chains", type=int, default=4)
+    p.add_argument("--zh-steps", type=int, default=100)
+    p.add_argument("--zh-chains", type=int, default=2)
     p.add_argument("--zh-weighting", default="target", choices=("target", "model"))
-    p.add_argument("--en-steps", type=int, default=30)
+    p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-chains", type=int, default=1)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--penalty", type=float, default=6.0)
+    p.add_argument("--top-k", type=int, default=5, help="keywords: candidates per edit")
+    p.add_argument("--beam", type=int, default=3, help="grid beam search: beams per bank")
+    p.add_argument("--penalty", type=float, default=12.0, help="correction: nats an edit must buy")
+    p.add_argument("--correct-top-k", type=int, default=8, help="correction: candidates per position")
+    p.add_argument("--sweeps", type=int, default=1, help="correction: passes over the positions")
+    p.add_argument("--both", action="store_true", help="correction: forward and backward LM as the fluency")
+    p.add_argument("--correct-split", default="test", help="inews split of the correction sentences (dev: tuning)")
     p.add_argument("--throughput-rows", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
