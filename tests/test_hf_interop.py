@@ -60,6 +60,9 @@ def padded_batch(rows: list[list[int]], side: str) -> tuple[torch.Tensor, torch.
 def test_converted_tiny_models_equal_hf_logits(name):
     hf = TINY[name]()
     ours = convert(hf)
+    linear = {id(m.weight) for m in ours.modules() if isinstance(m, torch.nn.Linear)}
+    for p in ours.parameters():  # Linear weights input-major (see input_major_), the rest row-major
+        assert (p.t() if id(p) in linear else p).is_contiguous()
     torch.manual_seed(1)
     ids = torch.randint(0, V, (3, 20))
     with torch.no_grad():

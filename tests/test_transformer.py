@@ -270,6 +270,34 @@ def test_left_truncation_keeps_last_tokens():
         model.start(input_ids=ids, max_new_tokens=40, truncate=True)  # nothing of the prompt would fit
 
 
+def test_input_major_layout_keeps_values_ties_and_files(tmp_path):
+    model = tiny("llama_gqa_tied")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.weight.t().is_contiguous() and not m.weight.is_contiguous()
+    assert model.lm_head.weight is model.tok_emb.weight
+    ids = torch.randint(0, V, (2, 7))
+    plain = Transformer(model.config)  # the same values, every weight back to row-major
+    plain.load_state_dict(model.state_dict())
+    for m in plain.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight = torch.nn.Parameter(m.weight.detach().contiguous())
+    plain.tok_emb.weight = plain.lm_head.weight
+    assert (plain(ids) - model(ids)).abs().max() <= 1e-5
+    save(model, None, tmp_path)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    assert all(t.is_contiguous() for t in stored.values())
+    assert torch.equal(stored["blocks.0.mixer.qkv.weight"], model.blocks[0].mixer.qkv.weight)
+    loaded, _ = load(tmp_path)
+    assert loaded.blocks[0].mlp.fc.weight.t().is_contiguous() and loaded.lm_head.weight is loaded.tok_emb.weight
+    # training still works on the strided parameters (embedding lookups gather strided rows)
+    loss = torch.nn.functional.cross_entropy(loaded(ids)[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+    loss.backward()
+    assert loaded.tok_emb.weight.grad is not None and loaded.tok_emb.weight.grad.shape == (V, 32)
+
+
 def test_presets():
     small, smol = gpt2_small_test(), smollm2_135m()
     assert (small.n_layer, small.d_model, small.vocab_size) == (4, 256, 8000)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.models.transformer import Transformer, TransformerConfig
+from genloom.models.transformer import Transformer, TransformerConfig, input_major_
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -200,6 +200,7 @@ def load(
             else:
                 model.lm_head.weight = model.tok_emb.weight
         model.init_buffers()
+        input_major_(model)  # assign took the loaded tensors' (contiguous) layout
     else:
         model = model_cls(config).to(device)
         missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -15,10 +15,9 @@ C model width, F feed-forward width, V vocabulary size, L layers, E condition wi
 - `step` feeds one token per row, writes its keys/values in place and returns the next logits.
   The state is updated in place and returned (a state passed to `step` or `select` must not be
   used again).
-- `select` reorders, repeats or drops rows in place: only rows whose source is another row are
-  gathered (one `index_select` over the used columns) and copied back with one `index_copy_`,
-  so beams that keep their own history cost nothing; the buffer only grows when a select asks
-  for more rows than it holds (e.g. expanding prompts into beams).
+- `select` reorders, repeats or drops rows in place: only rows whose source is another row copy
+  the used columns of that row (beams that keep their own history cost nothing); the buffer only
+  grows when a select asks for more rows than it holds (e.g. expanding prompts into beams).
 
 With mask="prefix" (UniLM), the prompt is the source, bidirectional among itself, and generated
 tokens are causal; with mask="bidirectional", `start` returns the last prompt position's logits
@@ -261,6 +260,30 @@ def left_pack(input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tenso
     return packed, positions, key_valid, offsets
 
 
+def input_major_(model: nn.Module) -> nn.Module:
+    """Store every nn.Linear weight of `model` input-major, in place; shapes, names, values and
+    weight tying are unchanged.
+
+    A Linear weight has shape (out, in); here it becomes the transposed view of an (in, out)
+    row-major tensor (the layout of GPT-2's Conv1D). With one row per call, as in every decoding
+    step at batch 1, MKL's matrix-vector product reads that layout 1.1-1.85x faster on the CPUs
+    of this project (e.g. SmolLM2's 49152 x 576 head: 4.4 vs 7.5 ms, one thread), while batched
+    products (prefill, training) run at the same speed either way. Checkpoints are unaffected:
+    state_dict values are the same and files are written contiguous.
+    """
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    replaced: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or id(p) not in linear or p.dim() != 2 or not p.is_contiguous():
+                continue
+            if id(p) not in replaced:  # a tied matrix (head = embedding) is converted once, for both
+                with torch.no_grad():
+                    replaced[id(p)] = nn.Parameter(p.t().contiguous().t(), requires_grad=p.requires_grad)
+            setattr(module, name, replaced[id(p)])
+    return model
+
+
 @dataclass
 class TransformerState:
     """Decoding state of a `Transformer`; rows are the current rows of the search."""
@@ -296,6 +319,7 @@ class Transformer(nn.Module):
         self.init_buffers()
         self._time_axis = getattr(self.blocks[0].mixer, "state_time_axis", None)
         self.reset_parameters()
+        input_major_(self)
 
     def init_buffers(self) -> None:
         """(Re)compute the non-persistent buffers (RoPE tables), e.g. after building on the meta device."""
@@ -471,30 +495,32 @@ class Transformer(nn.Module):
         state.length = n + 1
         return self.lm_head(_norm(self.norm, x, state.condition)), state  # (B, V)
 
+    def _used(self, buffer: Tensor, n: int) -> Tensor:
+        """The filled part of a cache buffer: its first n columns along the mixer's time axis."""
+        return buffer if self._time_axis is None else buffer.narrow(2 + self._time_axis, 0, n)
+
     @torch.inference_mode()
     def select(self, state: TransformerState, index: Tensor) -> TransformerState:
         """Keep / reorder rows: index (B',) into the current rows (repeats allowed)."""
         index = torch.as_tensor(index, dtype=torch.long, device=state.buffer.device).reshape(-1)
-        n, rows = state.length, index.numel()
-        used = state.buffer[: state.rows]  # (B, L, *state)
-        if self._time_axis is not None:
-            used = used.narrow(2 + self._time_axis, 0, n)
+        n, rows, src = state.length, index.numel(), index.tolist()
+        if any(not 0 <= i < state.rows for i in src):
+            raise IndexError(f"select index out of range for {state.rows} rows")
         buffer = state.buffer
         if rows > buffer.shape[0]:  # more rows than allocated (prompts expanded into beams)
             buffer = buffer.new_zeros(rows, *buffer.shape[1:])
-            target = buffer if self._time_axis is None else buffer.narrow(2 + self._time_axis, 0, n)
-            target.copy_(used.index_select(0, index))
-        else:  # in place: only rows whose source is another row are copied (beams mostly keep theirs)
-            moved = (index != torch.arange(rows, device=index.device)).nonzero().squeeze(1)  # (M,)
-            if moved.numel():
-                picked = used.index_select(0, index[moved])  # (M, L, *state[:n]): read before writing
-                target = buffer[:rows]
-                if self._time_axis is not None:
-                    target = target.narrow(2 + self._time_axis, 0, n)
-                target.index_copy_(0, moved, picked)
+            self._used(buffer, n).copy_(self._used(state.buffer[: state.rows], n).index_select(0, index))
+        else:  # in place, row by row: only rows whose source is another row are copied
+            used = self._used(buffer, n)  # (B_alloc, L, *state[:n])
+            moved = [r for r, i in enumerate(src) if i != r]
+            overwritten = set(moved)  # a source among these is read from a snapshot taken before any write
+            saved = {i: used[i].clone() for i in {src[r] for r in moved} if i in overwritten}
+            for r in moved:
+                used[r].copy_(saved[src[r]] if src[r] in saved else used[src[r]])
+        same = buffer is state.buffer and rows == state.rows
         return TransformerState(
-            buffer=buffer, layers=[buffer[:rows, i] for i in range(len(state.layers))], rows=rows,
-            length=n, capacity=state.capacity,
+            buffer=buffer, layers=state.layers if same else [buffer[:rows, i] for i in range(len(state.layers))],
+            rows=rows, length=n, capacity=state.capacity,
             offsets=None if state.offsets is None else state.offsets[index],
             key_valid=None if state.key_valid is None else state.key_valid[index],
             segment=state.segment, condition=None if state.condition is None else state.condition[index])
