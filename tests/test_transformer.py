@@ -271,11 +271,25 @@ def test_left_truncation_keeps_last_tokens():
 
 
 def test_input_major_layout_keeps_values_ties_and_files(tmp_path):
+    import copy
+
+    from safetensors.torch import load_model, save_model
+
     model = tiny("llama_gqa_tied")
     for m in model.modules():
-        if isinstance(m, torch.nn.Linear):
+        if isinstance(m, torch.nn.Linear) and m is not model.lm_head:
             assert m.weight.t().is_contiguous() and not m.weight.is_contiguous()
-    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.weight.is_contiguous()
+    # the tied head's decoding copy follows in-place weight changes
+    ids0 = torch.randint(0, V, (1, 5))
+    model.start(input_ids=ids0, max_new_tokens=1)
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(1.5)
+    logits, _ = model.start(input_ids=ids0, max_new_tokens=1)
+    assert (logits[0] - model(ids0)[0, -1]).abs().max() <= 1e-5
+    twin = copy.deepcopy(model)  # e.g. torch.optim.swa_utils.AveragedModel deep-copies the model
+    save_model(twin, str(tmp_path / "plain.safetensors"))  # safetensors' own tied-weight saving
+    load_model(twin, str(tmp_path / "plain.safetensors"))
     ids = torch.randint(0, V, (2, 7))
     plain = Transformer(model.config)  # the same values, every weight back to row-major
     plain.load_state_dict(model.state_dict())
@@ -292,6 +306,9 @@ def test_input_major_layout_keeps_values_ties_and_files(tmp_path):
     assert torch.equal(stored["blocks.0.mixer.qkv.weight"], model.blocks[0].mixer.qkv.weight)
     loaded, _ = load(tmp_path)
     assert loaded.blocks[0].mlp.fc.weight.t().is_contiguous() and loaded.lm_head.weight is loaded.tok_emb.weight
+    untied = tiny("llama_gqa_untied")
+    assert untied.lm_head.weight.t().is_contiguous()  # an untied head is input-major itself
+    save_model(untied, str(tmp_path / "untied.safetensors"))
     # training still works on the strided parameters (embedding lookups gather strided rows)
     loss = torch.nn.functional.cross_entropy(loaded(ids)[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
     loss.backward()

@@ -269,18 +269,16 @@ def input_major_(model: nn.Module) -> nn.Module:
     step at batch 1, MKL's matrix-vector product reads that layout 1.1-1.85x faster on the CPUs
     of this project (e.g. SmolLM2's 49152 x 576 head: 4.4 vs 7.5 ms, one thread), while batched
     products (prefill, training) run at the same speed either way. Checkpoints are unaffected:
-    state_dict values are the same and files are written contiguous.
+    state_dict values are the same and files are written contiguous. A head tied to the token
+    embedding keeps the embedding's row-major layout (safetensors' `save_model` cannot measure
+    shared strided tensors); decoding reads it through `Transformer._head`'s input-major copy.
     """
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    replaced: dict[int, nn.Parameter] = {}
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is None or id(p) not in linear or p.dim() != 2 or not p.is_contiguous():
-                continue
-            if id(p) not in replaced:  # a tied matrix (head = embedding) is converted once, for both
-                with torch.no_grad():
-                    replaced[id(p)] = nn.Parameter(p.t().contiguous().t(), requires_grad=p.requires_grad)
-            setattr(module, name, replaced[id(p)])
+        w = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear) and id(w) not in tied and w.is_contiguous():
+            with torch.no_grad():
+                module.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=w.requires_grad)
     return model
 
 
@@ -318,6 +316,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.init_buffers()
         self._time_axis = getattr(self.blocks[0].mixer, "state_time_axis", None)
+        self._head_t: Tensor | None = None  # input-major copy of a tied head, for decoding (see _head)
+        self._head_key: tuple | None = None
         self.reset_parameters()
         input_major_(self)
 
@@ -461,7 +461,7 @@ class Transformer(nn.Module):
         x = self._embed(packed, src, seg)  # (B, W, C)
         for block, layer_state in zip(self.blocks, layers):
             x = block(x, frame, layer_state, cond)
-        logits = self.lm_head(_norm(self.norm, x[:, -1], cond))  # (B, V): column W-1 is every row's last token
+        logits = self._head(_norm(self.norm, x[:, -1], cond))  # (B, V): column W-1 is every row's last token
         state = TransformerState(
             buffer=buffer, layers=layers, rows=b, length=width, capacity=capacity,
             offsets=offsets if padded else None,
@@ -493,7 +493,21 @@ class Transformer(nn.Module):
         for block, layer_state in zip(self.blocks, state.layers):
             x = block.step(x, frame, layer_state, state.condition)
         state.length = n + 1
-        return self.lm_head(_norm(self.norm, x, state.condition)), state  # (B, V)
+        return self._head(_norm(self.norm, x, state.condition)), state  # (B, V)
+
+    def _head(self, x: Tensor) -> Tensor:
+        """Decoding logits (B, C) -> (B, V). A head tied to the embedding is read from an
+        input-major copy (C, V), rebuilt whenever the weight changes (its version counter or
+        storage), since one row at a time reads that layout much faster (see `input_major_`)."""
+        w = self.lm_head.weight
+        if not w.is_contiguous():  # untied: the parameter is input-major already
+            return self.lm_head(x)
+        key = (w.data_ptr(), w._version, w.dtype)
+        if self._head_key != key:
+            with torch.inference_mode():
+                self._head_t = w.detach().t().contiguous()  # (C, V)
+            self._head_key = key
+        return x @ self._head_t  # (B, V)
 
     def _used(self, buffer: Tensor, n: int) -> Tensor:
         """The filled part of a cache buffer: its first n columns along the mixer's time axis."""
