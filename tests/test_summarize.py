@@ -90,6 +90,23 @@ def test_evaluate_reports_rows_and_recall(pipeline):
     assert 0 <= res["extraction"]["threshold"]["recall"] <= 100 and len(res["predictions"]) == 4
 
 
+def test_pretrained_init_is_loaded_and_checked(tmp_path):
+    from genloom.models import load
+    from genloom.tasks.summarize import _from_pretrained, pretrain
+
+    pairs = _pairs("train", 6)
+    cfg = replace(TINY, mode="truncate", pretrain_steps=3)
+    path = pretrain(cfg, pairs, out=tmp_path / "pre", progress=False)
+    base, tok = load(path)  # EMA weights
+    model, tok2 = _from_pretrained(replace(cfg, init=str(path)))
+    assert tok2.vocab_size == tok.vocab_size
+    assert all(torch.equal(a, b) for a, b in zip(model.lm.state_dict().values(), base.lm.state_dict().values()))
+    with pytest.raises(UserError, match="another shape"):
+        _from_pretrained(replace(cfg, init=str(path), d_model=64))
+    summ = train(replace(cfg, init=str(path)), pairs, out=tmp_path / "t", progress=False)
+    assert summ.info["init"] == str(path) and summ.tokenizer.vocab_size == tok.vocab_size
+
+
 def test_truncate_mode_reads_the_first_window(tmp_path):
     cfg = replace(TINY, mode="truncate")
     summ = train(cfg, _pairs("train", 8), out=tmp_path / "t", progress=False)

@@ -35,7 +35,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class SummarizeConfig:
     folds: int = 5  # k of the extractor's cross-prediction (the post: 15)
     extract_epochs: int = 8  # epochs of each fold model
     extract_hidden: int = 128  # DGCNN width
+    init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
+    pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first
+    pretrain_steps: int | None = None  # or for this many steps (whichever ends first)
     d_model: int = 256  # seq2seq width
     n_layer: int = 4  # seq2seq blocks
     n_head: int = 4  # seq2seq heads
@@ -303,6 +306,111 @@ class Summarizer:
                    encoder_tokenizer=enc_tok)
 
 
+# ---- pre-training --------------------------------------------------------------------------------------
+def _lm_texts(docs: Sequence[Sequence[str]], targets: Sequence[str]) -> list[str]:
+    """The texts the vocabulary and the LM pre-training see: every document (clauses joined) and summary.
+    Built from the documents, not the seq2seq's sources, so every mode shares one vocabulary."""
+    return ["".join(c) for c in docs] + list(targets)
+
+
+def pretrain(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str | Path,
+             progress: bool = True) -> Path:
+    """Pre-train the seq2seq's Transformer as a causal char LM on the documents and summaries
+    (windows of its context; every position segment 1, where the prefix mask is causal) for
+    `pretrain_minutes` / `pretrain_steps`, and save it (EMA weights, tokenizer) to `out`.
+    SPACES fine-tunes a pretrained NEZHA; this is the small from-our-data stand-in, and what
+    Sparse Softmax needs (the post: from scratch it underfits). `train` starts from it via `init`."""
+    from genloom.models import save
+    from genloom.tokenizers import CharTokenizer
+    from genloom.train import Loader, TrainConfig, fit
+
+    if config.pretrain_minutes <= 0 and not config.pretrain_steps:
+        raise UserError("give pretrain_minutes or pretrain_steps")
+    docs = [clauses_of(text, config.max_clauses) for text, _ in pairs]
+    targets = [" ".join(s.split())[: config.max_target_len] for _, s in pairs]
+    texts = _lm_texts(docs, targets)
+    tokenizer = CharTokenizer.train(texts, min_count=config.min_count, max_size=config.vocab_max)
+    torch.manual_seed(config.seed)
+    model = CopyUniLM(config.seq2seq(tokenizer.vocab_size, tokenizer))
+    width = model.lm.config.max_len
+    chunks = [ids[i:i + width] for ids in (tokenizer.encode(t) for t in texts)
+              for i in range(0, max(len(ids) - 1, 1), width) if len(ids[i:i + width]) > 1]
+    data = _Chunks(chunks)
+    loader = Loader(data, batch_size=config.batch_size, collate_fn=_PadChunks(tokenizer.pad_id),
+                    lengths=[len(c) for c in chunks], seed=config.seed)
+    run_dir = Path(out).parent / f"{Path(out).name}-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = TrainConfig(lr=config.lr, warmup_steps=config.warmup_steps, schedule="constant",
+                      max_minutes=config.pretrain_minutes if config.pretrain_minutes > 0 else None,
+                      max_steps=config.pretrain_steps, ema_decay=config.ema_decay, ema_warmup=True,
+                      seed=config.seed, device="cpu", progress=progress, log_every=10)
+    result = fit(_CausalLM(model), _causal_loss, loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    ema = None
+    if result.ema is not None:
+        ema = {k.removeprefix("model."): v for k, v in result.ema.averaged().items()}
+    return save(model, tokenizer, out, ema=ema)
+
+
+class _Chunks(torch.utils.data.Dataset):
+    def __init__(self, items: list[list[int]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.items[i]
+
+
+class _PadChunks:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[list[int]]) -> Tensor:
+        from genloom.tasks.summarize_seq2seq import pad_sources
+
+        return pad_sources(rows, self.pad_id)  # (B, T)
+
+
+class _CausalLM(torch.nn.Module):
+    """The seq2seq's Transformer as a causal LM (segment 1 everywhere: the prefix mask is causal)."""
+
+    def __init__(self, model: CopyUniLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor) -> Tensor:
+        pad = self.model.config.pad_id
+        valid = ids != pad  # (B, T)
+        logits = self.model.lm(ids, segment_ids=torch.ones_like(ids), attention_mask=valid)  # (B, T, V)
+        target = ids[:, 1:].masked_fill(~valid[:, 1:], -100)  # (B, T - 1)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
+                                                 ignore_index=-100)
+
+
+def _causal_loss(model: torch.nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+    return model(batch), (batch[:, 1:] != model.model.config.pad_id).sum()
+
+
+def _from_pretrained(config: SummarizeConfig) -> tuple[CopyUniLM, Any]:
+    """A CopyUniLM shaped by `config`, its Transformer taken from `config.init` (copy head fresh)."""
+    from genloom.models import load
+
+    base, tokenizer = load(config.init)
+    if not isinstance(base, CopyUniLM) or tokenizer is None:
+        raise UserError(f"{config.init} does not hold a pre-trained summarization seq2seq")
+    want = config.seq2seq(tokenizer.vocab_size, tokenizer)
+    shape = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "max_source_len", "max_target_len")
+    if any(getattr(want, k) != getattr(base.config, k) for k in shape):
+        raise UserError(f"{config.init} has another shape than these settings "
+                        f"({', '.join(f'{k}={getattr(base.config, k)}' for k in shape)})")
+    torch.manual_seed(config.seed)
+    model = CopyUniLM(want)
+    model.lm.load_state_dict(base.lm.state_dict())
+    return model, tokenizer
+
+
 # ---- training ----------------------------------------------------------------------------------------
 def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str | Path,
           extraction: TrainingExtraction | None = None, progress: bool = True) -> Summarizer:
@@ -350,12 +458,18 @@ def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str
         info["extraction_seconds"] = round(time.perf_counter() - started, 1)
     else:
         sources = [(truncate_text(clauses, config.window),) for clauses in docs]
-    tokenizer = CharTokenizer.train([s for group in sources for s in group] + targets, min_count=config.min_count,
-                                    max_size=config.vocab_max)
+    if config.init is None and (config.pretrain_minutes > 0 or config.pretrain_steps):
+        pretrain(config, pairs, out=out / "pretrained", progress=progress)
+        config = replace(config, init=str(out / "pretrained"))
+    if config.init is not None:
+        model, tokenizer = _from_pretrained(config)
+        info["init"] = config.init
+    else:
+        tokenizer = CharTokenizer.train(_lm_texts(docs, targets), min_count=config.min_count, max_size=config.vocab_max)
+        torch.manual_seed(config.seed)
+        model = CopyUniLM(config.seq2seq(tokenizer.vocab_size, tokenizer))
     src_ids = [[tokenizer.encode(s) for s in group] for group in sources]
     tgt_ids = [tokenizer.encode(t) for t in targets]
-    torch.manual_seed(config.seed)
-    model = CopyUniLM(config.seq2seq(tokenizer.vocab_size, tokenizer))
     data = Seq2SeqData(src_ids, tgt_ids, noise=config.source_noise, alt_rate=config.oracle_rate)
     collate = Seq2SeqCollate(pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     loader = Loader(data, batch_size=config.batch_size, collate_fn=collate, lengths=data.lengths(), seed=config.seed)

@@ -79,6 +79,8 @@ _TRAIN_FLAGS: dict[str, str] = {  # SummarizeConfig field -> help
     "folds": "k of the extractor's cross-prediction",
     "extract_epochs": "epochs of each extractor fold model",
     "extract_hidden": "DGCNN width",
+    "init": "start the seq2seq from this pre-trained directory (summarize.pretrain)",
+    "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
     "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",
     "d_ff": "seq2seq feed-forward width", "dropout": "seq2seq dropout",
     "copy": "B/I/O copy head and copy-constrained decoding",
@@ -257,7 +259,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
                            help=f"{text} (default {default})")
         elif field_name == "mode":
             t.add_argument(flag, default=default, choices=MODES, help=text)
-        elif field_name == "encoder":
+        elif field_name in ("encoder", "init"):
             t.add_argument(flag, default=default, metavar="DIR", help=text)
         elif "float" in str(kinds[field_name].type):
             t.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
