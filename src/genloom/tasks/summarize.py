@@ -20,7 +20,11 @@ Training (`train`): the documents' aligned clauses are the extractor's labels; k
 cross-prediction gives each training document an extraction made by a fold model that never saw
 it; the seq2seq trains on, at random, that predicted extraction or the oracle one (the aligned
 clauses first, topped up by the predictions), as the post does; EMA weights are saved as the
-model's default weights and used for evaluation. A trained summarizer is a directory:
+model's default weights and used for evaluation. The post fine-tunes a pretrained NEZHA; `pretrain`
+is our stand-in (the seq2seq's Transformer as a causal char LM on the training documents), used
+through `init` (or `pretrain_minutes`). The vocabulary is built from the documents and summaries,
+not from the sources, so truncate- and pipeline-mode models of the same data share it (and can
+share one pre-training). A trained summarizer is a directory:
 
     summarize.json   this module's config + facts of the run (mean target length, counts)
     seq2seq/         the CopyUniLM model directory (genloom.models.save; EMA weights default)
@@ -46,8 +50,9 @@ from genloom.errors import UserError
 from genloom.tasks.summarize_convert import extraction_labels, split_clauses
 from genloom.tasks.summarize_extract import (CrossFit, EncoderConfig, Extractor, ExtractorConfig, cross_fit,
                                              document_vectors, load_encoder, train_encoder)
-from genloom.tasks.summarize_seq2seq import (CopyUniLM, CopyUniLMConfig, Seq2SeqCollate, Seq2SeqData,
-                                             generate_ids, seq2seq_loss)
+from genloom.tasks.summarize_seq2seq import (CausalLMObjective, CopyUniLM, CopyUniLMConfig, LMChunks, PadRows,
+                                             Seq2SeqCollate, Seq2SeqData, causal_lm_loss, generate_ids,
+                                             seq2seq_loss)
 
 CONFIG_FILE = "summarize.json"
 MODES = ("pipeline", "truncate")
@@ -335,8 +340,8 @@ def pretrain(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: 
     width = model.lm.config.max_len
     chunks = [ids[i:i + width] for ids in (tokenizer.encode(t) for t in texts)
               for i in range(0, max(len(ids) - 1, 1), width) if len(ids[i:i + width]) > 1]
-    data = _Chunks(chunks)
-    loader = Loader(data, batch_size=config.batch_size, collate_fn=_PadChunks(tokenizer.pad_id),
+    data = LMChunks(chunks)
+    loader = Loader(data, batch_size=config.batch_size, collate_fn=PadRows(tokenizer.pad_id),
                     lengths=[len(c) for c in chunks], seed=config.seed)
     run_dir = Path(out).parent / f"{Path(out).name}-run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -344,53 +349,12 @@ def pretrain(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: 
                       max_minutes=config.pretrain_minutes if config.pretrain_minutes > 0 else None,
                       max_steps=config.pretrain_steps, ema_decay=config.ema_decay, ema_warmup=True,
                       seed=config.seed, device="cpu", progress=progress, log_every=10)
-    result = fit(_CausalLM(model), _causal_loss, loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
+    result = fit(CausalLMObjective(model), causal_lm_loss, loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     ema = None
     if result.ema is not None:
         ema = {k.removeprefix("model."): v for k, v in result.ema.averaged().items()}
     return save(model, tokenizer, out, ema=ema)
-
-
-class _Chunks(torch.utils.data.Dataset):
-    def __init__(self, items: list[list[int]]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> list[int]:
-        return self.items[i]
-
-
-class _PadChunks:
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[list[int]]) -> Tensor:
-        from genloom.tasks.summarize_seq2seq import pad_sources
-
-        return pad_sources(rows, self.pad_id)  # (B, T)
-
-
-class _CausalLM(torch.nn.Module):
-    """The seq2seq's Transformer as a causal LM (segment 1 everywhere: the prefix mask is causal)."""
-
-    def __init__(self, model: CopyUniLM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: Tensor) -> Tensor:
-        pad = self.model.config.pad_id
-        valid = ids != pad  # (B, T)
-        logits = self.model.lm(ids, segment_ids=torch.ones_like(ids), attention_mask=valid)  # (B, T, V)
-        target = ids[:, 1:].masked_fill(~valid[:, 1:], -100)  # (B, T - 1)
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
-                                                 ignore_index=-100)
-
-
-def _causal_loss(model: torch.nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
-    return model(batch), (batch[:, 1:] != model.model.config.pad_id).sum()
 
 
 def _from_pretrained(config: SummarizeConfig) -> tuple[CopyUniLM, Any]:

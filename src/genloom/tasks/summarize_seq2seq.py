@@ -28,6 +28,9 @@ norm (as `UniLMCopy` does).
 
 Training noise (the post): each source token is replaced, with probability `source_noise`, by a
 random token of the same source, before the copy labels are computed.
+
+Pre-training (`CausalLMObjective`): the same Transformer as a causal char LM (segment 1 at every
+position, where the prefix mask is causal), a stand-in for the post's pretrained NEZHA.
 """
 
 from __future__ import annotations
@@ -244,6 +247,51 @@ def seq2seq_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Te
     """`fit`'s loss_fn: the joint loss and its number of scored target tokens."""
     loss, n, _ = seq2seq_losses(model, batch)
     return loss, n
+
+
+# ---- char-LM pre-training ---------------------------------------------------------------------------
+class LMChunks(Dataset):
+    """Token-id windows for causal LM pre-training."""
+
+    def __init__(self, items: Sequence[Sequence[int]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Sequence[int]:
+        return self.items[i]
+
+
+class PadRows:
+    """Collate id lists into a right-padded (B, T) tensor."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: Sequence[Sequence[int]]) -> Tensor:
+        return pad_sources(rows, self.pad_id)  # (B, T)
+
+
+class CausalLMObjective(nn.Module):
+    """A CopyUniLM's Transformer as a causal char LM: every position segment 1, where the prefix
+    mask is causal (the target side's regime). forward(ids (B, T)) -> mean next-token cross-entropy."""
+
+    def __init__(self, model: CopyUniLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor) -> Tensor:
+        valid = ids != self.model.config.pad_id  # (B, T)
+        logits = self.model.lm(ids, segment_ids=torch.ones_like(ids), attention_mask=valid)  # (B, T, V)
+        target = ids[:, 1:].masked_fill(~valid[:, 1:], -100)  # (B, T - 1)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+
+
+def causal_lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """`fit`'s loss_fn for a CausalLMObjective: (loss, predicted tokens)."""
+    pad = getattr(model, "module", model).model.config.pad_id
+    return model(batch), (batch[:, 1:] != pad).sum()
 
 
 # ---- decoding ------------------------------------------------------------------------------------
