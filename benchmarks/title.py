@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--runs", default="runs/title-ablation", help="where the models go")
     ap.add_argument("--reuse", action="store_true", help="evaluate models already trained there")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--note", default=None, help="a remark stored in the JSON")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +82,7 @@ def main() -> int:
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     payload = {
         "claim": "issue 5 ablation on inews test (char ROUGE F1, BLEU zh, beam 3)",
-        "pairs": len(test), "minutes_per_variant": args.minutes,
+        "pairs": len(test), "minutes_per_variant": args.minutes, "note": args.note,
         "pretrain_minutes": args.pretrain_minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
@@ -99,18 +100,19 @@ def main() -> int:
         load0 = os.getloadavg()
         t0 = time.perf_counter()
         if args.reuse and (out / "title.json").is_file():
-            tm, minutes = load_title_model(out), None
+            tm, minutes, steps = load_title_model(out), None, None
         else:
             if out.exists():
                 import shutil
 
                 shutil.rmtree(out)
-            tm, _ = train(cfg, train_pairs=train_pairs, dev_pairs=dev_pairs, out_dir=out,
-                          lm_texts=_lm_texts, log=lambda s: print(s, file=sys.stderr))
+            tm, fitted = train(cfg, train_pairs=train_pairs, dev_pairs=dev_pairs, out_dir=out,
+                               lm_texts=_lm_texts, log=lambda s: print(s, file=sys.stderr))
             minutes = (time.perf_counter() - t0) / 60
+            steps = fitted.step
         res = evaluate(tm, test, baselines=False, progress=True)
         row = next(iter(res["rows"].values()))
-        row.update({"train_minutes": minutes, "chars_per_s": res["chars_per_s"],
+        row.update({"train_minutes": minutes, "steps": steps, "chars_per_s": res["chars_per_s"],
                     "repeated_4gram": res["repeated_4gram"]})
         payload["rows"][name] = row
         payload["variants"][name] = {
