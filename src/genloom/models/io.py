@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.models.transformer import Transformer, TransformerConfig, input_major_
+from genloom.models.transformer import Transformer, TransformerConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -162,11 +163,25 @@ def load_config(directory: str | os.PathLike[str]) -> tuple[str, Any]:
         raise UserError(f"{path}: {e}") from None
 
 
-def _read_weights(path: Path, device: str | torch.device) -> dict[str, Tensor]:
+def _copy_weights(model: nn.Module, path: Path, device: str | torch.device) -> tuple[list[str], list[str]]:
+    """Copy the tensors of a safetensors file into `model`'s parameters and buffers one at a
+    time (the parameters keep their own layout; no second copy of the whole model is ever held).
+    Returns (missing names, unexpected names) like `load_state_dict`."""
+    state = model.state_dict()
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt", device=str(device)) as f, torch.no_grad():
+            names = list(f.keys())
+            for name in names:
+                if name in state:
+                    tensor = f.get_tensor(name)
+                    if tensor.shape != state[name].shape:
+                        raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                                        f"the model expects {tuple(state[name].shape)}")
+                    state[name].copy_(tensor)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"cannot read the weights {path}: {str(e).splitlines()[0]}") from None
+    found = set(names)
+    return [n for n in state if n not in found], [n for n in names if n not in state]
 
 
 def load(
@@ -189,24 +204,18 @@ def load(
     weights_path = path / EMA_WEIGHTS_FILE if ema and (path / EMA_WEIGHTS_FILE).is_file() else path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise UserError(f"{path} has no weights ({WEIGHTS_FILE})")
-    weights = _read_weights(weights_path, device)
-    if hasattr(model_cls, "init_buffers"):  # it rebuilds its non-persistent buffers: no random init, no copy
+    if hasattr(model_cls, "init_buffers"):  # it rebuilds its non-persistent buffers: skip the random init
         with torch.device("meta"):
             model = model_cls(config)
-        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-        if getattr(config, "tie_embeddings", False):  # a tied matrix is stored once, under either name
-            if model.tok_emb.weight.is_meta:
-                model.tok_emb.weight = model.lm_head.weight
-            else:
-                model.lm_head.weight = model.tok_emb.weight
+        model = model.to_empty(device=device)  # storage in each parameter's own (input-major) layout
+        if getattr(config, "tie_embeddings", False):
+            model.lm_head.weight = model.tok_emb.weight  # to_empty gives each name its own tensor
         model.init_buffers()
-        input_major_(model)  # assign took the loaded tensors' (contiguous) layout
     else:
         model = model_cls(config).to(device)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = _copy_weights(model, weights_path, device)
     tied = {n for n in missing if _is_tied(model, n)}
     left = sorted(set(missing) - tied)
-    left += [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta and n not in left]
     if left or unexpected:
         raise UserError(f"{weights_path} does not match {model_type}: missing {left[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]}")

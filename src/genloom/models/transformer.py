@@ -20,8 +20,13 @@ C model width, F feed-forward width, V vocabulary size, L layers, E condition wi
   grows when a select asks for more rows than it holds (e.g. expanding prompts into beams).
 
 With mask="prefix" (UniLM), the prompt is the source, bidirectional among itself, and generated
-tokens are causal; with mask="bidirectional", `start` returns the last prompt position's logits
-but `step` refuses (a bidirectional model has no left-to-right factorisation to decode).
+tokens are causal; with mask="bidirectional", `start(max_new_tokens=0)` returns the last prompt
+position's logits and asking for new tokens is refused (a bidirectional model has no
+left-to-right factorisation to decode).
+
+Every Linear weight is stored input-major (`input_major_`): batch-1 decoding is a chain of
+matrix-vector products, which read that layout faster; a head tied to the embedding is read
+through an input-major copy while decoding.
 
 With `cond_dim` set every norm is a Conditional LayerNorm / RMSNorm (`genloom.nn.cln`, issue 7):
 `forward` and `start` take `condition=` (label ids (B,) through a learned embedding when
