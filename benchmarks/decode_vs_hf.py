@@ -12,8 +12,11 @@ HF with min_new_tokens = max_new_tokens (its EOS cannot be switched off), genloo
 EOS id and min_new_tokens. Runs alternate between competitors (the order rotates every repeat),
 after one warm-up each; figures are the median of --repeats (>= 5) runs with min and max, in ms
 per generated token (whole call / N, prefill included) and decode-only ms per token
-((call - prefill) / (N - 1)). Ratios are HF time / genloom time (> 1: genloom faster), as the
-ratio of medians and as the median of the per-repeat paired ratios.
+((call - prefill) / (N - 1)); the process CPU time of each call is recorded beside (with one
+thread it is robust to other processes taking turns on the cores, a cross-check for runs on a
+busy machine; with more threads it also counts their waiting). Ratios are HF time / genloom
+time (> 1: genloom faster), as the ratio of medians and as the median of the per-repeat paired
+ratios; the acceptance checks use wall time, which is what they mean on a quiet machine.
 
 Also measured: the memory-bandwidth floor of SmolLM2 at batch 1 (bytes of its weights / the
 copy bandwidth of a 1 GiB tensor, bytes read + written, as reference/performance-anchors.md
@@ -209,19 +212,24 @@ def bench_model(label: str, hf, ours, ids_all: torch.Tensor, *, n: int, repeats:
         for name in names:  # warm-up
             runners[name]()
         times: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         for r in range(repeats):
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
+                c = time.process_time()
                 times[name].append(timed(runners[name]))
+                cpu[name].append(time.process_time() - c)
         pre = prefill_time(hf, ours, adapter, ids, beams=4 if case.startswith("beam4") else 1, n=n)
         res: dict = {"rows": rows, "new_tokens": n}
         for name in names:
             res[name] = {"ms_per_token": summary([1e3 * t / n for t in times[name]])}
             res[name]["decode_ms_per_token"] = summary([1e3 * (t - pre[name]) / (n - 1) for t in times[name]])
+            res[name]["cpu_ms_per_token"] = summary([1e3 * t / n for t in cpu[name]])
         for name in ("genloom", "hf_adapter"):
             paired = [h / g for h, g in zip(times["hf"], times[name])]
             res[f"ratio_hf_over_{name}"] = {
                 "of_medians": statistics.median(times["hf"]) / statistics.median(times[name]),
+                "cpu_time_of_medians": statistics.median(cpu["hf"]) / statistics.median(cpu[name]),
                 "paired": summary(paired)}
         res["prefill_ms"] = {k: 1e3 * v for k, v in pre.items()}
         out[case] = res
@@ -237,7 +245,9 @@ def print_case(label: str, case: str, res: dict) -> None:
     def fmt(s: dict) -> str:
         return f"{s['median']:7.2f} ({s['min']:.2f}-{s['max']:.2f})"
 
-    ratios = f"{res['ratio_hf_over_genloom']['of_medians']:.2f} / {res['ratio_hf_over_hf_adapter']['of_medians']:.2f}"
+    ratios = (f"{res['ratio_hf_over_genloom']['of_medians']:.2f} / {res['ratio_hf_over_hf_adapter']['of_medians']:.2f}"
+              f"  (CPU time {res['ratio_hf_over_genloom']['cpu_time_of_medians']:.2f} / "
+              f"{res['ratio_hf_over_hf_adapter']['cpu_time_of_medians']:.2f})")
     print(f"{label:11s} {case:9s} {fmt(res['hf']['ms_per_token'])}  {fmt(res['genloom']['ms_per_token'])}  "
           f"{fmt(res['hf_adapter']['ms_per_token'])}  {ratios}", flush=True)
 
