@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1000, help="optimizer steps of each LM")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--judge-epochs", type=int, default=2)
+    ap.add_argument("--judge-epochs", type=int, default=3)
     ap.add_argument("--judge-steps", type=int, help="judge optimizer steps instead of --judge-epochs")
     ap.add_argument("--n", type=int, default=500, help="samples per label")
     ap.add_argument("--top-p", type=float, default=0.95)

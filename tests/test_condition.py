@@ -89,6 +89,27 @@ def test_judge_ignores_padding():
     torch.testing.assert_close(classify(judge, tok, texts), batch.softmax(-1), atol=1e-6, rtol=1e-6)
 
 
+def test_judge_bag_is_a_linear_model_over_chars_and_hashed_bigrams():
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["好坏差美棒一二三四五"])
+    cfg = JudgeConfig(vocab_size=tok.vocab_size, d_emb=8, channels=5, kernel_sizes=(2,), bag_buckets=7, bag_scale=3.0)
+    judge = CharCNNJudge(cfg)
+    assert not judge.bag.weight.any()  # zero-initialised: the judge starts as the CNN alone
+    with torch.no_grad():
+        judge.bag.weight.normal_()
+    texts = ["好坏差美棒", "一"]
+    ids = encode_texts(tok, texts, 64)
+    got = judge.bag_logits(ids, ids != 0)  # (2, K)
+    v = tok.vocab_size
+    for i, text in enumerate(texts):
+        chars = tok.encode(text)
+        rows = chars + [v + (a * v + b) % 7 for a, b in zip(chars, chars[1:])]
+        want = 3.0 * judge.bag.weight[rows].sum(0) / len(rows) ** 0.5
+        torch.testing.assert_close(got[i], want)
+    judge.eval()
+    torch.testing.assert_close(judge(ids), judge.out(judge.features(ids)) + got)
+
+
 def test_judge_is_accurate_on_the_synthetic_test_split(trained):
     meta = json.loads((trained / "judge" / "condition.json").read_text())
     assert meta["test_size"] > 0 and meta["test_accuracy"] == 1.0
@@ -158,6 +179,8 @@ def test_generate_and_eval_cli(trained, tmp_path, capsys):
     (["train", "--out", "{root}/x", "--vector-field", "vec", "--steps", "1"], "--vector-field needs --data"),
     (["train", "--out", "{root}/x", "--corpus", "nope", "--steps", "1"], "unknown corpus 'nope'"),
     (["eval", "{cln}", "--judge", "{plain}", "--lm", "{plain}"], "holds a 'plain' model, expected 'judge'"),
+    (["train", "--data", "{root}/syn.jsonl", "--out", "{root}/fresh", "--resume", "--steps", "5"], "nothing to resume"),
+    (["train", "--model", "judge", "--data", "{root}/syn.jsonl", "--out", "{root}/j2", "--resume"], "--resume is for"),
 ])
 def test_cli_errors_are_one_line(trained, tmp_path, capsys, argv, message):
     vec = tmp_path / "v.json"

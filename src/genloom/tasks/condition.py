@@ -185,6 +185,21 @@ def build_lm(kind: str, spec: LMSpec, vocab_size: int, n_labels: int, *, vector_
     return Transformer(config)
 
 
+def contiguous_weights_(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every parameter contiguous storage, in place (tied parameters stay tied).
+
+    The Transformer stores Linear weights as transposed views (a faster layout for batch-1
+    decoding), which `safetensors.torch.save_model` / `load_model`, used by the training loop's
+    checkpoints, reject (they call `.view(-1)` on each tensor). Batched training runs as fast on
+    either layout, and `genloom.models.load` restores the decoding layout, so training on
+    contiguous weights costs nothing.
+    """
+    for p in model.parameters():  # each tied matrix is listed once
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+    return model
+
+
 def _sequence(kind: str, tokenizer: CharTokenizer, text: str, label: int, max_chars: int) -> list[int]:
     """Training ids: <bos> (or the label token for "prefix"), the text's characters, and <eos>
     when the text was not cut."""
@@ -236,15 +251,17 @@ def _budget(steps: int | None, minutes: float | None, **kw: Any) -> TrainConfig:
 
 def train_generator(kind: str, data: ConditionData, out: str | Path, *, spec: LMSpec = LMSpec(),
                     steps: int | None = None, minutes: float | None = None, batch_size: int = 32,
-                    lr: float = 1e-3, seed: int = 0, bf16: bool = False, progress: bool = True) -> dict[str, Any]:
+                    lr: float = 1e-3, seed: int = 0, bf16: bool = False, progress: bool = True,
+                    resume: bool = False) -> dict[str, Any]:
     """Train a "cln", "prefix" or "plain" LM on `data` and save it with its tokenizer and
-    condition.json under `out` (the loop's files under out/run). Returns condition.json's dict."""
+    condition.json under `out` (the loop's files under out/run; `resume` continues a run that
+    stopped, from its last checkpoint, with the same arguments). Returns condition.json's dict."""
     train = data.splits["train"]
     out = Path(out)
     tokenizer = CharTokenizer.train(train.texts, min_count=spec.min_count)
     vectors = train.vectors if kind == "cln" else None
-    model = build_lm(kind, spec, tokenizer.vocab_size, len(data.label_names),
-                     vector_dim=None if vectors is None else vectors.shape[1])
+    model = contiguous_weights_(build_lm(kind, spec, tokenizer.vocab_size, len(data.label_names),
+                                         vector_dim=None if vectors is None else vectors.shape[1]))
 
     def rows(split: Split) -> _Rows:
         if not split.texts:
@@ -261,34 +278,39 @@ def train_generator(kind: str, data: ConditionData, out: str | Path, *, spec: LM
     loader = Loader(train_rows, batch_size=batch_size, collate_fn=_collate, seed=seed,
                     lengths=[len(r) for r in train_rows.ids])
 
-    eval_seconds = 0.0
-
     @torch.no_grad()
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        nonlocal eval_seconds
         t0, total, count = time.perf_counter(), 0.0, 0.0
         for s in range(0, len(dev_rows), 64):
             loss, n = lm_loss(m, _collate([dev_rows[i] for i in range(s, min(s + 64, len(dev_rows)))]))
             total, count = total + float(loss) * n, count + n
-        eval_seconds += time.perf_counter() - t0
-        return {"loss": total / count, "ppl": math.exp(total / count)}
+        return {"loss": total / count, "ppl": math.exp(total / count), "eval_seconds": time.perf_counter() - t0}
 
     config = _budget(steps, minutes, lr=lr, warmup_steps=min(200, (steps or 2000) // 10), seed=seed,
                      bf16=bf16, eval_every=max(50, (steps or 1000) // 10), keep_last=1, device="cpu",
                      progress=progress)
-    started = time.perf_counter()
-    result = fit(model, lm_loss, loader, config=config, run_dir=out / "run",
+    result = fit(model, lm_loss, loader, config=config, run_dir=out / "run", resume=resume,
                  eval_fn=evaluate if len(dev_rows) else None, task_config={"kind": kind, **asdict(spec)})
-    seconds = time.perf_counter() - started
+    seconds, eval_seconds = _loop_seconds(out / "run" / "metrics.jsonl")
     meta = {"kind": kind, "labels": list(data.label_names), "source": data.source, "spec": asdict(spec),
             "label_base": tokenizer.vocab_size if kind == "prefix" else None,
             "class_means": _class_means(train, data.label_names) if vectors is not None else None,
-            "train_seconds": seconds - eval_seconds, "eval_seconds": eval_seconds, "steps": result.step,
+            "train_seconds": seconds, "eval_seconds": eval_seconds, "steps": result.step,
             "batch_size": batch_size,
             "parameters": sum(p.numel() for p in model.parameters()), "dev": result.last_metrics}
     save(model.eval(), tokenizer, out)
     write_json_atomic(out / META_FILE, meta)
     return meta
+
+
+def _loop_seconds(metrics: Path) -> tuple[float, float]:
+    """(training seconds, evaluation seconds) of a run from its metrics.jsonl, over every launch:
+    the loop's clock at its end, less the evaluations it ran along the way."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    end = [r for r in records if r.get("event") == "end"][-1]
+    evals = [r.get("eval_seconds", 0.0) for r in records if r.get("event") == "eval"]
+    inside = [r.get("eval_seconds", 0.0) for r in records if r.get("event") == "eval" and r["step"] < end["step"]]
+    return end["time"] - sum(inside), sum(evals)
 
 
 def _class_means(split: Split, names: tuple[str, ...]) -> dict[str, list[float]]:
@@ -576,6 +598,8 @@ def run_train(args: argparse.Namespace) -> int:
     data = _data_args(args)
     budget = dict(steps=args.steps, minutes=args.minutes, seed=args.seed)
     if args.model == "judge":
+        if args.resume:
+            raise UserError("--resume is for the LMs (a judge trains in minutes)")
         meta = train_judge(data, args.out, batch_size=args.batch_size or 64, lr=args.lr or 2e-3,
                            epochs=args.epochs, **budget)
         print(f"judge: dev accuracy {meta['dev_accuracy']}, test accuracy {meta['test_accuracy']} -> {args.out}")
@@ -585,7 +609,7 @@ def run_train(args: argparse.Namespace) -> int:
     spec = LMSpec(layers=args.layers, width=args.width, heads=args.heads, max_chars=args.max_chars,
                   cond_dim=args.cond_dim, cond_hidden=args.cond_hidden, cond_act=args.cond_act)
     meta = train_generator(args.model, data, args.out, spec=spec, batch_size=args.batch_size or 32,
-                           lr=args.lr or 1e-3, bf16=args.bf16, **budget)
+                           lr=args.lr or 1e-3, bf16=args.bf16, resume=args.resume, **budget)
     print(f"{args.model}: {meta['steps']} steps in {meta['train_seconds']:.0f} s, dev {meta['dev']} -> {args.out}")
     return 0
 
@@ -659,6 +683,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     t.add_argument("--cond-hidden", type=int, help="cln: hidden projection width of the condition")
     t.add_argument("--cond-act", default="linear", help="cln: activation of that projection")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    t.add_argument("--resume", action="store_true", help="continue a stopped run (same arguments)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
 
