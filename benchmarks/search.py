@@ -12,7 +12,8 @@
      banked by how many keyword tokens they hold, EOS only once all are in, best finished
      hypothesis by log-probability per token. Hand-written over the decoding protocol because
      transformers 5 moved its constrained beam search to a Hub repository (not available offline)
-     and it would not drive genloom's Chinese models anyway;
+     and it would not drive genloom's Chinese models anyway; "beam-norep3" is the same with
+     repeated 3-grams banned (what a user does once beam search loops);
    - "cgmh": `genloom search keywords` (replace / insert / delete, keywords pinned, annealed).
    Fluency is the NLL per token under a separate LM, `eval-zh` / `eval-en` (character LMs of
    another shape and seed, trained by `train-models`), and, for reference, under the target LM
@@ -49,6 +50,7 @@ from typing import Any
 import torch
 
 from genloom.decode.processors import BannedTokens, TopP
+from genloom.metrics import distinct_n, repeated_ngram_rate
 from genloom.decode.search import sample
 from genloom.decode.targets import CausalLMScorer
 from genloom.tasks import search as task
@@ -146,8 +148,11 @@ def sampled(backend: task.Backend, sets: list[dict], *, max_len: int, seed: int)
 
 
 @torch.inference_mode()
-def grid_beam(backend: task.Backend, keywords: list[list[int]], *, beam: int, max_len: int) -> list[int]:
-    """Grid beam search over the forward LM forcing `keywords` in order (module docstring)."""
+def grid_beam(backend: task.Backend, keywords: list[list[int]], *, beam: int, max_len: int,
+              no_repeat: int = 0) -> list[int]:
+    """Grid beam search over the forward LM forcing `keywords` in order (module docstring); with
+    `no_repeat` = n, a free token may not complete an n-gram the hypothesis already holds (the
+    usual cure for beam loops, as `no_repeat_ngram_size`)."""
     model, bos, eos = backend.lm.model, backend.lm.bos_id, backend.lm.eos_id
     cons = [t for k in keywords for t in k]
     bounds, acc = {0}, 0
@@ -168,7 +173,13 @@ def grid_beam(backend: task.Backend, keywords: list[list[int]], *, beam: int, ma
             if c < len(cons):
                 cands.setdefault(c + 1, []).append((score + float(logp[r, cons[c]]), r, cons[c]))
             if c in bounds and t < max_len:
-                top = (logp[r] + allowed).topk(beam)
+                scores = logp[r] + allowed
+                if no_repeat and len(toks) >= no_repeat - 1:
+                    tail = tuple(toks[len(toks) - no_repeat + 1:])
+                    seen = [toks[i + no_repeat - 1] for i in range(len(toks) - no_repeat + 1)
+                            if tuple(toks[i: i + no_repeat - 1]) == tail]
+                    scores[seen] = float("-inf")
+                top = scores.topk(beam)
                 for s, tok in zip(top.values.tolist(), top.indices.tolist()):
                     cands.setdefault(c, []).append((score + s, r, tok))
         if t == max_len or not cands:
@@ -207,18 +218,20 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
                    args: argparse.Namespace) -> dict:
     if lang == "zh":
         config = task.KeywordsConfig(n=1, chains=args.zh_chains, steps=args.zh_steps, weighting=args.zh_weighting,
-                                     top_k=args.top_k, min_len=8, max_len=32)
+                                     top_k=args.top_k, min_len=args.zh_min_len, max_len=32, short_penalty=5.0)
     else:
         config = task.KeywordsConfig(n=1, chains=args.en_chains, steps=args.en_steps, weighting="model",
-                                     top_k=args.top_k, min_len=6, max_len=24)
+                                     top_k=args.top_k, min_len=args.en_min_len, max_len=24, short_penalty=5.0)
     outputs, seconds = {}, {}
     t0 = time.perf_counter()
     outputs["sample"] = sampled(backend, sets, max_len=config.max_len, seed=args.seed)
     seconds["sample"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outputs["beam"] = [backend.decode(grid_beam(backend, [backend.encode_keyword(w) for w in s["keywords"]],
-                                                beam=args.beam, max_len=config.max_len)) for s in sets]
-    seconds["beam"] = time.perf_counter() - t0
+    for name, no_repeat in (("beam", 0), ("beam-norep3", 3)):
+        t0 = time.perf_counter()
+        outputs[name] = [backend.decode(grid_beam(backend, [backend.encode_keyword(w) for w in s["keywords"]],
+                                                  beam=args.beam, max_len=config.max_len, no_repeat=no_repeat))
+                         for s in sets]
+        seconds[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     found = task.keywords_search(backend, [s["keywords"] for s in sets], config,
                                  generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
@@ -232,8 +245,11 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
             "nll_eval_lm": stats(nll_per_token(eval_scorer, eval_tok, texts)),
             "nll_target_lm": stats(nll_per_token(backend.lm, backend.tokenizer, texts)),
             "length_chars": stats([float(len(t)) for t in texts]),
+            # a decoder stuck in a loop: share of outputs repeating a char 4-gram (zh) / 8-gram (en)
+            "repeated_ngram_rate": repeated_ngram_rate(texts, 4 if lang == "zh" else 8),
+            "distinct_2": distinct_n(texts, 2),
             "seconds_per_set": seconds[method] / len(sets),
-            "examples": [{"keywords": s["keywords"], "output": t} for s, t in zip(sets[:8], texts[:8])],
+            "outputs": texts,
         }
     return {"sets": len(sets), "config": vars(config) | {"beam": args.beam}, "methods": table,
             "keyword_sets": [s["keywords"] for s in sets]}
@@ -315,10 +331,11 @@ def throughput(backend: task.Backend, *, rows: int, repeats: int, seed: int) -> 
 
 def print_keywords(lang: str, res: dict) -> None:
     print(f"\nkeywords -> sentence ({lang}, {res['sets']} sets)")
-    print(f"{'method':<8} {'coverage':>9} {'NLL/tok eval LM':>16} {'NLL/tok target':>15} {'chars':>6} {'s/set':>7}")
+    print(f"{'method':<11} {'coverage':>9} {'NLL/tok eval LM':>16} {'NLL/tok target':>15} {'chars':>6} {'repeats':>8}"
+          f" {'s/set':>7}")
     for m, r in res["methods"].items():
-        print(f"{m:<8} {r['coverage']:>8.0%} {r['nll_eval_lm']['median']:>9.3f} (med) {r['nll_target_lm']['median']:>8.3f}"
-              f" (med) {r['length_chars']['mean']:>6.1f} {r['seconds_per_set']:>7.2f}")
+        print(f"{m:<11} {r['coverage']:>8.0%} {r['nll_eval_lm']['median']:>9.3f} (med) {r['nll_target_lm']['median']:>8.3f}"
+              f" (med) {r['length_chars']['mean']:>6.1f} {r['repeated_ngram_rate']:>8.0%} {r['seconds_per_set']:>7.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zh-steps", type=int, default=100)
     p.add_argument("--zh-chains", type=int, default=2)
     p.add_argument("--zh-weighting", default="target", choices=("target", "model"))
+    p.add_argument("--zh-min-len", type=int, default=12, help="CGMH: soft minimum length (characters)")
     p.add_argument("--en-steps", type=int, default=20)
+    p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")
     p.add_argument("--en-chains", type=int, default=1)
     p.add_argument("--top-k", type=int, default=5, help="keywords: candidates per edit")
     p.add_argument("--beam", type=int, default=3, help="grid beam search: beams per bank")
@@ -343,47 +362,84 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-en", action="store_true")
+    p.add_argument("--parts", default="throughput,zh,correct,en",
+                   help="comma-separated parts: throughput, zh, correct, correct-sweep, en")
+    p.add_argument("--penalties", default="4,8,12,16", help="correct-sweep: edit penalties to try")
+    p.add_argument("--merge", action="store_true", help="add the parts run to the results already in --out")
     p.add_argument("--en-lm", default="smollm2-135m", help="the English LM (a local Hugging Face model)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # tables reach a log file as they are printed
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
     from genloom.models import load
 
-    result: dict[str, Any] = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
+    result: dict[str, Any] = {}
+    if args.merge and Path(args.out).is_file():  # add these parts to an earlier run's results
+        result = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        result.setdefault("merged_runs", []).append({"settings": vars(args), "load_average_before": load_before})
+    else:
+        result = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
     zh = task.load_backend("zh", models=args.models, proposal="mlm")
     eval_zh, _ = load(Path(args.models) / "eval-zh")
     zh_eval = (CausalLMScorer(eval_zh, bos_id=zh.tokenizer.bos_id, eos_id=zh.tokenizer.eos_id), zh.tokenizer)
-    result["throughput_zh"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
-    print(f"throughput (zh target LM, {args.throughput_rows} rows): batched "
-          f"{result['throughput_zh']['batched_rows_per_s']['median']:.0f} rows/s, one at a time "
-          f"{result['throughput_zh']['single_rows_per_s']['median']:.0f} rows/s, x{result['throughput_zh']['speedup']['median']:.1f}")
-    result["keywords_zh"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed), args)
-    print_keywords("zh", result["keywords_zh"])
-    result["correction_zh"] = correction_bench(zh, args)
-    c = result["correction_zh"]
-    print(f"\ncorrection ({c['sentences']} sentences, 1 substitution each): restored {c['restored']:.1%}, "
-          f"error position changed {c['error_position_changed']:.1%}, clean sentences changed {c['clean_changed']:.1%}")
-    if not args.skip_en:
+    parts = set(args.parts.split(","))
+    if "throughput" in parts:
+        result["throughput_zh"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
+        t = result["throughput_zh"]
+        print(f"throughput (zh target LM, {args.throughput_rows} rows): batched {t['batched_rows_per_s']['median']:.0f}"
+              f" rows/s, one at a time {t['single_rows_per_s']['median']:.0f} rows/s, x{t['speedup']['median']:.1f}")
+    if "zh" in parts:
+        result["keywords_zh"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed), args)
+        print_keywords("zh", result["keywords_zh"])
+    if "correct" in parts:
+        result["correction_zh"] = correction_bench(zh, args)
+        c = result["correction_zh"]
+        print(f"\ncorrection ({c['sentences']} sentences, 1 substitution each): restored {c['restored']:.1%}, error "
+              f"position changed {c['error_position_changed']:.1%}, clean sentences changed {c['clean_changed']:.1%}")
+    if "correct-sweep" in parts:  # the trade-off of the edit penalty (the headline uses --penalty, chosen on dev)
+        sweep = []
+        for pen in (float(x) for x in args.penalties.split(",")):
+            r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}))
+            sweep.append({k: r[k] for k in ("restored", "error_position_changed", "clean_changed", "seconds")}
+                         | {"penalty": pen})
+            print(f"penalty {pen:5.1f}: restored {r['restored']:.1%}, error position changed "
+                  f"{r['error_position_changed']:.1%}, clean sentences changed {r['clean_changed']:.1%}", flush=True)
+        result["correction_zh_penalty_sweep"] = sweep
+    if "en" in parts and not args.skip_en:
         en = task.load_backend("en", lm=args.en_lm)
         eval_en, eval_en_tok = load(Path(args.models) / "eval-en")
         en_eval = (CausalLMScorer(eval_en, bos_id=eval_en_tok.bos_id, eos_id=eval_en_tok.eos_id), eval_en_tok)
-        result["throughput_en"] = throughput(en, rows=max(8, args.throughput_rows // 16), repeats=max(2, args.repeats // 2),
-                                             seed=args.seed)
+        if "throughput" in parts:
+            result["throughput_en"] = throughput(en, rows=max(8, args.throughput_rows // 16),
+                                                 repeats=max(2, args.repeats // 2), seed=args.seed)
+            t = result["throughput_en"]
+            print(f"throughput (SmolLM2, {t['rows']} rows): batched {t['batched_rows_per_s']['median']:.1f} rows/s, "
+                  f"one at a time {t['single_rows_per_s']['median']:.1f} rows/s, x{t['speedup']['median']:.1f}")
         result["keywords_en"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed), args)
         print_keywords("en", result["keywords_en"])
-    result["load_average_after"] = os.getloadavg()
-    result["busy"] = max(load_before[0], result["load_average_after"][0]) > (os.cpu_count() or 1)
-    result["total_seconds"] = time.perf_counter() - started
+    if args.merge and "merged_runs" in result:
+        result["merged_runs"][-1] |= {"load_average_after": os.getloadavg(), "seconds": time.perf_counter() - started}
+    else:
+        result["load_average_after"] = os.getloadavg()
+        result["busy"] = max(load_before[0], result["load_average_after"][0]) > (os.cpu_count() or 1)
+        result["total_seconds"] = time.perf_counter() - started
     out = Path(args.out)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, out)
-    print(f"\nwrote {out} ({result['total_seconds']:.0f} s; machine busy: {result['busy']})")
+    print(f"\nwrote {out} ({time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from genloom.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # e.g. the models are not trained yet
+        print(f"benchmarks/search.py: {e}", file=sys.stderr)
+        sys.exit(2)
