@@ -48,6 +48,7 @@ from genloom.nn.attention import Attention, Frame, allowed_mask, rope_tables
 from genloom.nn.cln import ACTIVATIONS as COND_ACTIVATIONS
 from genloom.nn.cln import Condition, ConditionInput, resolve_condition
 from genloom.nn.norms import make_norm
+from genloom.nn.rtf import HyenaRTF
 
 
 @dataclass
@@ -77,6 +78,11 @@ class TransformerConfig:
     cond_hidden: int | None = None  # each conditional norm projects the condition to this width first; None = no
     cond_act: str = "linear"  # activation of that projection, a key of genloom.nn.cln.ACTIVATIONS
     mixer: str = "attention"  # token mixer of every block, a key of MIXERS
+    rtf_state_size: int = 64  # mixer="rtf": n, order of every channel's transfer function (< max_len)
+    rtf_num_a: int | None = None  # mixer="rtf": G, shared RTF denominators per layer (divides d_model); None = one per channel
+    rtf_short_conv: int = 3  # mixer="rtf": K, width of the causal depthwise conv on q, k, v (0 = none)
+    rtf_init: str = "xavier"  # mixer="rtf": "xavier" or "zeros" (every RTF filter the identity, k = h0 delta)
+    rtf_montel: bool = True  # mixer="rtf": l1-Montel constraint, every pole inside the unit circle
     init_std: float = 0.02  # std of the normal initialisation of weight matrices and embeddings
 
     def __post_init__(self) -> None:
@@ -90,7 +96,9 @@ class TransformerConfig:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_len"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.head_dim is None and self.d_model % self.n_head:
+        if self.mixer == "rtf":
+            self._check_rtf()
+        elif self.head_dim is None and self.d_model % self.n_head:  # heads matter to attention only
             raise UserError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.kv_heads:
             raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.kv_heads}")
@@ -104,6 +112,21 @@ class TransformerConfig:
             raise UserError("cond_dim and cond_hidden must be >= 1 and cond_labels >= 0")
         if self.cond_act not in COND_ACTIVATIONS:
             raise UserError(f"cond_act={self.cond_act!r} is not one of {', '.join(COND_ACTIVATIONS)}")
+
+    def _check_rtf(self) -> None:
+        """The options of mixer="rtf" (HyenaRTF is causal and has no attention to rotate)."""
+        if self.mask != "causal":
+            raise UserError(f"mixer='rtf' needs mask='causal' (its RTF filters and short convs are causal), "
+                            f"got mask={self.mask!r}")
+        if self.pos == "rope":
+            raise UserError("mixer='rtf' has no attention for RoPE to rotate; use pos='learned'")
+        if self.rtf_init not in ("xavier", "zeros"):
+            raise UserError(f"rtf_init={self.rtf_init!r} is not one of xavier, zeros")
+        if self.rtf_state_size < 1 or self.rtf_short_conv < 0:
+            raise UserError(f"rtf_state_size must be >= 1 and rtf_short_conv >= 0, "
+                            f"got {self.rtf_state_size}, {self.rtf_short_conv}")
+        if self.rtf_num_a is not None and (self.rtf_num_a < 1 or self.d_model % self.rtf_num_a):
+            raise UserError(f"rtf_num_a={self.rtf_num_a} does not divide d_model={self.d_model}")
 
     @property
     def kv_heads(self) -> int:
@@ -160,10 +183,18 @@ def _attention_mixer(config: TransformerConfig) -> nn.Module:
                      bias=config.bias, dropout=config.dropout)
 
 
+def _rtf_mixer(config: TransformerConfig) -> nn.Module:
+    """Hyena-RTF (issue 8): q * RTF(k * v) after short causal convs; its decoding state is
+    (C, 3(K-1) + n) per row and layer whatever the length, and it reads padding from frame.mask."""
+    c = config
+    return HyenaRTF(c.d_model, state_size=c.rtf_state_size, max_len=c.max_len, num_a=c.rtf_num_a,
+                    short_conv=c.rtf_short_conv, init=c.rtf_init, montel=c.rtf_montel, bias=c.bias)
+
+
 # mixer name -> builder(config). A mixer maps (B, T, C) -> (B, T, C) in `forward(x, frame, state)`,
 # (B, C) -> (B, C) in `step(x, frame, state)`, and says its per-row, per-layer decoding state shape
 # with `state_shape(length)` and which axis of it grows with length (`state_time_axis`, or None).
-MIXERS: dict[str, Callable[[TransformerConfig], nn.Module]] = {"attention": _attention_mixer}
+MIXERS: dict[str, Callable[[TransformerConfig], nn.Module]] = {"attention": _attention_mixer, "rtf": _rtf_mixer}
 
 
 def _make_norm(c: TransformerConfig) -> nn.Module:
@@ -337,10 +368,13 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)  # (max_len, D) or None
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, init_std) weights, zero biases, residual outputs / sqrt(2L)."""
+        """GPT-2 initialisation: N(0, init_std) weights, zero biases, residual outputs / sqrt(2L).
+        The RTF mixer's filters (xavier or identity) and short convs keep their own init, as in RTFLM."""
         std = self.config.init_std
+        own = {id(p) for m in self.modules() if isinstance(m, HyenaRTF)
+               for part in (m.rtf, m.conv) if part is not None for p in part.parameters()}
         for name, p in self.named_parameters():
-            if any(part.startswith("cond_") for part in name.split(".")):
+            if id(p) in own or any(part.startswith("cond_") for part in name.split(".")):
                 continue  # CLN projections (zero-initialised) and label embeddings keep their own init
             if name.endswith("bias"):
                 nn.init.zeros_(p)
