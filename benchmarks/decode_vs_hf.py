@@ -178,10 +178,12 @@ def make_runners(hf, ours, adapter, ids: torch.Tensor, *, case: str, n: int, eos
                 if case.startswith("beam4"):
                     return beam_search(model, num_beams=4, max_new_tokens=n, min_new_tokens=n, eos_id=eos,
                                        early_stopping=False, input_ids=ids)
+                # no per-sequence scores: HF's generate() computes none by default either
                 if case.startswith("sample"):
                     return sample(model, max_new_tokens=n, min_new_tokens=n, eos_id=eos,
-                                  processors=[TopK(50), TopP(0.9)], input_ids=ids)
-                return greedy(model, max_new_tokens=n, min_new_tokens=n, eos_id=eos, input_ids=ids)
+                                  processors=[TopK(50), TopP(0.9)], input_ids=ids, output_scores=False)
+                return greedy(model, max_new_tokens=n, min_new_tokens=n, eos_id=eos, input_ids=ids,
+                              output_scores=False)
         return go
 
     return {"hf": run_hf, "genloom": run_genloom(ours), "hf_adapter": run_genloom(adapter)}

@@ -470,3 +470,14 @@ def test_batched_beam_equals_hf_batched_and_per_row(tiny_gpt2, lp, early):
         assert alone.sequences[:2] == ours.sequences[2 * i : 2 * i + 2]
         if early is True:  # stops at the step that finishes the 4th hypothesis (or at the limit)
             assert one.steps == max(min(len(s), 15) for s in alone.sequences)
+
+
+def test_output_scores_off_gives_the_same_sequences():
+    lm = PrefixHashLM(7)
+    for run in (lambda **kw: greedy(lm, prompts=[[1], [2, 3]], max_new_tokens=6, eos_id=0, **kw),
+                lambda **kw: sample(lm, prompts=[[1], [2, 3]], max_new_tokens=6, eos_id=0, num_samples=3,
+                                    generator=torch.Generator().manual_seed(0), **kw)):
+        full, bare = run(), run(output_scores=False)
+        assert bare.sequences == full.sequences and bare.scores is None and len(full.scores) == len(full.sequences)
+    with pytest.raises(ValueError, match="removed every token"):
+        sample(lm, prompts=[[1]], max_new_tokens=2, processors=[P.BannedTokens(range(7))], output_scores=False)

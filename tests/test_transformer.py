@@ -366,3 +366,34 @@ def test_load_errors_and_registry(tmp_path):
         load(tmp_path / "ok")
     with pytest.raises(ValueError, match="already registered"):
         register_model("transformer", TransformerConfig, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("mask", ["causal", "prefix"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_step_plan_equals_module_steps(variant, mask):
+    """`step` runs plain blocks through bound torch calls (state.plan); it must give exactly what
+    the blocks' own `step` methods give (plan switched off), on ragged prompts, after a select."""
+    model = tiny(variant, mask)
+    torch.manual_seed(2)
+    ids = torch.randint(0, V, (3, 12))
+    lens = torch.tensor([4, 1, 6])
+    runs = []
+    for fast in (True, False):
+        logits, state = model.start(input_ids=ids, lengths=lens, max_new_tokens=6)
+        assert (state.plan is not None) == (model.config.mask != "bidirectional")
+        if not fast:
+            state.plan = None
+        out = [logits]
+        for j in range(5):
+            if j == 2:
+                state = model.select(state, torch.tensor([2, 0, 0]))
+            logits, state = model.step(ids[:, 6 + j], state)
+            out.append(logits)
+        runs.append(torch.stack(out, 1))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_no_fast_plan_for_conditional_norms():
+    model = tiny("gpt2", cond_dim=8, cond_labels=2)
+    _, state = model.start(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, condition=torch.tensor([1]))
+    assert state.plan is None

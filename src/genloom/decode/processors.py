@@ -190,12 +190,17 @@ class MinLength:
     def __init__(self, min_new_tokens: int, eos_id: int | Iterable[int]):
         self.min_new_tokens = _positive_int(min_new_tokens, "min_new_tokens", minimum=0)
         self.eos_ids = _ids(eos_id, "eos_id")
+        self._mask: Tensor | None = None  # (V,) bool, cached for `_mask_key` (V, device)
+        self._mask_key: tuple | None = None
 
     def __call__(self, logits: Tensor, history: Tensor) -> Tensor:
         if history.shape[1] >= self.min_new_tokens:
             return logits.clone()
-        mask = _token_mask(self.eos_ids, logits.shape[-1], logits.device)  # (V,)
-        return logits.masked_fill(mask, NEG_INF)
+        key = (logits.shape[-1], logits.device)
+        if self._mask_key != key:  # built once per vocabulary size and device, not every step
+            self._mask = _token_mask(self.eos_ids, logits.shape[-1], logits.device)  # (V,)
+            self._mask_key = key
+        return logits.masked_fill(self._mask, NEG_INF)
 
 
 class ForcedTokens:

@@ -57,7 +57,8 @@ class Generated:
 @dataclass
 class _Step:
     tokens: Tensor  # (B,) long: the token picked for each row (fill for rows already finished)
-    logp: Tensor  # (B,) float: its log-probability under the processed distribution
+    logp: Tensor | None  # (B,) float: its log-probability under the processed distribution (None
+    # when the loop was asked for no scores)
     alive: Tensor  # (B,) bool: the row had not finished before this token
 
 
@@ -119,7 +120,7 @@ def _start(model: Decodable, max_new_tokens: int, repeats: int, inputs: dict[str
 
 def _steps(
     model: Decodable,
-    choose: Callable[[Tensor], Tensor],
+    choose: Callable[[Tensor], tuple[Tensor, Tensor]],
     *,
     max_new_tokens: int,
     repeats: int,
@@ -128,8 +129,11 @@ def _steps(
     processors: Sequence[LogitsProcessor],
     prompt_ids: Sequence[Sequence[int]] | None,
     inputs: dict[str, Any],
+    output_scores: bool = True,
 ) -> Iterator[_Step]:
-    """The token-by-token loop shared by greedy, sample and stream: `choose(scores (B, V)) -> (B,)`."""
+    """The token-by-token loop shared by greedy, sample and stream: `choose(scores (B, V))` ->
+    (tokens (B,), their scores (B,)). Without `output_scores` the log-softmax normaliser of the
+    picks is not computed (as Hugging Face's `generate()` by default) and `_Step.logp` is None."""
     _check_common(max_new_tokens, min_new_tokens)
     with torch.no_grad():
         logits, state, rows = _start(model, max_new_tokens, repeats, inputs)
@@ -142,23 +146,29 @@ def _steps(
     if prompt is not None:
         buf[:, :width] = prompt
     alive = torch.ones(logits.shape[0], dtype=torch.bool, device=device)  # (B,)
+    all_alive = True  # no row has finished yet (then the masking below is skipped)
     fill = 0 if eos is None else int(eos[0])
     for t in range(max_new_tokens):
         full = buf[:, : width + t] if prompt is not None else None  # (B, P + t)
         scores = apply(procs, logits.float(), buf[:, width : width + t], full)  # (B, V)
-        if eos is not None:
+        if not all_alive:
             scores = torch.where(alive[:, None], scores, 0.0)  # finished rows: anything finite
-        norm = scores.logsumexp(dim=-1)  # (B,), -inf where every token was removed
+        # -inf where every token was removed: the normaliser, or (no scores wanted) the best score
+        norm = scores.logsumexp(dim=-1) if output_scores else scores.amax(dim=-1)  # (B,)
         if bool(torch.isneginf(norm).any()):
             raise ValueError(f"the logits processors removed every token of some row at step {t}")
-        tokens = choose(scores)  # (B,)
-        logp = scores.gather(1, tokens[:, None]).squeeze(1) - norm  # (B,) log-softmax of the pick
-        tokens = torch.where(alive, tokens, fill)
+        tokens, picked = choose(scores)  # (B,) each
+        logp = picked - norm if output_scores else None  # (B,) log-softmax of the pick
+        if not all_alive:
+            tokens = torch.where(alive, tokens, fill)
         buf[:, width + t] = tokens
         yield _Step(tokens, logp, alive)
         if eos is not None:
             alive = alive & ~torch.isin(tokens, eos)
-        if t + 1 == max_new_tokens or not bool(alive.any()):
+            all_alive = bool(alive.all())
+            if not all_alive and not bool(alive.any()):
+                return
+        if t + 1 == max_new_tokens:
             return
         with torch.no_grad():
             logits, state = model.step(tokens, state)  # (B, V)
@@ -166,32 +176,34 @@ def _steps(
 
 def _collect(steps: Iterator[_Step], eos_id: EosId) -> Generated:
     """Run a step iterator to the end and gather the sequences (EOS and padding dropped)."""
-    toks, keep, total, eos = [], [], None, None
-    for s in steps:
-        if total is None:
-            eos = _eos_tensor(eos_id, s.tokens.device)
-        emitted = s.alive if eos is None else s.alive & ~torch.isin(s.tokens, eos)
-        toks.append(s.tokens)
-        keep.append(emitted)
-        add = torch.where(s.alive, s.logp, 0.0)
-        total = add if total is None else total + add
-    tokens, mask = torch.stack(toks, 1).tolist(), torch.stack(keep, 1).tolist()  # (B, t) each
-    sequences = [[tok for tok, k in zip(row, m) if k] for row, m in zip(tokens, mask)]
+    run = list(steps)  # gathered once at the end: nothing but the loop itself runs per step
+    tokens, alive = torch.stack([s.tokens for s in run], 1), torch.stack([s.alive for s in run], 1)  # (B, t)
+    eos = _eos_tensor(eos_id, tokens.device)
+    emitted = alive if eos is None else alive & ~torch.isin(tokens, eos)  # (B, t)
+    sequences = [[tok for tok, k in zip(row, m) if k] for row, m in zip(tokens.tolist(), emitted.tolist())]
+    if run[0].logp is None:
+        return Generated(sequences=sequences, scores=None)
+    logp = torch.stack([s.logp for s in run], 1)  # (B, t)
+    total = torch.where(alive, logp, 0.0).sum(dim=1)  # (B,)
     return Generated(sequences=sequences, scores=total.tolist())
 
 
-def _argmax(scores: Tensor) -> Tensor:
-    return scores.argmax(dim=-1)  # (B,)
+def _argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """The best token of each row and its score, in one reduction (first index on ties, as argmax)."""
+    best, tokens = scores.max(dim=-1)  # (B,) each
+    return tokens, best
 
 
 def _sampler(generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
     """Draw one token per row from softmax(scores), on the generator's device if it has one."""
 
-    def choose(scores: Tensor) -> Tensor:
+    def choose(scores: Tensor) -> tuple[Tensor, Tensor]:
         probs = scores.softmax(dim=-1)  # (B, V)
         if generator is not None and generator.device != probs.device:
-            return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            tokens = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        return tokens.squeeze(1), scores.gather(1, tokens).squeeze(1)  # (B,) each
 
     return choose
 
@@ -204,6 +216,7 @@ def greedy(
     min_new_tokens: int = 0,
     processors: Sequence[LogitsProcessor] = (),
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    output_scores: bool = True,
     **inputs: Any,
 ) -> Generated:
     """Pick the highest processed logit at every step.
@@ -215,11 +228,14 @@ def greedy(
         min_new_tokens: EOS is forbidden before this many tokens.
         processors: applied in order to the logits (B, V) before the argmax.
         prompt_ids: each row's prompt ids, for processors that also look at the prompt.
+        output_scores: also return each sequence's summed log-probability (one log-softmax
+            normaliser per step; False skips it, as Hugging Face's `generate()` by default).
     Returns:
-        Generated with one sequence per input row.
+        Generated with one sequence per input row (scores None without `output_scores`).
     """
     steps = _steps(model, _argmax, max_new_tokens=max_new_tokens, repeats=1, eos_id=eos_id,
-                   min_new_tokens=min_new_tokens, processors=processors, prompt_ids=prompt_ids, inputs=inputs)
+                   min_new_tokens=min_new_tokens, processors=processors, prompt_ids=prompt_ids, inputs=inputs,
+                   output_scores=output_scores)
     return _collect(steps, eos_id)
 
 
@@ -233,6 +249,7 @@ def sample(
     min_new_tokens: int = 0,
     processors: Sequence[LogitsProcessor] = (),
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    output_scores: bool = True,
     **inputs: Any,
 ) -> Generated:
     """Draw each token from softmax(processed logits); `num_samples` independent samples per
@@ -240,13 +257,14 @@ def sample(
     `generator` gives the same samples. Other arguments as in `greedy`.
 
     Returns:
-        Generated with S = num_samples sequences per input row, grouped by row.
+        Generated with S = num_samples sequences per input row, grouped by row (scores: each
+        sample's log-probability under the processed distributions; None without `output_scores`).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     steps = _steps(model, _sampler(generator), max_new_tokens=max_new_tokens, repeats=num_samples,
                    eos_id=eos_id, min_new_tokens=min_new_tokens, processors=processors,
-                   prompt_ids=prompt_ids, inputs=inputs)
+                   prompt_ids=prompt_ids, inputs=inputs, output_scores=output_scores)
     return _collect(steps, eos_id)
 
 
@@ -271,7 +289,8 @@ def stream(
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     choose = _sampler(generator) if do_sample else _argmax
     steps = _steps(model, choose, max_new_tokens=max_new_tokens, repeats=num_samples, eos_id=eos_id,
-                   min_new_tokens=min_new_tokens, processors=processors, prompt_ids=prompt_ids, inputs=inputs)
+                   min_new_tokens=min_new_tokens, processors=processors, prompt_ids=prompt_ids, inputs=inputs,
+                   output_scores=False)
     eos_set = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     for s in steps:
         yield [tok if alive and tok not in eos_set else None for tok, alive in zip(s.tokens.tolist(), s.alive.tolist())]
