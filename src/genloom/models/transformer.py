@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.nn import probe
+from genloom.nn import blas, probe
 from genloom.nn.attention import Attention, Frame, allowed_mask, apply_rope, rope_tables
 from genloom.nn.cln import ACTIVATIONS as COND_ACTIVATIONS
 from genloom.nn.cln import Condition, ConditionInput, resolve_condition
@@ -331,11 +331,14 @@ def _norm_fn(norm: nn.Module) -> Callable[[Tensor], Tensor] | None:
 
 
 def _linear_fn(linear: nn.Linear) -> Callable[[Tensor], Tensor]:
-    """x @ W^T + b as one addmm on the (input-major) weight, with the module's tensors bound."""
+    """x @ W^T + b as one addmm on the (input-major) weight, with the module's tensors bound; a
+    single row goes through OpenBLAS's GEMV when it is available (`genloom.nn.blas`)."""
     w, b = linear.weight.t(), linear.bias  # (in, out): contiguous when stored input-major
-    if b is None:
-        return lambda x: torch.mm(x, w)
-    return lambda x: torch.addmm(b, x, w)
+    one = blas.gemv(w, b)
+    many = (lambda x: torch.mm(x, w)) if b is None else (lambda x: torch.addmm(b, x, w))
+    if one is None:
+        return many
+    return lambda x: one(x) if x.shape[0] == 1 else many(x)
 
 
 def _fast_step(block: Block) -> Callable[[Tensor, Frame, Tensor], Tensor] | None:
@@ -417,6 +420,7 @@ class Transformer(nn.Module):
         self.init_buffers()
         self._time_axis = getattr(self.blocks[0].mixer, "state_time_axis", None)
         self._head_t: Tensor | None = None  # input-major copy of a tied head, for decoding (see _head)
+        self._head_gemv: Callable[[Tensor], Tensor] | None = None  # its one-row OpenBLAS product
         self._head_key: tuple | None = None
         self.reset_parameters()
         input_major_(self)
@@ -577,6 +581,7 @@ class Transformer(nn.Module):
         block needs its modules (conditional norms, another mixer)."""
         if cond is not None:
             return None
+        blas.match_threads()
         plan = [_fast_step(block) for block in self.blocks]
         return None if any(p is None for p in plan) else plan
 
@@ -615,13 +620,15 @@ class Transformer(nn.Module):
         input-major copy (C, V), rebuilt whenever the weight changes (its version counter or
         storage), since one row at a time reads that layout much faster (see `input_major_`)."""
         w = self.lm_head.weight
-        if not w.is_contiguous():  # untied: the parameter is input-major already
-            return self.lm_head(x)
-        key = (w.data_ptr(), w._version, w.dtype)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
         if self._head_key != key:
             with torch.inference_mode():
-                self._head_t = w.detach().t().contiguous()  # (C, V)
+                # untied: the parameter is input-major already (a view); tied: an input-major copy
+                self._head_t = w.detach().t() if not w.is_contiguous() else w.detach().t().contiguous()  # (C, V)
+                self._head_gemv = blas.gemv(self._head_t)
             self._head_key = key
+        if self._head_gemv is not None and x.shape[0] == 1:
+            return self._head_gemv(x)  # (1, V)
         return x @ self._head_t  # (B, V)
 
     def _used(self, buffer: Tensor, n: int) -> Tensor:
