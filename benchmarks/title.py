@@ -45,8 +45,14 @@ VARIANTS: dict[str, dict] = {
 
 
 def _write(payload: dict) -> None:
+    """Write the results, keeping rows that another process (`--only` splits) wrote meanwhile."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    if RESULTS.is_file():
+        current = json.loads(RESULTS.read_text(encoding="utf-8"))
+        if current.get("pairs") == payload["pairs"]:
+            for key in ("rows", "variants"):
+                payload[key] = {**current.get(key, {}), **payload[key]}
+    tmp = RESULTS.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, RESULTS)
 
