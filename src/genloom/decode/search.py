@@ -194,7 +194,7 @@ def _argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     return tokens, best
 
 
-def _sampler(generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
+def _sampler(generator: torch.Generator | None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Draw one token per row from softmax(scores), on the generator's device if it has one."""
 
     def choose(scores: Tensor) -> tuple[Tensor, Tensor]:

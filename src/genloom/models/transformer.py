@@ -348,7 +348,8 @@ def _fast_step(block: Block) -> Callable[[Tensor, Frame, Tensor], Tensor] | None
     A decoding step of a small model is bound by Python dispatch (about 10 module calls and 30
     attribute lookups per layer); binding the tensors once per `start` and calling torch's
     functions directly removes most of it (the small GPT-2 config: about 10% of a step). The
-    arithmetic is the same as `Block.step` / `Attention.step` op for op (tested equal).
+    arithmetic is `Block.step` / `Attention.step` op for op (bitwise equal on two or more rows);
+    a single row's products go through OpenBLAS (`genloom.nn.blas`), equal to about 1e-6.
     """
     att, mlp = block.mixer, block.mlp
     norm1, norm2 = _norm_fn(block.norm1), _norm_fn(block.norm2)
@@ -397,7 +398,7 @@ class TransformerState:
     key_valid: Tensor | None  # (B, S) bool, False at padding columns; None when no row is padded
     segment: int  # segment id of generated tokens (1 for the prefix mask, else 0)
     condition: Tensor | None = None  # (B, E) condition vectors of a conditional (CLN) model, from start()
-    plan: list[Callable[[Tensor, Frame, Tensor], Tensor]] | None = None  # fast per-block steps (`_fast_steps`)
+    plan: list[Callable[[Tensor, Frame, Tensor], Tensor]] | None = None  # fast per-block steps (`_fast_step`)
 
 
 class Transformer(nn.Module):
@@ -420,7 +421,7 @@ class Transformer(nn.Module):
         self.init_buffers()
         self._time_axis = getattr(self.blocks[0].mixer, "state_time_axis", None)
         self._head_t: Tensor | None = None  # input-major copy of a tied head, for decoding (see _head)
-        self._head_gemv: Callable[[Tensor], Tensor] | None = None  # its one-row OpenBLAS product
+        self._head_blas = False  # whether one-row head products go through OpenBLAS (nn/blas.py)
         self._head_key: tuple | None = None
         self.reset_parameters()
         input_major_(self)
@@ -625,10 +626,10 @@ class Transformer(nn.Module):
             with torch.inference_mode():
                 # untied: the parameter is input-major already (a view); tied: an input-major copy
                 self._head_t = w.detach().t() if not w.is_contiguous() else w.detach().t().contiguous()  # (C, V)
-                self._head_gemv = blas.gemv(self._head_t)
+                self._head_blas = blas.qualifies(self._head_t)
             self._head_key = key
-        if self._head_gemv is not None and x.shape[0] == 1:
-            return self._head_gemv(x)  # (1, V)
+        if self._head_blas and x.shape[0] == 1:
+            return blas.row_product(x, self._head_t)  # (1, V)
         return x @ self._head_t  # (B, V)
 
     def _used(self, buffer: Tensor, n: int) -> Tensor:

@@ -57,11 +57,21 @@ def match_threads() -> None:
             c.set_num_threads(n)
 
 
+def qualifies(w: Tensor) -> bool:
+    """Whether x @ w can go through OpenBLAS: it is available and w is a CPU float32 matrix."""
+    return available() and w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2
+
+
+def row_product(x: Tensor, w: Tensor) -> Tensor:
+    """x (1, I) @ w (I, O) through OpenBLAS, for a w that `qualifies` (read in place)."""
+    return torch.from_numpy(x.numpy() @ w.detach().numpy())  # (1, O)
+
+
 def gemv(w: Tensor, bias: Tensor | None = None) -> Callable[[Tensor], Tensor] | None:
     """x (1, I) -> x @ w (+ bias) as one OpenBLAS call, for a CPU float32 w (I, O); None when
     OpenBLAS is unavailable or w does not qualify. w is read in place: it must not be resized
     while the function is in use (decoding binds it per `start`)."""
-    if not available() or w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
+    if not qualifies(w):
         return None
     wn = w.detach().numpy()  # (I, O), shares w's memory
     if bias is None:
