@@ -12,7 +12,12 @@ the same train documents (the wall time of each is reported beside it):
   (d) (c) without copy (no copy head, no constrained decoding);
   (e) (c) without Sparse Softmax (plain cross-entropy, no top-k at decoding);
   plus (a) without Sparse Softmax (to compare truncation and extraction under either loss),
-  (c) decoded without the copy constraint, and the extractor's recall of the aligned clauses.
+  (c) decoded without the copy constraint, (c) without the title task's pointer and prior (the
+  post's model exactly; row key c0), and the extractor's recall of the aligned clauses.
+
+Every generator row (but c0) has the title task's pointer-generator copy and prior in its output
+layer (SummarizeConfig's default; see tasks/summarize_seq2seq.py for why), so "copy" in (d) is
+the post's B/I/O copy.
 
 Every seq2seq starts from one shared pre-training (`summarize.pretrain`: the same Transformer as
 a causal char LM on the train documents and titles, --pretrain-steps), standing in for the post's
@@ -54,6 +59,7 @@ ROWS = {  # name -> (label, overrides of the pipeline config)
     "c": ("(c) extract, then generate", {}),
     "d": ("(d) (c) without copy", {"copy": False}),
     "e": ("(e) (c) without sparse softmax", {"sparse_k": None}),
+    "c0": ("(c) without pointer and prior (the post's model)", {"pointer": False, "prior": False}),
 }
 
 
@@ -202,7 +208,7 @@ def main() -> int:
 
     order = ["(a) truncate, then generate", "(b) extract only", "(c) extract, then generate",
              "(c) decoded without the copy constraint", "(d) (c) without copy", "(e) (c) without sparse softmax",
-             "(a) without sparse softmax"]
+             "(a) without sparse softmax", "(c) without pointer and prior (the post's model)"]
     rows = {k: rows[k] for k in order if k in rows}
     a, c = rows.get(order[0]), rows.get(order[2])
     gain = round(c["scores"]["rouge-l"] - a["scores"]["rouge-l"], 2) if a and c else None

@@ -84,6 +84,8 @@ class SummarizeConfig:
     d_ff: int = 1024  # seq2seq feed-forward width
     dropout: float = 0.1  # seq2seq dropout
     copy: bool = True  # B/I/O copy head and constrained decoding
+    pointer: bool = True  # the title task's pointer-generator copy in the seq2seq's output (not in the post)
+    prior: bool = True  # the title task's source-character prior in the seq2seq's output (not in the post)
     copy_weight: float = 2.0  # loss = token loss + copy_weight * copy loss
     sparse_k: int | None = 10  # Sparse Softmax top-k (training and decoding); None = off
     sparse_p: float | None = None  # Sparse Softmax top-p instead (when sparse_k is None)
@@ -122,7 +124,8 @@ class SummarizeConfig:
             d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head, d_ff=self.d_ff,
             dropout=self.dropout, max_source_len=self.window, max_target_len=self.max_target_len,
             copy=self.copy, copy_weight=self.copy_weight, sparse_k=self.sparse_k,
-            sparse_p=self.sparse_p if self.sparse_k is None else None, source_noise=self.source_noise)
+            sparse_p=self.sparse_p if self.sparse_k is None else None, source_noise=self.source_noise,
+            pointer=self.pointer, prior=self.prior)
 
 
 # ---- documents and extraction ----------------------------------------------------------------------

@@ -85,6 +85,8 @@ _TRAIN_FLAGS: dict[str, str] = {  # SummarizeConfig field -> help
     "d_ff": "seq2seq feed-forward width", "dropout": "seq2seq dropout",
     "copy": "B/I/O copy head and copy-constrained decoding",
     "copy_weight": "weight of the copy loss",
+    "pointer": "the title task's pointer-generator copy in the seq2seq's output",
+    "prior": "the title task's source-character prior in the seq2seq's output",
     "sparse_k": "Sparse Softmax top-k in training and decoding (0: plain softmax)",
     "sparse_p": "Sparse Softmax top-p instead of top-k (with --sparse-k 0)",
     "source_noise": "share of source characters replaced at random in training",

@@ -20,6 +20,15 @@ first generated token. Loss = token loss + `copy_weight` x copy cross-entropy (t
 Token loss: Sparse Softmax (`genloom.nn.losses`, top-k with k = `sparse_k`, or top-p) or, with
 both off, plain cross-entropy. Decoding applies the matching `SparseSoftmax` processor.
 
+Pointer and prior (`pointer`, `prior`; off in the config's defaults, on in `SummarizeConfig`'s):
+the title task's output layer (`title_unilm.PointerPriorMixin`): the source-character prior
+averaged with the logits and a pointer-generator copy over source positions, so `forward`,
+`start` and `step` return log-probabilities of that mixture; Sparse Softmax then keeps its top-k.
+The post has neither: its only copy is the B/I/O constraint. We add them because at our data
+size (5k documents, a small model, no pretrained BERT) a UniLM without a pointer barely learns
+to write titles (title ablation: 4.07 ROUGE-L without copy, 17.35 with), which no extraction can
+rescue.
+
 Decoding protocol: `start(src=...)` prefills source + BOS through the Transformer's cache and
 returns the next-token logits; the copy scores of the same rows are kept in `copy_logits`
 (read by `genloom.decode.copy.CopyConstraint`), reordered by `select` with the state. The
@@ -52,6 +61,7 @@ from genloom.errors import UserError
 from genloom.models.io import register_model
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn.losses import sparse_softmax_cross_entropy
+from genloom.tasks.title_unilm import PointerPriorMixin
 from genloom.tasks.summarize_convert import copy_labels
 
 
@@ -75,6 +85,8 @@ class CopyUniLMConfig:
     sparse_k: int | None = 10  # Sparse Softmax top-k in training and decoding (None: off)
     sparse_p: float | None = None  # or its top-p variant (used when sparse_k is None)
     source_noise: float = 0.15  # chance each source token is replaced by a random source token (training)
+    pointer: bool = False  # the title task's pointer-generator copy over source positions (+ successor bonus)
+    prior: bool = False  # the title task's source-character prior averaged with the logits
 
     def transformer(self) -> TransformerConfig:
         """The underlying prefix-mask Transformer (GPT-2 flavour, 2 segments)."""
@@ -93,7 +105,7 @@ class CopyUniLMConfig:
         return None
 
 
-class CopyUniLM(nn.Module):
+class CopyUniLM(PointerPriorMixin, nn.Module):
     """UniLM + B/I/O copy head with the decoding protocol (module docstring)."""
 
     def __init__(self, config: CopyUniLMConfig) -> None:
@@ -102,14 +114,11 @@ class CopyUniLM(nn.Module):
         self.vocab_size = c.vocab_size
         self.lm = Transformer(c.transformer())
         self.copy_head = nn.Linear(c.d_model, 3) if c.copy else None
+        self._mixed = c.pointer or c.prior  # outputs are log-probs of the title model's mixture
+        if self._mixed:
+            self._init_pointer(c.d_model, c.vocab_size, prior=c.prior, copy=c.pointer, successor=True)
         self.copy_logits: Tensor | None = None  # (B, 3) copy scores of the rows last returned
-        self._hidden: Tensor | None = None
-        self._grab = False
-        self.lm.norm.register_forward_hook(self._keep_hidden)
-
-    def _keep_hidden(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self._grab:
-            self._hidden = output
+        self._hook_hidden()
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor | None]:
         """src (B, S) right-padded, tgt_in (B, T) BOS + target right-padded ->
@@ -119,7 +128,11 @@ class CopyUniLM(nn.Module):
         seg = torch.cat([torch.zeros_like(src), torch.ones_like(tgt_in)], 1)  # (B, L)
         valid = torch.cat([src != pad, tgt_in != pad], 1)  # (B, L)
         h = self.lm.hidden_states(ids, segment_ids=seg, attention_mask=valid)  # (B, L, C)
-        logits = self.lm.lm_head(h[:, src.shape[1]:])  # (B, T, V)
+        s = src.shape[1]
+        logits = self.lm.lm_head(h[:, s:])  # (B, T, V)
+        if self._mixed:  # log-probs of prior + pointer copy; the prefix mask keeps h[:, :s] source-only
+            prev2 = F.pad(tgt_in, (1, 0), value=-2)[:, :-1]  # (B, T)
+            logits = self._mix(logits, h[:, s:], self._source_side(src, h[:, :s]), tgt_in, prev2)
         return logits, (self.copy_head(h) if self.copy_head is not None else None)
 
     # ---- decoding protocol ----------------------------------------------------------------------
@@ -144,27 +157,42 @@ class CopyUniLM(nn.Module):
         try:
             logits, state = self.lm.start(input_ids=prompt, lengths=lengths + 1, segment_ids=seg,
                                           max_new_tokens=max_new_tokens)
-            self.copy_logits = self._copy_scores(self._hidden)
+            h = self._hidden
+            self.copy_logits = self._copy_scores(h)
         finally:
             self._grab, self._hidden = False, None
-        return logits, state
+        if not self._mixed:
+            return logits, state
+        # the pointer's keys: the source's own pass (what the joint pass gives it under the prefix mask)
+        h_src = self.lm.hidden_states(src, segment_ids=torch.zeros_like(src), attention_mask=src != c.pad_id)
+        st = self._source_side(src, h_src)
+        bos = torch.full_like(lengths, c.bos_id)[:, None]  # (B, 1)
+        out = self._mix(logits[:, None], h[:, None], st, bos, torch.full_like(bos, -2))[:, 0]
+        return out, dict(st, lm=state, last=bos[:, 0])
 
     @torch.inference_mode()
     def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
         """tokens (B,) -> logits (B, V); the copy scores of the same rows go to `copy_logits`."""
         self._grab = True
         try:
-            logits, state = self.lm.step(tokens, state)
-            self.copy_logits = self._copy_scores(self._hidden)
+            logits, lm_state = self.lm.step(tokens, state["lm"] if self._mixed else state)
+            h = self._hidden
+            self.copy_logits = self._copy_scores(h)
         finally:
             self._grab, self._hidden = False, None
-        return logits, state
+        if not self._mixed:
+            return logits, lm_state
+        out = self._mix(logits[:, None], h[:, None], state, tokens[:, None], state["last"][:, None])
+        return out[:, 0], dict(state, lm=lm_state, last=tokens)
 
     def select(self, state: Any, index: Tensor) -> Any:
-        """Reorder the cache rows and `copy_logits` alike."""
+        """Reorder the cache rows, the source-side tensors and `copy_logits` alike."""
         if self.copy_logits is not None:
             self.copy_logits = self.copy_logits.index_select(0, index.to(self.copy_logits.device))
-        return self.lm.select(state, index)
+        if not self._mixed:
+            return self.lm.select(state, index)
+        return {k: self.lm.select(v, index) if k == "lm" else v.index_select(0, index)
+                for k, v in state.items()}
 
 
 register_model("summarize_unilm", CopyUniLMConfig, CopyUniLM)

@@ -90,7 +90,66 @@ class Pointer(nn.Module):
         return attn
 
 
-class UniLMCopy(nn.Module):
+class PointerPriorMixin:
+    """The title task's output layer over a UniLM's hidden states: the post's source-character
+    prior averaged with the logits, and the pointer-generator copy over source positions (with the
+    successor bonus), as in `RNNSeq2Seq`. Shared by `UniLMCopy` and the SPACES seq2seq
+    (`genloom.tasks.summarize_seq2seq.CopyUniLM`); the host is an nn.Module with
+    `config.pad_id`, `config.bos_id` and `config.vocab_size`."""
+
+    def _hook_hidden(self) -> None:
+        """Keep the final norm's output (the hidden state behind the logits) in `_hidden` while
+        `_grab` is set (self.lm is the host's Transformer)."""
+        self._hidden: Tensor | None = None
+        self._grab = False
+        self.lm.norm.register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._grab:
+            self._hidden = output
+
+    def _init_pointer(self, d_model: int, vocab_size: int, *, prior: bool, copy: bool,
+                      successor: bool) -> None:
+        self._use_prior, self._use_copy, self._use_successor = prior, copy, copy and successor
+        self.attention = Pointer(d_model)
+        if copy:
+            self.gate = nn.Linear(d_model, 1)
+        if copy and successor:  # as RNNSeq2Seq: continue 1- / 2-character source matches
+            self.successor_weight = nn.Parameter(torch.ones(2))
+        if prior:
+            self.prior_log_scale = nn.Parameter(torch.zeros(vocab_size))
+            self.prior_shift = nn.Parameter(torch.zeros(vocab_size))
+
+    def _mix(self, logits: Tensor, h: Tensor, st: dict[str, Any], prev1: Tensor, prev2: Tensor
+             ) -> Tensor:
+        """logits (B, T, V), hidden h (B, T, C), the ids fed at those positions prev1 (B, T) and
+        the ids before them prev2 (B, T) -> log-probs (B, T, V) with prior and copy."""
+        if self._use_prior:
+            logits = (logits + st["prior"][:, None, :]) / 2
+        logp = logits.float().log_softmax(-1)  # (B, T, V)
+        if not self._use_copy:
+            return logp
+        bias = None
+        if self._use_successor:
+            m1, m2 = successor_matches(st["src"], prev1, prev2, start_id=self.config.bos_id)
+            bias = self.successor_weight[0] * m1 + self.successor_weight[1] * m2
+        attn = self.attention(h, st["keys"], st["mask"], bias)  # (B, T, S)
+        g = torch.sigmoid(self.gate(h))  # (B, T, 1)
+        src = st["src"][:, None, :].expand(-1, h.shape[1], -1)  # (B, T, S)
+        copy = torch.zeros_like(logp).scatter_add_(2, src, attn)  # (B, T, V)
+        return torch.log((g * logp.exp() + (1 - g) * copy).clamp_min(1e-30))
+
+    def _source_side(self, src: Tensor, h_src: Tensor) -> dict[str, Any]:
+        """Per-row source tensors `_mix` reads: pointer keys, mask, ids and the prior (B, V)."""
+        st: dict[str, Any] = {"keys": self.attention.k(h_src), "mask": src != self.config.pad_id,
+                              "src": src}
+        if self._use_prior:
+            chi = source_presence(src, self.config.vocab_size, self.config.pad_id)  # (B, V)
+            st["prior"] = self.prior_log_scale.exp() * chi + self.prior_shift
+        return st
+
+
+class UniLMCopy(PointerPriorMixin, nn.Module):
     """Prefix-mask Transformer + prior + copy, with the decoding protocol.
 
     State: {"lm": TransformerState, "keys" (B, S, C), "mask" (B, S), "src" (B, S),
@@ -102,48 +161,9 @@ class UniLMCopy(nn.Module):
         c = self.config = config
         self.vocab_size = c.vocab_size
         self.lm = Transformer(c.transformer())
-        self.attention = Pointer(c.d_model)
-        if c.copy:
-            self.gate = nn.Linear(c.d_model, 1)
-        if c.copy and c.successor:  # as RNNSeq2Seq: continue 1- / 2-character source matches
-            self.successor_weight = nn.Parameter(torch.ones(2))
-        if c.prior:
-            self.prior_log_scale = nn.Parameter(torch.zeros(c.vocab_size))
-            self.prior_shift = nn.Parameter(torch.zeros(c.vocab_size))
-        self._hidden: Tensor | None = None
-        self._grab = False
-        self.lm.norm.register_forward_hook(self._keep_hidden)
-
-    def _keep_hidden(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self._grab:
-            self._hidden = output
-
-    def _mix(self, logits: Tensor, h: Tensor, st: dict[str, Any], prev1: Tensor, prev2: Tensor
-             ) -> Tensor:
-        """logits (B, T, V), hidden h (B, T, C), the ids fed at those positions prev1 (B, T) and
-        the ids before them prev2 (B, T) -> log-probs (B, T, V) with prior and copy."""
-        if self.config.prior:
-            logits = (logits + st["prior"][:, None, :]) / 2
-        logp = logits.float().log_softmax(-1)  # (B, T, V)
-        if not self.config.copy:
-            return logp
-        bias = None
-        if self.config.successor:
-            m1, m2 = successor_matches(st["src"], prev1, prev2, start_id=self.config.bos_id)
-            bias = self.successor_weight[0] * m1 + self.successor_weight[1] * m2
-        attn = self.attention(h, st["keys"], st["mask"], bias)  # (B, T, S)
-        g = torch.sigmoid(self.gate(h))  # (B, T, 1)
-        src = st["src"][:, None, :].expand(-1, h.shape[1], -1)  # (B, T, S)
-        copy = torch.zeros_like(logp).scatter_add_(2, src, attn)  # (B, T, V)
-        return torch.log((g * logp.exp() + (1 - g) * copy).clamp_min(1e-30))
-
-    def _source_side(self, src: Tensor, h_src: Tensor) -> dict[str, Any]:
-        st: dict[str, Any] = {"keys": self.attention.k(h_src), "mask": src != self.config.pad_id,
-                              "src": src}
-        if self.config.prior:
-            chi = source_presence(src, self.config.vocab_size, self.config.pad_id)  # (B, V)
-            st["prior"] = self.prior_log_scale.exp() * chi + self.prior_shift
-        return st
+        self._init_pointer(c.d_model, c.vocab_size, prior=c.prior, copy=c.copy,
+                           successor=c.successor)
+        self._hook_hidden()
 
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor | None = None) -> Tensor:
         """src (B, S), tgt_in (B, T) starting with bos: log-probs (B, T, V), or with tgt_out the
