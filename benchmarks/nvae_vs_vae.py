@@ -12,11 +12,16 @@ BatchNorm re-estimation. Writes benchmarks/results/nvae.json, nvae_curves.png an
 
     python benchmarks/nvae_vs_vae.py                       # the full claim: 60 min each
     python benchmarks/nvae_vs_vae.py --minutes 2 --eval-images 200 --train-limit 5000  # smoke
+
+Two processes can share the work, one model each and one thread each (`--models nvae
+--threads 1` beside `--models vae --threads 1`): the second to finish merges the first one's
+row into nvae.json when the settings are the same, and redraws the curves from both runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -127,6 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {res.steps} steps, IW-NLL {nll['nll_nats']:.2f} +- "
               f"{nll['nll_stderr']:.2f} nats (K={args.k}, {nll['images']} images), "
               f"NaN-skipped {res.nan_skipped}", flush=True)
+    settings = {"minutes": args.minutes, "k": args.k, "eval_images": len(x_test),
+                "train_limit": args.train_limit, "data": args.data, "device": args.device,
+                "binarisation": "dynamic (train), fixed seed 1234 (test)"}
+    lock = open(results / ".nvae.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the other half of a split run may be writing
+    previous = results / "nvae.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("settings") == settings:
+            for name, row in old.get("models", {}).items():
+                if name not in rows and Path(row["run_dir"], "metrics.jsonl").is_file():
+                    rows[name], runs[name] = row, Path(row["run_dir"])
     _curves(runs, results / "nvae_curves.png")
     summary: dict = {"claim": "NVAE IW-NLL < plain VAE IW-NLL, same wall-time budget, no NaN"}
     if {"nvae", "vae"} <= rows.keys():
@@ -145,15 +162,14 @@ def main(argv: list[str] | None = None) -> int:
                     "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
                     "under_load": max(load_before[0], os.getloadavg()[0]) > (os.cpu_count() or 1)},
         "versions": {"genloom": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {"minutes": args.minutes, "k": args.k, "eval_images": len(x_test),
-                     "train_limit": args.train_limit, "data": args.data, "device": args.device,
-                     "binarisation": "dynamic (train), fixed seed 1234 (test)"},
+        "settings": settings,
         "models": rows, "summary": summary,
         "figures": {k: str(results / v) for k, v in (
             ("curves", "nvae_curves.png"), ("samples_nvae", "nvae_samples_nvae.png"),
             ("recon_nvae", "nvae_recon_nvae.png"), ("samples_vae", "nvae_samples_vae.png"),
             ("recon_vae", "nvae_recon_vae.png"))}}
     write_json_atomic(results / "nvae.json", report)
+    lock.close()
     print()
     print(f"{'model':6} {'params':>8} {'steps':>6} {'min':>6} {'s/step':>7} {'IW-NLL':>9} "
           f"{'+-':>5} {'bpd':>7} {'NaN':>4}")
