@@ -15,7 +15,8 @@ import torch
 from genloom.cli import main
 from genloom.errors import UserError
 from genloom.models.judge import CharCNNJudge, JudgeConfig, classify, encode_texts
-from genloom.tasks.condition import (CopyIndex, condition_for, generate, load_data, load_model, mean_nll)
+from genloom.tasks.condition import (CopyIndex, condition_for, generate, load_data, load_model, mean_nll,
+                                     other_conditions)
 from genloom.tokenizers import CharTokenizer
 
 ALPHABETS = {"neg": "差烂坏糟恨苦", "pos": "好棒赞美爱乐"}
@@ -137,6 +138,16 @@ def test_label_controls_the_alphabet(trained, name):
         assert in_alphabet(texts, label) >= 0.97, (name, label, texts[:5])
 
 
+@pytest.mark.parametrize("name", ["cln", "prefix", "vec"])
+def test_guided_sampling_keeps_the_label(trained, name):
+    """Guidance against the other label, for labels, label tokens and class-mean vectors."""
+    model, tok, meta = load_model(trained / name)
+    for label in ALPHABETS:
+        texts, _ = generate(model, tok, meta, condition=condition_for(meta, label=label), n=40, seed=3,
+                            guidance=2.0, contrast=other_conditions(meta, label))
+        assert in_alphabet(texts, label) >= 0.97, (name, label, texts[:5])
+
+
 def test_class_mean_vector_drives_a_vector_conditioned_model(trained):
     """Not a label: the mean of a class's sentence vectors, through the same `condition` API."""
     model, tok, meta = load_model(trained / "vec")
@@ -175,6 +186,9 @@ def test_generate_and_eval_cli(trained, tmp_path, capsys):
     (["generate", "{prefix}", "--vector-file", "{vec}"], "takes labels only"),
     (["generate", "{cln}", "--label", "pos", "--top-p", "1.5"], "top-p must be in"),
     (["generate", "{plain}", "--label", "pos"], "takes no label"),
+    (["generate", "{cln}", "--label", "pos", "--guidance", "-1"], "--guidance must be >= 0"),
+    (["generate", "{cln}", "--label", "pos", "--temperature", "0"], "--temperature must be > 0"),
+    (["generate", "{vecmodel}", "--vector-file", "{vec_file}", "--guidance", "1"], "--guidance contrasts a --label"),
     (["generate", "{root}", "--label", "pos"], "not a `genloom condition` model directory"),
     (["train", "--out", "{root}/x", "--vector-field", "vec", "--steps", "1"], "--vector-field needs --data"),
     (["train", "--out", "{root}/x", "--corpus", "nope", "--steps", "1"], "unknown corpus 'nope'"),
@@ -185,7 +199,10 @@ def test_generate_and_eval_cli(trained, tmp_path, capsys):
 def test_cli_errors_are_one_line(trained, tmp_path, capsys, argv, message):
     vec = tmp_path / "v.json"
     vec.write_text("[0.5, 0.5]")
-    names = {k: str(trained / k) for k in ("cln", "prefix", "plain")} | {"root": str(trained), "vec": str(vec)}
+    vec8 = tmp_path / "v8.json"
+    vec8.write_text(json.dumps([0.1] * 8))
+    names = {k: str(trained / k) for k in ("cln", "prefix", "plain")} | {
+        "root": str(trained), "vec": str(vec), "vec_file": str(vec8), "vecmodel": str(trained / "vec")}
     assert main(["condition", *[a.format(**names) for a in argv]]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err

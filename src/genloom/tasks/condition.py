@@ -46,7 +46,8 @@ from torch import Tensor
 from genloom.data.readers import read_records
 from genloom.data.registry import corpus_info, load_corpus
 from genloom.data.snownlp_corpora import hash_split
-from genloom.decode.processors import BannedTokens, TopP
+from genloom.decode.guidance import Guided
+from genloom.decode.processors import BannedTokens, Temperature, TopP
 from genloom.decode.search import sample
 from genloom.errors import UserError
 from genloom.metrics import distinct_n, perplexity
@@ -419,10 +420,34 @@ def condition_for(meta: dict[str, Any], *, label: str | int | None = None, vecto
     return k
 
 
+def other_conditions(meta: dict[str, Any], label: str | int) -> list[Any]:
+    """The conditions of every label but `label` (what guidance contrasts it with)."""
+    k = resolve_label(meta, label)
+    return [condition_for(meta, label=j) for j in range(len(meta["labels"])) if j != k]
+
+
+def _start_inputs(kind: str, meta: dict[str, Any], tokenizer: CharTokenizer, condition: Any, b: int, *,
+                  rows: bool = False) -> dict[str, Any]:
+    """`start` inputs of b rows under one condition: the first token, and for cln the condition
+    (with `rows`, as (b,) label ids or (b, E) vectors, as `Guided` needs)."""
+    if kind == "prefix":
+        return {"input_ids": torch.full((b, 1), meta["label_base"] + int(condition), dtype=torch.long)}
+    inputs: dict[str, Any] = {"input_ids": torch.full((b, 1), tokenizer.bos_id, dtype=torch.long)}
+    if kind == "cln":
+        inputs["condition"] = condition
+        if rows:
+            cond = torch.as_tensor(condition)
+            inputs["condition"] = cond.expand(b) if cond.dim() == 0 else cond.expand(b, cond.shape[-1])
+    return inputs
+
+
 def generate(model: Transformer, tokenizer: CharTokenizer, meta: dict[str, Any], *, condition: Any, n: int,
              top_p: float = 0.95, max_new_tokens: int | None = None, seed: int = 0,
-             batch_size: int = 250) -> tuple[list[str], list[bool]]:
-    """Sample `n` texts under `condition` (from `condition_for`) with nucleus sampling.
+             batch_size: int = 250, guidance: float = 0.0, contrast: list[Any] | None = None,
+             temperature: float = 1.0) -> tuple[list[str], list[bool]]:
+    """Sample `n` texts under `condition` (from `condition_for`) with nucleus sampling; with
+    `guidance` w > 0, from the guided scores of `genloom.decode.guidance.Guided` against the
+    `contrast` conditions (the other labels: `other_conditions`).
 
     Returns:
         (texts, ended): ended[i] is True when sample i stopped with <eos> (not at the length cap).
@@ -434,24 +459,29 @@ def generate(model: Transformer, tokenizer: CharTokenizer, meta: dict[str, Any],
     kind = meta["kind"]
     if kind not in ("cln", "prefix", "plain"):
         raise UserError(f"a {kind!r} model does not generate")
+    if guidance < 0:
+        raise UserError(f"--guidance must be >= 0, got {guidance}")
+    if not 0 < temperature < math.inf:
+        raise UserError(f"--temperature must be > 0, got {temperature}")
+    if guidance > 0 and (kind == "plain" or not contrast):
+        raise UserError("guidance needs a conditional model and a label to contrast with the others")
     cap = max_new_tokens or model.config.max_len - 1
     if not 1 <= cap <= model.config.max_len - 1:
         raise UserError(f"--max-new-tokens must be in 1..{model.config.max_len - 1}, got {cap}")
     banned = [tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id] + list(range(tokenizer.vocab_size,
                                                                               model.config.vocab_size))
-    processors = [BannedTokens(banned), TopP(top_p)]
+    processors = [BannedTokens(banned), *([Temperature(temperature)] if temperature != 1 else []), TopP(top_p)]
     g = torch.Generator().manual_seed(seed)
     texts, ended = [], []
     for s in range(0, n, batch_size):
         b = min(batch_size, n - s)
-        first = tokenizer.bos_id
-        inputs: dict[str, Any] = {}
-        if kind == "prefix":
-            first = meta["label_base"] + int(condition)
-        elif kind == "cln":
-            inputs["condition"] = condition
-        out = sample(model, max_new_tokens=cap, generator=g, eos_id=tokenizer.eos_id, processors=processors,
-                     input_ids=torch.full((b, 1), first, dtype=torch.long), **inputs)
+        inputs = _start_inputs(kind, meta, tokenizer, condition, b, rows=guidance > 0)
+        decoder: Any = model
+        if guidance > 0:
+            others = [_start_inputs(kind, meta, tokenizer, c, b, rows=True) for c in contrast or []]
+            decoder = Guided(model, others, guidance)
+        out = sample(decoder, max_new_tokens=cap, generator=g, eos_id=tokenizer.eos_id, processors=processors,
+                     **inputs)
         texts += [tokenizer.decode(seq) for seq in out.sequences]
         ended += [len(seq) < cap for seq in out.sequences]
     return texts, ended
@@ -524,8 +554,10 @@ def make_scorers(judge_dir: str | Path, lm_dir: str | Path, train_texts: list[st
 
 
 def evaluate_generator(directory: str | Path, scorers: Scorers, *, n: int = 500, top_p: float = 0.95,
-                       seed: int = 0, max_new_tokens: int | None = None, examples: int = 5) -> dict[str, Any]:
-    """Sample n texts per label from the model in `directory` and score them (module docstring)."""
+                       seed: int = 0, max_new_tokens: int | None = None, examples: int = 5,
+                       guidance: float = 0.0, temperature: float = 1.0) -> dict[str, Any]:
+    """Sample n texts per label from the model in `directory` (guided against the other labels
+    when `guidance` > 0) and score them (module docstring)."""
     model, tokenizer, meta = load_model(directory)
     names = meta["labels"]
     if list(scorers.judge_meta["labels"]) != list(names):
@@ -534,7 +566,9 @@ def evaluate_generator(directory: str | Path, scorers: Scorers, *, n: int = 500,
     per_label, all_texts, all_ended, hits = {}, [], [], 0
     for k, name in enumerate(names):
         texts, ended = generate(model, tokenizer, meta, condition=condition_for(meta, label=name), n=n,
-                                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + k)
+                                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + k, guidance=guidance,
+                                temperature=temperature,
+                                contrast=other_conditions(meta, name) if guidance > 0 else None)
         probs = classify(scorers.judge, scorers.judge_tokenizer, texts)  # (n, K)
         correct = int((probs.argmax(1) == k).sum())
         hits += correct
@@ -548,9 +582,10 @@ def evaluate_generator(directory: str | Path, scorers: Scorers, *, n: int = 500,
     return {
         "model": str(directory), "kind": meta["kind"], "parameters": meta["parameters"],
         "train_seconds": meta["train_seconds"], "train_steps": meta["steps"],
-        "samples_per_label": n, "top_p": top_p,
+        "samples_per_label": n, "top_p": top_p, "guidance": guidance, "temperature": temperature,
         "controllability": hits / len(all_texts),
         "distinct_2": distinct_n(all_texts, 2),
+        "distinct_2_per_label": float(np.mean([v["distinct_2"] for v in per_label.values()])),
         "perplexity": perplexity(mean_nll(scorers.lm, scorers.lm_tokenizer, all_texts, all_ended)),
         "copied_20": len(copied) / len(all_texts), "copied_examples": copied[:3],
         "ended_with_eos": sum(all_ended) / len(all_ended),
@@ -579,7 +614,9 @@ def format_table(rows: list[dict[str, Any]], reference: dict[str, Any]) -> str:
              f"(n={reference['judge_test_size']}); {reference['test_distinct_2_texts']} test texts: distinct-2 "
              f"{reference['test_distinct_2']:.3f}, ppl {reference['test_perplexity']:.2f}", head]
     for r in rows:
-        lines.append(f"{r['kind']:<10}{r['controllability']:>9.3f}{r['distinct_2']:>12.3f}{r['perplexity']:>8.2f}"
+        name = r["kind"] + (f" w={r['guidance']:g}" if r.get("guidance") else "") + (
+            f" T={r['temperature']:g}" if r.get("temperature", 1) != 1 else "")
+        lines.append(f"{name:<10}{r['controllability']:>9.3f}{r['distinct_2']:>12.3f}{r['perplexity']:>8.2f}"
                      f"{r['copied_20']:>8.3f}{r['train_seconds']:>9.0f}{r['parameters']:>10,}")
         lines += [f"  {name:<10}{v['controllability']:>9.3f}{v['distinct_2']:>12.3f}"
                   for name, v in r["per_label"].items()]
@@ -631,8 +668,12 @@ def run_generate(args: argparse.Namespace) -> int:
         condition = None
     else:
         condition = condition_for(meta, label=args.label, vector=vector)
+    if args.guidance and args.label is None:
+        raise UserError("--guidance contrasts a --label with the other labels: give --label")
     texts, _ = generate(model, tokenizer, meta, condition=condition, n=args.n, top_p=args.top_p,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, guidance=args.guidance,
+                        temperature=args.temperature,
+                        contrast=other_conditions(meta, args.label) if args.guidance else None)
     try:
         for t in texts:
             print(json.dumps({"label": args.label, "text": t}, ensure_ascii=False) if args.json else t)
@@ -649,7 +690,8 @@ def run_eval(args: argparse.Namespace) -> int:
     reference = reference_figures(scorers, data.splits["test"], data.label_names,
                                   n_texts=args.n * len(data.label_names))
     rows = [evaluate_generator(d, scorers, n=args.n, top_p=args.top_p, seed=args.seed,
-                               max_new_tokens=args.max_new_tokens) for d in args.models]
+                               max_new_tokens=args.max_new_tokens, guidance=w, temperature=args.temperature)
+            for w in args.guidance for d in args.models]
     print(format_table(rows, reference))
     if args.out:
         write_json_atomic(args.out, {"reference": reference, "models": rows})
@@ -695,6 +737,9 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     g.add_argument("--max-new-tokens", type=int, help="length cap in characters (default: the context)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this before top-p")
+    g.add_argument("--guidance", type=float, default=0.0,
+                   help="guidance weight w >= 0 against the other labels (default 0: plain sampling)")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.set_defaults(func=run_generate)
 
@@ -706,6 +751,9 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     e.add_argument("--top-p", type=float, default=0.95)
     e.add_argument("--max-new-tokens", type=int)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this before top-p")
+    e.add_argument("--guidance", type=float, nargs="+", default=[0.0],
+                   help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")
     e.add_argument("--out", help="write the table as JSON here")
     e.set_defaults(func=run_eval)
     return p
