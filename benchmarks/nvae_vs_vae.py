@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"minutes": args.minutes, "k": args.k, "eval_images": len(x_test),
                 "train_limit": args.train_limit, "data": args.data, "device": args.device,
                 "binarisation": "dynamic (train), fixed seed 1234 (test)"}
-    lock = open(results / ".nvae.lock", "w")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".results.lock", "w")  # both halves of a split run share --out
     fcntl.flock(lock, fcntl.LOCK_EX)  # the other half of a split run may be writing
     previous = results / "nvae.json"
     if previous.is_file():
