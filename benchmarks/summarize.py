@@ -2,6 +2,10 @@
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/summarize.py --steps 1500
 
+Two processes can share the rows (`--rows a,c --result A.json` beside `--rows e,c0,d --result
+B.json`, same --out and --reuse so they share the cached extraction and pre-training); then
+`benchmarks/summarize.py --merge A.json B.json` joins them into results/summarize.json.
+
 Rows, all on the inews test documents whose text (clauses joined) exceeds the window, title as
 the reference, every seq2seq of the same size trained for the same number of optimizer steps on
 the same train documents (the wall time of each is reported beside it):
@@ -101,6 +105,42 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+ORDER = ["(a) truncate, then generate", "(b) extract only", "(c) extract, then generate",
+         "(c) decoded without the copy constraint", "(d) (c) without copy", "(e) (c) without sparse softmax",
+         "(a) without sparse softmax", "(c) without pointer and prior (the post's model)"]
+
+
+def gains(rows: dict[str, dict]) -> tuple[float | None, float | None]:
+    """ROUGE-L of (c) minus (a), and of (e) minus (a) without sparse softmax (None when missing)."""
+    def rl(k: str) -> float | None:
+        return rows[k]["scores"]["rouge-l"] if k in rows else None
+    a, c, e, a0 = rl(ORDER[0]), rl(ORDER[2]), rl(ORDER[5]), rl(ORDER[6])
+    return (None if a is None or c is None else round(c - a, 2),
+            None if a0 is None or e is None else round(e - a0, 2))
+
+
+def merge(paths: list[str], out: str) -> int:
+    """Join the rows of runs split by --rows (same settings but rows and result) into one file."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    key = [{k: v for k, v in r["settings"].items() if k not in ("rows", "result")} for r in runs]
+    if any(k != key[0] for k in key[1:]):
+        raise SystemExit("cannot merge: the runs' settings differ")
+    merged = dict(runs[0])
+    rows = {k: v for r in runs for k, v in r["rows"].items()}
+    merged["rows"] = {k: rows[k] for k in ORDER if k in rows}
+    merged["samples"] = {k: v for r in runs for k, v in r["samples"].items()}
+    merged["extraction"] = next((r["extraction"] for r in runs if r["extraction"]["test_recall"]), runs[0]["extraction"])
+    gain, gain_plain = gains(merged["rows"])
+    merged.update({"pipeline_minus_truncate_rouge_l": gain, "acceptance_gain_ge_2": None if gain is None else gain >= 2.0,
+                   "pipeline_minus_truncate_rouge_l_without_sparse": gain_plain,
+                   "merged_from": [{"command": r["command"], "wall_seconds": r["wall_seconds"],
+                                    "machine": r["machine"]} for r in runs]})
+    write_json_atomic(out, merged)
+    print(table(merged["rows"]))
+    print(f"pipeline - truncate, ROUGE-L: {gain} (without sparse softmax: {gain_plain}); wrote {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/summarize-bench", help="row model directories go here")
@@ -125,7 +165,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--result", default=str(RESULT))
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="only join result files of runs split by --rows into --result, then exit")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.result)
     torch.set_num_threads(args.threads)
     started, load_before = time.time(), os.getloadavg()
     out = Path(args.out)
@@ -206,14 +250,8 @@ def main() -> int:
                 "train_seconds": info.get("seq2seq_seconds"), "decode_seconds": no_copy["decode_seconds"]}
         print(table(rows), flush=True)
 
-    order = ["(a) truncate, then generate", "(b) extract only", "(c) extract, then generate",
-             "(c) decoded without the copy constraint", "(d) (c) without copy", "(e) (c) without sparse softmax",
-             "(a) without sparse softmax", "(c) without pointer and prior (the post's model)"]
-    rows = {k: rows[k] for k in order if k in rows}
-    a, c = rows.get(order[0]), rows.get(order[2])
-    gain = round(c["scores"]["rouge-l"] - a["scores"]["rouge-l"], 2) if a and c else None
-    a0, e = rows.get(order[6]), rows.get(order[5])
-    gain_plain = round(e["scores"]["rouge-l"] - a0["scores"]["rouge-l"], 2) if a0 and e else None
+    rows = {k: rows[k] for k in ORDER if k in rows}
+    gain, gain_plain = gains(rows)
     result = {
         "benchmark": "summarize", "issue": 10,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
