@@ -75,6 +75,7 @@ class SummarizeConfig:
     folds: int = 5  # k of the extractor's cross-prediction (the post: 15)
     extract_epochs: int = 8  # epochs of each fold model
     extract_hidden: int = 128  # DGCNN width
+    extract_position: int = 8  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
     init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
     pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first
     pretrain_steps: int | None = None  # or for this many steps (whichever ends first)
@@ -207,7 +208,7 @@ def prepare_extraction(clauses: Sequence[Sequence[str]], summaries: Sequence[str
     encoder, enc_tok = load_encoder(encoder_dir)
     vectors = document_vectors(encoder, enc_tok, clauses)
     ext_cfg = ExtractorConfig(hidden=config.extract_hidden, folds=config.folds, epochs=config.extract_epochs,
-                              threshold=config.threshold, seed=config.seed)
+                              threshold=config.threshold, seed=config.seed, position=config.extract_position)
     cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress)
     return TrainingExtraction(encoder_dir, labels, cross)
 

@@ -79,6 +79,7 @@ _TRAIN_FLAGS: dict[str, str] = {  # SummarizeConfig field -> help
     "folds": "k of the extractor's cross-prediction",
     "extract_epochs": "epochs of each extractor fold model",
     "extract_hidden": "DGCNN width",
+    "extract_position": "clause-position features of the extractor (first k positions one-hot; 0: none, the post)",
     "init": "start the seq2seq from this pre-trained directory (summarize.pretrain)",
     "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
     "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",

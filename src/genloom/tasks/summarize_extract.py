@@ -209,6 +209,21 @@ class ExtractorConfig:
     lr: float = 1e-3  # AdamW learning rate
     threshold: float = 0.2  # a clause is extracted when its probability exceeds this (the post's 0.2)
     seed: int = 0  # initialisation and data order (fold f adds f)
+    position: int = 8  # clause-position features (`position_features`, k = this); 0: vectors only (the post)
+
+
+def position_features(n: int, k: int) -> Tensor:
+    """(n, k + 2) features of a document's n clauses: one-hot of the clause index capped at k (the
+    first k positions, then "later") and the relative position i / (n - 1). Not in the post: news
+    titles sit in the lead, which vectors alone do not tell the DGCNN."""
+    i = torch.arange(n)
+    onehot = F.one_hot(i.clamp(max=k), k + 1).float()  # (n, k + 1)
+    return torch.cat([onehot, (i / max(n - 1, 1)).float()[:, None]], 1)
+
+
+def _features(vectors: Tensor, k: int) -> Tensor:
+    """(N, C) clause vectors -> (N, C + k + 2) with position features (unchanged when k = 0)."""
+    return torch.cat([vectors, position_features(len(vectors), k)], 1) if k else vectors
 
 
 class _Docs(Dataset):
@@ -251,8 +266,9 @@ class Extractor:
 
     @staticmethod
     def build(config: ExtractorConfig, input_dim: int) -> DGCNN:
-        """One untrained fold model."""
-        return DGCNN(input_dim, config.hidden, dilations=config.dilations, dropout=config.dropout)
+        """One untrained fold model over input_dim-wide vectors (plus the position features)."""
+        extra = config.position + 2 if config.position else 0
+        return DGCNN(input_dim + extra, config.hidden, dilations=config.dilations, dropout=config.dropout)
 
     @torch.no_grad()
     def probabilities(self, vectors: Sequence[Tensor], *, models: Sequence[int] | None = None,
@@ -262,7 +278,7 @@ class Extractor:
         chosen = [self.models[i] for i in (range(len(self.models)) if models is None else models)]
         out: list[Tensor] = []
         for start in range(0, len(vectors), batch_size):
-            docs = list(vectors[start:start + batch_size])
+            docs = [_features(v, self.config.position) for v in vectors[start:start + batch_size]]
             batch = _collate_docs([(v, torch.zeros(len(v))) for v in docs])
             probs = torch.stack([m.eval()(batch["x"], batch["mask"]).sigmoid() for m in chosen]).mean(0)  # (B, N)
             out += [probs[i, : len(v)].clone() for i, v in enumerate(docs)]
@@ -287,7 +303,9 @@ class Extractor:
         path = Path(directory)
         try:
             meta = json.loads((path / EXTRACTOR_FILE).read_text(encoding="utf-8"))
-            config = ExtractorConfig(**{**meta["config"], "dilations": tuple(meta["config"]["dilations"])})
+            # extractors saved before `position` existed read vectors only
+            config = ExtractorConfig(**{"position": 0, **meta["config"],
+                                        "dilations": tuple(meta["config"]["dilations"])})
             models = []
             for f in range(meta["folds"]):
                 m = cls.build(config, meta["input_dim"])
@@ -331,6 +349,7 @@ def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config
     if len(vectors) != len(labels):
         raise ValueError(f"{len(vectors)} documents but {len(labels)} label lists")
     dim = vectors[0].shape[1]
+    feats = [_features(v, config.position) for v in vectors]  # what the fold models read
     fold_of = [i % k for i in range(len(vectors))]
     models, trained_on = [], []
     probabilities: list[Tensor | None] = [None] * len(vectors)
@@ -339,7 +358,7 @@ def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config
         held_idx = [i for i in range(len(vectors)) if fold_of[i] == f]
         torch.manual_seed(config.seed + f)
         model = Extractor.build(config, dim)
-        data = _Docs(vectors, labels, train_idx)
+        data = _Docs(feats, labels, train_idx)
         loader = Loader(data, batch_size=config.batch_size, collate_fn=_collate_docs,
                         lengths=[len(vectors[i]) for i in train_idx], seed=config.seed + f)
         fold_dir = Path(run_dir) / f"fold-{f}"

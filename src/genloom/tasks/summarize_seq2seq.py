@@ -61,8 +61,8 @@ from genloom.errors import UserError
 from genloom.models.io import register_model
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn.losses import sparse_softmax_cross_entropy
-from genloom.tasks.title_unilm import PointerPriorMixin
 from genloom.tasks.summarize_convert import copy_labels
+from genloom.tasks.title_unilm import PointerPriorMixin
 
 
 @dataclass
