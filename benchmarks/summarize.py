@@ -143,7 +143,7 @@ def oracle_row(summ: Summarizer, pairs: list[tuple[str, str]], beams: int) -> di
 def merge(paths: list[str], out: str) -> int:
     """Join the rows of runs split by --rows (same settings but rows and result) into one file."""
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    key = [{k: v for k, v in r["settings"].items() if k not in ("rows", "result")} for r in runs]
+    key = [{k: v for k, v in r["settings"].items() if k not in ("rows", "result", "merge")} for r in runs]
     if any(k != key[0] for k in key[1:]):
         raise SystemExit("cannot merge: the runs' settings differ")
     merged = dict(runs[0])
@@ -178,7 +178,7 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--extract-epochs", type=int, default=3)
     ap.add_argument("--extract-hidden", type=int, default=64)
-    ap.add_argument("--extract-position", type=int, default=8, help="extractor position features (0: none)")
+    ap.add_argument("--extract-position", type=int, default=0, help="extractor position features (0: none)")
     ap.add_argument("--limit-train", type=int, default=None, help="first N long train documents")
     ap.add_argument("--limit-test", type=int, default=None, help="first N long test documents")
     ap.add_argument("--beams", type=int, default=3)

@@ -75,7 +75,7 @@ class SummarizeConfig:
     folds: int = 5  # k of the extractor's cross-prediction (the post: 15)
     extract_epochs: int = 8  # epochs of each fold model
     extract_hidden: int = 128  # DGCNN width
-    extract_position: int = 8  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
+    extract_position: int = 0  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
     init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
     pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first
     pretrain_steps: int | None = None  # or for this many steps (whichever ends first)
