@@ -609,17 +609,17 @@ def reference_figures(scorers: Scorers, test: Split, label_names: tuple[str, ...
 
 def format_table(rows: list[dict[str, Any]], reference: dict[str, Any]) -> str:
     """The controllability table as text."""
-    head = f"{'model':<10}{'control':>9}{'distinct-2':>12}{'ppl':>8}{'copied':>8}{'train s':>9}{'params':>10}"
+    head = f"{'model':<18}{'control':>9}{'distinct-2':>12}{'ppl':>8}{'copied':>8}{'train s':>9}{'params':>10}"
     lines = [f"judge held-out accuracy {reference['judge_test_accuracy']:.3f} "
              f"(n={reference['judge_test_size']}); {reference['test_distinct_2_texts']} test texts: distinct-2 "
              f"{reference['test_distinct_2']:.3f}, ppl {reference['test_perplexity']:.2f}", head]
     for r in rows:
-        name = r["kind"] + (f" w={r['guidance']:g}" if r.get("guidance") else "") + (
+        model = r["kind"] + (f" w={r['guidance']:g}" if r.get("guidance") else "") + (
             f" T={r['temperature']:g}" if r.get("temperature", 1) != 1 else "")
-        lines.append(f"{name:<10}{r['controllability']:>9.3f}{r['distinct_2']:>12.3f}{r['perplexity']:>8.2f}"
+        lines.append(f"{model:<18}{r['controllability']:>9.3f}{r['distinct_2']:>12.3f}{r['perplexity']:>8.2f}"
                      f"{r['copied_20']:>8.3f}{r['train_seconds']:>9.0f}{r['parameters']:>10,}")
-        lines += [f"  {name:<10}{v['controllability']:>9.3f}{v['distinct_2']:>12.3f}"
-                  for name, v in r["per_label"].items()]
+        lines += [f"  {label:<16}{v['controllability']:>9.3f}{v['distinct_2']:>12.3f}"
+                  for label, v in r["per_label"].items()]
     return "\n".join(lines)
 
 
