@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-limit", type=int, help="first N training images only")
     ap.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder of idx files")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--preset", default=NVAETrainConfig.preset,
+                    help="NVAE preset (the VAE is sized to its parameter count)")
+    ap.add_argument("--lr", type=float, default=NVAETrainConfig.lr, help="peak Adamax lr, both models")
     ap.add_argument("--bn-iters", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     x_test = fixed_binarization(test, seed=1234)
     rows, runs = {}, {}
     for name in args.models.split(","):
-        cfg = NVAETrainConfig(model=name, data=args.data, train_limit=args.train_limit,
+        cfg = NVAETrainConfig(model=name, preset=args.preset, lr=args.lr, data=args.data,
+                              train_limit=args.train_limit,
                               batch_size=args.batch_size, max_minutes=args.minutes,
                               eval_every=200, ckpt_every=2000, device=args.device, progress=False)
         run = out / name
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {res.steps} steps, IW-NLL {nll['nll_nats']:.2f} +- "
               f"{nll['nll_stderr']:.2f} nats (K={args.k}, {nll['images']} images), "
               f"NaN-skipped {res.nan_skipped}", flush=True)
-    settings = {"minutes": args.minutes, "k": args.k, "eval_images": len(x_test),
+    settings = {"minutes": args.minutes, "k": args.k, "preset": args.preset, "lr": args.lr, "eval_images": len(x_test),
                 "train_limit": args.train_limit, "data": args.data, "device": args.device,
                 "binarisation": "dynamic (train), fixed seed 1234 (test)"}
     out.mkdir(parents=True, exist_ok=True)

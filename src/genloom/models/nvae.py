@@ -71,6 +71,13 @@ def nvae_fmnist_cpu() -> NVAEConfig:
     return NVAEConfig(pre_cells=1, post_cells=1, dec_expand=3)
 
 
+def nvae_fmnist_fast() -> NVAEConfig:
+    """`nvae_fmnist_cpu` with post-process cells that do not expand (post_expand 1): the 28x28
+    cell's 96-channel depthwise conv, BatchNorm and Swish cost about a third of a training step;
+    without them a step takes about 0.6x the time (1 CPU thread, batch 32)."""
+    return NVAEConfig(pre_cells=1, post_cells=1, dec_expand=3, post_expand=1)
+
+
 def nvae_tiny(output: str = "bernoulli") -> NVAEConfig:
     """A very small model for tests: 8 channels, 16x16 images, 1+2 groups of 4 channels."""
     return NVAEConfig(image_size=16, padded_size=16, output=output, n_mix=3, channels=8,
@@ -362,9 +369,9 @@ def load_image_model(directory: str | Path, *, device: torch.device | str = "cpu
         model.load_state_dict(load_file(str(path), device=str(device)))
     except RuntimeError as e:
         raise UserError(f"{path} does not fit its config.json: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
-__all__ = ["NVAE", "NVAEConfig", "nvae_fmnist_cpu", "nvae_tiny", "kl_warmup", "balanced_kl",
+__all__ = ["NVAE", "NVAEConfig", "nvae_fmnist_cpu", "nvae_fmnist_fast", "nvae_tiny", "kl_warmup", "balanced_kl",
            "vae_loss", "iw_log_likelihood", "bits_per_dim", "build_model",
            "load_image_model", "count_parameters", "ImageVAE"]
