@@ -1,0 +1,135 @@
+"""How well can anything pick inews's title clauses? Window recall of the aligned clauses (issue 10).
+
+The SPACES pipeline can only beat "truncate, then generate" if its extraction puts more of the
+title's material into the window than the document's lead does. This script scores several
+clause rankers with the pipeline's own window-filling rule (`select_clauses`, fill on) on the
+inews test documents longer than the window:
+
+  lead            the document order (what truncation reads);
+  salience        tf-idf salience: sum over the clause's characters and bigrams of idf x
+                  log(1 + occurrences elsewhere in the document), per character (hand-written:
+                  no library scores clause centrality this way);
+  salience+lead   salience minus 0.05 per clause of position;
+  extractor       the trained k-fold pipeline's extractor (--run: a `genloom summarize` model);
+  draft-guided    clauses ranked by how much of a draft title they hold, the draft generated
+                  from the lead by the truncate row's model (--draft-run);
+  oracle          the aligned clauses first (uses the reference: an upper bound).
+
+For each: recall / precision of the aligned clauses inside the window, and how much of the
+title (characters, character bigrams) the window text covers. Writes
+benchmarks/results/summarize_extract_baselines.json.
+
+    python benchmarks/summarize_extract_baselines.py --run runs/summarize-bench4/c \\
+        --draft-run runs/summarize-bench4/a
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summarize import long_pairs  # noqa: E402
+
+from genloom.tasks.summarize import Summarizer, extracted_text, extraction_recall, select_clauses  # noqa: E402
+from genloom.tasks.summarize_convert import extraction_labels, split_clauses  # noqa: E402
+from genloom.train.checkpoint import write_json_atomic  # noqa: E402
+
+RESULT = Path(__file__).resolve().parent / "results" / "summarize_extract_baselines.json"
+
+
+def grams(text: str) -> list[str]:
+    return list(text) + [text[i:i + 2] for i in range(len(text) - 1)]
+
+
+def salience(clauses: list[str], idf: dict[str, float], default_idf: float) -> list[float]:
+    """Per clause: sum of idf(g) * log(1 + count of g in the rest of the document) over its grams, per char."""
+    doc = collections.Counter(g for c in clauses for g in grams(c))
+    out = []
+    for c in clauses:
+        own = collections.Counter(grams(c))
+        s = sum(idf.get(g, default_idf) * math.log1p(doc[g] - n) for g, n in own.items())
+        out.append(s / (len(c) + 1))
+    return out
+
+
+def covered(source: str, reference: str, n: int) -> float:
+    """Fraction of the reference's character n-grams (with multiplicity) found in the source."""
+    def ng(t: str) -> collections.Counter:
+        return collections.Counter(t[i:i + n] for i in range(len(t) - n + 1))
+    s, r = ng(source), ng(reference)
+    return sum(min(v, s[k]) for k, v in r.items()) / max(1, sum(r.values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--max-clauses", type=int, default=128)
+    ap.add_argument("--run", help="a trained pipeline (`genloom summarize train`) for the extractor row")
+    ap.add_argument("--draft-run", help="a trained truncate-mode model for the draft-guided row")
+    ap.add_argument("--beams", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--result", default=str(RESULT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    train_pairs = long_pairs("train", args.window, args.max_clauses)
+    test_pairs = long_pairs("test", args.window, args.max_clauses)
+    df: collections.Counter = collections.Counter()
+    for doc, _ in train_pairs:
+        df.update(set(grams(doc)))
+    n = len(train_pairs)
+    idf = {g: math.log((n + 1) / (c + 1)) for g, c in df.items()}
+    docs = [split_clauses(d)[:args.max_clauses] for d, _ in test_pairs]
+    refs = [t for _, t in test_pairs]
+    gold = [extraction_labels(c, t) for c, t in zip(docs, refs)]
+    rankers: dict[str, list[list[float]]] = {
+        "lead": [[-i for i in range(len(c))] for c in docs],
+        "salience": [salience(c, idf, math.log(n + 1)) for c in docs]}
+    rankers["salience+lead"] = [[s - 0.05 * i for i, s in enumerate(sal)] for sal in rankers["salience"]]
+    if args.run:
+        summ = Summarizer.load(args.run)
+        if summ.config.window != args.window:
+            raise SystemExit(f"{args.run} reads a window of {summ.config.window}, not --window {args.window}")
+        rankers["extractor"] = [[float(p) for p in probs] for probs in summ.probabilities(docs)]
+    if args.draft_run:
+        drafter = Summarizer.load(args.draft_run)
+        drafts = [r["summary"] for r in drafter.summarize([d for d, _ in test_pairs], num_beams=args.beams)]
+        rankers["draft-guided"] = [[covered(c, d, 1) for c in cl] for cl, d in zip(docs, drafts)]
+    rankers["oracle (uses the reference)"] = [[2.0 if i in set(g) else -i / 1000 for i in range(len(c))]
+                                              for c, g in zip(docs, gold)]
+    rows = {}
+    for name, scores in rankers.items():
+        chosen = [select_clauses(c, s, window=args.window, threshold=0.2, fill=True) for c, s in zip(docs, scores)]
+        texts = [extracted_text(c, ch, args.window) for c, ch in zip(docs, chosen)]
+        rec = extraction_recall(chosen, gold)
+        rows[name] = {"window_recall": round(rec["recall"], 2), "window_precision": round(rec["precision"], 2),
+                      "title_chars_covered": round(100 * sum(covered(x, r, 1) for x, r in zip(texts, refs)) / len(refs), 2),
+                      "title_bigrams_covered": round(100 * sum(covered(x, r, 2) for x, r in zip(texts, refs)) / len(refs), 2)}
+    print(f"{'ranker':30s} {'recall':>7s} {'prec':>6s} {'chars':>6s} {'bigrams':>7s}")
+    for name, r in rows.items():
+        print(f"{name:30s} {r['window_recall']:7.2f} {r['window_precision']:6.2f} "
+              f"{r['title_chars_covered']:6.2f} {r['title_bigrams_covered']:7.2f}")
+    report = {"benchmark": "summarize_extract_baselines", "issue": 10,
+              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "data": {"test_documents": len(test_pairs), "aligned_clauses": sum(map(len, gold)),
+                       "clauses_per_document": round(sum(map(len, docs)) / len(docs), 1)},
+              "settings": {"window": args.window, "max_clauses": args.max_clauses, "run": args.run,
+                           "draft_run": args.draft_run, "beams": args.beams},
+              "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(Path(args.result), report)
+    print(f"wrote {args.result}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
