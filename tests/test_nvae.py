@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.cli import main as cli_main
-from genloom.data.images import (FASHION_MNIST_DIR, batches, load_fashion_mnist, load_images,
-                                 read_idx, tiny_shapes)
+from genloom.data.images import (FASHION_MNIST_DIR, batches, idx_length, image_sets,
+                                 load_fashion_mnist, load_images, read_idx, tiny_shapes)
 from genloom.errors import UserError
 from genloom.models.nvae import (NVAE, balanced_kl, iw_log_likelihood, kl_warmup,
                                  load_image_model, nvae_fmnist_cpu, nvae_tiny, vae_loss)
@@ -402,6 +402,31 @@ def test_idx_reader_roundtrip_and_errors(tmp_path: Path) -> None:
         read_idx(tmp_path / "bad")
     with pytest.raises(UserError, match="no train-images"):
         load_fashion_mnist("train", directory=tmp_path)
+
+
+def test_image_sets_count_from_the_idx_headers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """`genloom corpora` lists the image sets; sizes come from the idx headers and equal the
+    number of images the reader loads."""
+    rng = np.random.default_rng(3)
+    for prefix, n, gz in (("train", 7, True), ("t10k", 3, False)):
+        ext = ".gz" if gz else ""
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28)), gz=gz)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{ext}", rng.integers(0, 10, n), gz=gz)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    assert idx_length(path) == len(read_idx(path)) == 7
+    monkeypatch.setattr("genloom.data.images.FASHION_MNIST_DIR", tmp_path)
+    fm = image_sets()[0]
+    assert (fm["installed"], fm["train"], fm["test"]) == ("yes", "7", "3")
+    assert len(load_fashion_mnist("test", directory=tmp_path)[0]) == int(fm["test"])
+    assert cli_main(["corpora"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fashion-mnist "))
+    assert row.split()[:4] == ["fashion-mnist", "yes", "7", "3"]
+    monkeypatch.setattr("genloom.data.images.FASHION_MNIST_DIR", tmp_path / "absent")
+    assert image_sets()[0]["installed"] == "no"
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08")
+    with pytest.raises(UserError, match="not an idx file"):
+        idx_length(tmp_path / "bad")
 
 
 def test_missing_fashion_mnist_names_the_install_command(monkeypatch: pytest.MonkeyPatch,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from genloom.data.images import image_sets
 from genloom.data.registry import CORPORA, corpus_info, corpus_stats
 from genloom.errors import UserError
 
@@ -41,8 +42,13 @@ def list_corpora() -> str:
                 notes.append(f"{info.name}: unreadable: {e}")
         rows.append([info.name, "yes" if installed else "no", *sizes, info.install])
         notes.append(f"{info.name}: {info.description}. Licence: {info.licence}.")
+    images = image_sets()
+    image_rows = [["image set", "installed", "train", "test", "install"]]
+    image_rows += [[d["name"], d["installed"], d["train"], d["test"], d["install"]] for d in images]
     return "\n".join([_table(rows, right={2, 3, 4}),
-                      "(sizes: records per split after cleaning)", "", *notes])
+                      "(sizes: records per split after cleaning)", "", *notes, "",
+                      _table(image_rows, right={2, 3}), "(images per split; `--data` of genloom nvae)",
+                      "", *(f"{d['name']}: {d['note']}." for d in images)])
 
 
 def stats_table(name: str) -> str:

@@ -58,6 +58,35 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def idx_length(path: str | Path) -> int:
+    """The first dimension of an idx file (optionally gzipped), from its header alone."""
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(8)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read idx file {path}: {e}") from None
+    if len(head) < 8 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES or head[3] == 0:
+        raise UserError(f"{path} is not an idx file (bad header)")
+    return int(np.frombuffer(head, ">i4", count=1, offset=4)[0])
+
+
+def image_sets() -> list[dict[str, str]]:
+    """What `genloom corpora` lists under image sets: name, installed, train/test sizes, install."""
+    fm = {"name": "fashion-mnist", "installed": "no", "train": "-", "test": "-", "install": INSTALL_HINT,
+          "note": f"Zalando's 28x28 grey clothing images (MIT), read from {FASHION_MNIST_DIR}"}
+    if FASHION_MNIST_DIR.is_dir():
+        fm["installed"] = "yes"
+        for split in SPLITS:
+            try:
+                fm[split] = str(idx_length(_find(FASHION_MNIST_DIR, f"{_PREFIX[split]}-images-idx3-ubyte")))
+            except UserError:
+                fm[split] = "?"
+    shapes = {"name": BUILTIN, "installed": "built in", "train": "2000", "test": "500", "install": "-",
+              "note": "generated 16x16 shapes (rectangles, ellipses, crosses, rings) for tests"}
+    return [fm, shapes]
+
+
 def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (directory / name).is_file():
