@@ -51,6 +51,18 @@ class Tokenizer(ABC):
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Text -> ids. Text that spells a special token (e.g. "<eos>") is encoded as text."""
 
+    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        """`ids` with the bos id in front and/or the eos id behind (in place); a one-line error
+        when the vocabulary has no such token."""
+        for flag, tid, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
+            if flag and tid is None:
+                raise UserError(f"this tokenizer has no {name} token")
+        if add_bos:
+            ids.insert(0, self.bos_id)
+        if add_eos:
+            ids.append(self.eos_id)
+        return ids
+
     @abstractmethod
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         """Ids -> text; with skip_special, special ids contribute nothing."""

@@ -133,13 +133,6 @@ class BPETokenizer(Tokenizer):
         encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [self._wrap(e.ids, add_bos, add_eos) for e in encs]
 
-    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
-        if add_bos:
-            ids.insert(0, self.bos_id)
-        if add_eos:
-            ids.append(self.eos_id)
-        return ids
-
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         ids = as_id_list(ids)
         self.check_ids(ids)

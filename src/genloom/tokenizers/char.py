@@ -78,12 +78,7 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         get, unk = self._index.get, self.unk_id
-        ids = [get(c, unk) for c in text]
-        if add_bos:
-            ids.insert(0, self.bos_id)
-        if add_eos:
-            ids.append(self.eos_id)
-        return ids
+        return self._wrap([get(c, unk) for c in text], add_bos, add_eos)
 
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         ids = as_id_list(ids)

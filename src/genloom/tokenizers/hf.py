@@ -148,16 +148,6 @@ class HFTokenizer(Tokenizer):
         rows = self._tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return [self._wrap(list(r), add_bos, add_eos) for r in rows]
 
-    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
-        for flag, tid, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
-            if flag and tid is None:
-                raise UserError(f"this tokenizer has no {name} token")
-        if add_bos:
-            ids.insert(0, self.bos_id)
-        if add_eos:
-            ids.append(self.eos_id)
-        return ids
-
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         ids = as_id_list(ids)
         self.check_ids(ids)
