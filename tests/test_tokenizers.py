@@ -65,6 +65,20 @@ def test_char_specials_are_separate_ids(char_tok: CharTokenizer) -> None:
     assert char_tok.encode("<eos>") == [char_tok.token_to_id(c) for c in "<eos>"]
 
 
+def test_asking_for_a_missing_bos_or_eos_is_a_user_error(char_tok: CharTokenizer) -> None:
+    """The shared bos/eos wrapping names the missing token instead of inserting None."""
+    import copy
+
+    tok = copy.copy(char_tok)
+    tok.bos_id = None
+    assert tok.encode("白云", add_eos=True) == char_tok.encode("白云", add_eos=True)
+    with pytest.raises(UserError, match="no bos token"):
+        tok.encode("白云", add_bos=True)
+    tok.eos_id = None
+    with pytest.raises(UserError, match="no eos token"):
+        tok.encode_many(["白云"], add_eos=True)
+
+
 def test_char_order_is_frequency_then_codepoint() -> None:
     tok = CharTokenizer.train(["bbbaac", "ca", "d"])  # a:3 b:3 c:2 d:1
     assert [tok.id_to_token(i) for i in range(4, tok.vocab_size)] == ["a", "b", "c", "d"]
