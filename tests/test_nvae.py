@@ -306,10 +306,13 @@ def test_channels_last_weights_change_no_value(kind: str) -> None:
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_fast_preset_is_the_cpu_preset_without_post_expansion() -> None:
+def test_fast_preset_puts_the_latents_at_4x4_and_8x8() -> None:
     from genloom.models.nvae import nvae_fmnist_fast
 
-    assert nvae_fmnist_fast() == replace(nvae_fmnist_cpu(), post_expand=1)
+    assert nvae_fmnist_fast() == replace(nvae_fmnist_cpu(), channels=8, pre_blocks=2, post_expand=1)
+    model = make_model(NVAETrainConfig(preset="fmnist-fast"), (1, 28, 28))
+    assert model.config.padded_size == 32  # 3 halvings: pre-process 32 -> 16 -> 8, then 4
+    assert model.z_shapes == [(8, 4, 4)] * 2 + [(8, 8, 8)] * 3
     cfg = NVAETrainConfig(model="vae", preset="fmnist-fast")
     with torch.device("meta"):
         target = count_parameters(NVAE(nvae_fmnist_fast()))

@@ -72,10 +72,13 @@ def nvae_fmnist_cpu() -> NVAEConfig:
 
 
 def nvae_fmnist_fast() -> NVAEConfig:
-    """`nvae_fmnist_cpu` with post-process cells that do not expand (post_expand 1): the 28x28
-    cell's 96-channel depthwise conv, BatchNorm and Swish cost about a third of a training step;
-    without them a step takes about 0.6x the time (1 CPU thread, batch 32)."""
-    return NVAEConfig(pre_cells=1, post_cells=1, dec_expand=3, post_expand=1)
+    """The faster 2-core-CPU preset: latent groups at 4x4 (2) and 8x8 (3) of 8 channels, as the
+    official MNIST setup places them (two pre-process blocks, images padded to 32), an 8-channel
+    stem (so widths 16, 32, 64 and about `nvae_fmnist_cpu`'s parameter count), and post-process
+    cells that do not expand. A step takes about half the time of `nvae_fmnist_cpu`'s, and in
+    4-minute pilots it reached a 9 nats lower test -ELBO at the same lr."""
+    return NVAEConfig(channels=8, pre_blocks=2, pre_cells=1, post_cells=1, dec_expand=3,
+                      post_expand=1)
 
 
 def nvae_tiny(output: str = "bernoulli") -> NVAEConfig:
