@@ -70,8 +70,8 @@ def _curves(runs: dict[str, Path], path: Path) -> None:
         ax.set_title(title)
         ax.legend()
         lows = [l.get_ydata().min() for l in ax.get_lines() if len(l.get_ydata())]
-        if lows:
-            ax.set_ylim(min(lows) - 10, min(lows) + 250)
+        if lows:  # the test panel zooms in on the last nats, where the models part
+            ax.set_ylim(min(lows) - (10 if ax is axes[0] else 2), min(lows) + (250 if ax is axes[0] else 25))
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=110)
