@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from genloom.data import load_corpus  # noqa: E402
 from genloom.tasks.summarize import (CONFIG_FILE, SummarizeConfig, Summarizer,  # noqa: E402
                                      TrainingExtraction, evaluate, extracted_text, prepare_extraction, pretrain,
-                                     score, select_clauses, train)
+                                     score, select_clauses, train, with_oracle)
 from genloom.tasks.summarize_convert import extraction_labels, split_clauses  # noqa: E402
 from genloom.tasks.summarize_extract import CrossFit, Extractor, load_vectors, save_vectors  # noqa: E402
 from genloom.train.checkpoint import write_json_atomic  # noqa: E402
@@ -122,18 +122,19 @@ def gains(rows: dict[str, dict]) -> tuple[float | None, float | None]:
             None if a0 is None or e is None else round(e - a0, 2))
 
 
-def oracle_row(summ: Summarizer, pairs: list[tuple[str, str]], beams: int) -> dict:
-    """(c) with oracle extraction on the test documents: the clauses aligned to the reference
-    first, topped up by the extractor's predictions (how the seq2seq's oracle training sources are
-    made). An upper bound of what a better extractor could give the same generator."""
-    prepared = summ.sources([d for d, _ in pairs])
-    for p, (_, ref) in zip(prepared, pairs):
-        probs = list(p["probs"])
-        for i in extraction_labels(p["clauses"], ref):
-            probs[i] = 2.0
-        c = summ.config
+def oracle_row(summ: Summarizer, pairs: list[tuple[str, str]], beams: int, sources: list[dict]) -> dict:
+    """(c) with oracle extraction on the test documents (`sources`: `summ.sources` of them): the
+    clauses aligned to the reference first, topped up by the extractor's predictions (how the
+    seq2seq's oracle training sources are made). An upper bound of what a better extractor could
+    give the same generator."""
+    c = summ.config
+    prepared = []
+    for src, (_, ref) in zip(sources, pairs):
+        p = dict(src)
+        probs = with_oracle(p["probs"], extraction_labels(p["clauses"], ref))
         p["chosen"] = select_clauses(p["clauses"], probs, window=c.window, threshold=c.threshold, fill=c.fill)
         p["source"] = extracted_text(p["clauses"], p["chosen"], c.window)
+        prepared.append(p)
     t0 = time.perf_counter()
     preds = [r["summary"] for r in summ.generate(prepared, num_beams=beams)]
     return {"scores": score(preds, [r for _, r in pairs]), "decode_seconds": round(time.perf_counter() - t0, 1),
@@ -255,7 +256,8 @@ def main() -> int:
             train(cfg, train_pairs, out=row_dir, extraction=extraction if cfg.mode == "pipeline" else None)
         summ = Summarizer.load(row_dir)
         print(f"evaluating {label} ...", flush=True)
-        res = evaluate(summ, test_pairs, num_beams=args.beams)
+        sources = summ.sources([d for d, _ in test_pairs])  # extracted once for every evaluation below
+        res = evaluate(summ, test_pairs, num_beams=args.beams, prepared=sources)
         info = summ.info
         rows[label] = {"scores": res["rows"]["summarizer"], "steps": info.get("seq2seq_steps"),
                        "train_seconds": info.get("seq2seq_seconds"), "decode_seconds": res["decode_seconds"],
@@ -266,11 +268,11 @@ def main() -> int:
             rows["(b) extract only"] = {"scores": res["rows"]["extract only"],
                                         "cut_to": summ.summary_length}
             extraction_scores = res["extraction"]
-            no_copy = evaluate(summ, test_pairs, num_beams=args.beams, copy=False)
+            no_copy = evaluate(summ, test_pairs, num_beams=args.beams, copy=False, prepared=sources)
             rows["(c) decoded without the copy constraint"] = {
                 "scores": no_copy["rows"]["summarizer"], "steps": info.get("seq2seq_steps"),
                 "train_seconds": info.get("seq2seq_seconds"), "decode_seconds": no_copy["decode_seconds"]}
-            rows[ORACLE] = oracle_row(summ, test_pairs, args.beams)
+            rows[ORACLE] = oracle_row(summ, test_pairs, args.beams, sources)
         print(table(rows), flush=True)
 
     rows = {k: rows[k] for k in ORDER if k in rows}

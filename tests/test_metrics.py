@@ -64,6 +64,27 @@ def test_rouge_equals_brute_force_on_random_strings():
     assert mean["rouge-2"] == pytest.approx(sum(r["rouge-2"] for r in rows) / 60)
 
 
+def test_rouge_recall_and_precision_equal_brute_force():
+    """measure="recall": the reference's n-grams (clipped counts) found in the prediction, over the
+    reference's; "precision" the same over the prediction's."""
+    rng = random.Random(1)
+    alphabet = "的一是在不了有人这中"
+    for _ in range(40):
+        pred = "".join(rng.choices(alphabet, k=rng.randint(2, 25)))
+        ref = "".join(rng.choices(alphabet, k=rng.randint(2, 25)))
+        p, r = char_tokens(pred), char_tokens(ref)
+        for n in (1, 2):
+            gp = Counter(tuple(p[i:i + n]) for i in range(len(p) - n + 1))
+            gr = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+            hit = sum((gp & gr).values())
+            rec = rouge_per_pair([pred], [ref], measure="recall")[0][f"rouge-{n}"]
+            prec = rouge_per_pair([pred], [ref], measure="precision")[0][f"rouge-{n}"]
+            assert rec == pytest.approx(100 * hit / sum(gr.values()))
+            assert prec == pytest.approx(100 * hit / sum(gp.values()))
+    with pytest.raises(ValueError, match="measure must be"):
+        rouge_per_pair(["a"], ["a"], measure="f1")
+
+
 def test_word_level_uses_jieba():
     assert word_tokens("我爱北京天安门") == ["我", "爱", "北京", "天安门"]
     r = rouge(["我爱北京天安门"], ["我爱北京"], level="word")

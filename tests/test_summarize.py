@@ -10,7 +10,7 @@ from genloom.cli import main
 from genloom.data import load_corpus
 from genloom.errors import UserError
 from genloom.tasks.summarize import (SummarizeConfig, Summarizer, best_clause_text, evaluate, extracted_text,
-                                     extraction_recall, select_clauses, train, truncate_text)
+                                     extraction_recall, select_clauses, train, truncate_text, with_oracle)
 from genloom.tasks.summarize_convert import split_clauses
 
 TINY = SummarizeConfig(window=48, max_target_len=16, max_clauses=24, encoder_steps=3, encoder_minutes=1.0,
@@ -43,6 +43,9 @@ def test_select_clauses_by_hand():
     assert select_clauses(clauses, probs, window=2, threshold=0.95, fill=False) == [1]
     assert extracted_text(clauses, [2, 1], 5) == "乙乙乙，丙"
     assert truncate_text(clauses, 6) == "甲甲，乙乙乙"
+    # the oracle ranks the aligned clauses first, then the others by their probability
+    assert with_oracle(probs, [3]) == [0.1, 0.9, 0.3, 2.0]
+    assert select_clauses(clauses, with_oracle(probs, [3]), window=9, threshold=0.2, fill=False) == [1, 3]
     assert best_clause_text(clauses, probs, 6) == "乙乙乙，丙，"
 
 
@@ -88,6 +91,12 @@ def test_evaluate_reports_rows_and_recall(pipeline):
     for row in res["rows"].values():
         assert set(row) == {"rouge-1", "rouge-2", "rouge-l", "cail"} and all(0 <= v <= 100 for v in row.values())
     assert 0 <= res["extraction"]["threshold"]["recall"] <= 100 and len(res["predictions"]) == 4
+    # sources extracted once and passed in give the same evaluation
+    prepared = summ.sources([d for d, _ in pairs])
+    again = evaluate(summ, pairs, prepared=prepared)
+    assert again["rows"] == res["rows"] and again["predictions"] == res["predictions"]
+    with pytest.raises(UserError, match="3 prepared sources for 4 pairs"):
+        evaluate(summ, pairs, prepared=prepared[:3])
 
 
 def test_pretrained_init_is_loaded_and_checked(tmp_path):

@@ -72,15 +72,19 @@ def _check(preds: Sequence[str], refs: Sequence[str], level: str | None = None) 
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
 
 
-def rouge_per_pair(preds: Sequence[str], refs: Sequence[str], *, level: str = "char"
-                   ) -> list[dict[str, float]]:
-    """ROUGE-1/2/L F1 (percent) of each (prediction, reference) pair, keys `ROUGE_KEYS`."""
+def rouge_per_pair(preds: Sequence[str], refs: Sequence[str], *, level: str = "char",
+                   measure: str = "fmeasure") -> list[dict[str, float]]:
+    """ROUGE-1/2/L (percent) of each (prediction, reference) pair, keys `ROUGE_KEYS`: F1, or with
+    `measure` "recall" / "precision" that side alone (recall: how much of the reference the
+    prediction holds)."""
     _check(preds, refs, level)
+    if measure not in ("fmeasure", "recall", "precision"):
+        raise ValueError(f"measure must be fmeasure, recall or precision, not {measure!r}")
     scorer = _scorer(level)
     out = []
     for pred, ref in zip(preds, refs):
         s = scorer.score(ref, pred)  # rouge-score's order: (target, prediction)
-        out.append({k: 100.0 * s[t].fmeasure for k, t in zip(ROUGE_KEYS, _RS_TYPES)})
+        out.append({k: 100.0 * getattr(s[t], measure) for k, t in zip(ROUGE_KEYS, _RS_TYPES)})
     return out
 
 

@@ -35,6 +35,7 @@ SPLITS = ("train", "test")
 _PREFIX = {"train": "train", "test": "t10k"}
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 BUILTIN = "shapes"
+BUILTIN_SIZES = {"train": 2000, "test": 500}  # images per split of the built-in set
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -82,7 +83,8 @@ def image_sets() -> list[dict[str, str]]:
                 fm[split] = str(idx_length(_find(FASHION_MNIST_DIR, f"{_PREFIX[split]}-images-idx3-ubyte")))
             except UserError:
                 fm[split] = "?"
-    shapes = {"name": BUILTIN, "installed": "built in", "train": "2000", "test": "500", "install": "-",
+    shapes = {"name": BUILTIN, "installed": "built in", "install": "-",
+              **{split: str(n) for split, n in BUILTIN_SIZES.items()},
               "note": "generated 16x16 shapes (rectangles, ellipses, crosses, rings) for tests"}
     return [fm, shapes]
 
@@ -147,7 +149,7 @@ def load_images(source: str | Path, split: str, *, limit: int | None = None) -> 
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if str(source) == BUILTIN:
-        images = tiny_shapes(2000 if split == "train" else 500, seed=0 if split == "train" else 1)
+        images = tiny_shapes(BUILTIN_SIZES[split], seed=0 if split == "train" else 1)
     else:
         directory = None if str(source) == "fashion-mnist" else source
         images = load_fashion_mnist(split, directory=directory)[0]

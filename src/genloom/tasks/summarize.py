@@ -161,6 +161,15 @@ def select_clauses(clauses: Sequence[str], probs: Sequence[float], *, window: in
     return sorted(chosen)
 
 
+def with_oracle(scores: Sequence[float], aligned: Sequence[int]) -> list[float]:
+    """Clause scores that rank the `aligned` clauses first (2.0, above any probability), the
+    others by `scores`: the oracle extraction (training sources, the benchmark's upper bound)."""
+    out = [float(s) for s in scores]
+    for i in aligned:
+        out[i] = 2.0
+    return out
+
+
 def extracted_text(clauses: Sequence[str], chosen: Sequence[int], window: int) -> str:
     """The chosen clauses joined in document order, cut to the window."""
     return "".join(clauses[i] for i in sorted(chosen))[:window]
@@ -417,9 +426,8 @@ def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str
         for clauses, p, gold in zip(docs, probs, extraction.labels):
             kw = {"window": config.window, "threshold": config.threshold, "fill": config.fill}
             predicted = extracted_text(clauses, select_clauses(clauses, p.tolist(), **kw), config.window)
-            oracle_p = p.clone()
-            oracle_p[gold] = 2.0  # aligned clauses first, then the predictions
-            oracle = extracted_text(clauses, select_clauses(clauses, oracle_p.tolist(), **kw), config.window)
+            oracle = extracted_text(clauses, select_clauses(clauses, with_oracle(p.tolist(), gold), **kw),
+                                    config.window)
             sources.append((predicted, oracle))
         extractor = extraction.cross.extractor
         info["aligned_clauses"] = sum(len(g) for g in extraction.labels)
@@ -466,8 +474,10 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 
 def evaluate(summarizer: Summarizer, pairs: Sequence[tuple[str, str]], *, num_beams: int | None = None,
-             copy: bool | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Score a summarizer on (document, reference) pairs.
+             copy: bool | None = None, batch_size: int = 32,
+             prepared: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score a summarizer on (document, reference) pairs; `prepared`, when given, is
+    `summarizer.sources` of the pairs' documents (so several evaluations extract once).
 
     Returns:
         {"rows": {name: score}, "predictions", "extraction": recall/precision of the extractor
@@ -477,7 +487,10 @@ def evaluate(summarizer: Summarizer, pairs: Sequence[tuple[str, str]], *, num_be
     if not pairs:
         raise UserError("no pairs to evaluate")
     refs = [r for _, r in pairs]
-    prepared = summarizer.sources([d for d, _ in pairs])
+    if prepared is None:
+        prepared = summarizer.sources([d for d, _ in pairs])
+    elif len(prepared) != len(pairs):
+        raise UserError(f"{len(prepared)} prepared sources for {len(pairs)} pairs")
     t0 = time.perf_counter()
     preds = [r["summary"] for r in summarizer.generate(prepared, num_beams=num_beams, copy=copy,
                                                       batch_size=batch_size)]

@@ -268,7 +268,7 @@ class Extractor:
     @staticmethod
     def build(config: ExtractorConfig, input_dim: int) -> DGCNN:
         """One untrained fold model over input_dim-wide vectors (plus the position features)."""
-        extra = config.position + 2 if config.position else 0
+        extra = position_features(1, config.position).shape[1] if config.position else 0
         return DGCNN(input_dim + extra, config.hidden, dilations=config.dilations, dropout=config.dropout)
 
     @torch.no_grad()
