@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genloom.errors import UserError
-from genloom.models import Transformer, TransformerConfig, gpt2_small_test, load, register_model, save, smollm2_135m
+from genloom.models import Transformer, TransformerConfig, gpt2_small_test, load, save, smollm2_135m
 from genloom.nn import probe
 from genloom.nn.attention import allowed_mask, apply_rope, rope_tables
 
@@ -364,8 +364,8 @@ def test_load_errors_and_registry(tmp_path):
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot read the weights"):
         load(tmp_path / "ok")
-    with pytest.raises(ValueError, match="already registered"):
-        register_model("transformer", TransformerConfig, torch.nn.Linear)
+    with pytest.raises(ValueError, match="not a registered model type"):
+        save(torch.nn.Linear(2, 2), None, tmp_path / "linear")
 
 
 @pytest.mark.parametrize("mask", ["causal", "prefix"])

@@ -2,7 +2,7 @@
 Hugging Face interop (`from_hf`, `HFCausalLM`) and model directories (`save`, `load`)."""
 
 from genloom.models.hf import HFCausalLM, convert, from_hf, load_hf
-from genloom.models.io import MODEL_TYPES, load, register_model, save
+from genloom.models.io import MODEL_TYPES, load, model_family, save
 from genloom.models.transformer import (
     MIXERS,
     Transformer,
@@ -24,7 +24,7 @@ __all__ = [
     "gpt2_small_test",
     "load",
     "load_hf",
-    "register_model",
+    "model_family",
     "save",
     "smollm2_135m",
 ]

@@ -2,21 +2,26 @@
 
 A model directory written by `save` holds:
 
-- `config.json`: the model's config dataclass as JSON, plus "model_type" naming its entry in
+- `config.json`: the model's config dataclass as JSON, plus "model_type" naming its family in
   `MODEL_TYPES`;
 - `model.safetensors`: the weights (shared tensors, e.g. tied embeddings, stored once);
-- `model_ema.safetensors` (optional): the EMA weights of a run trained with EMA (issue 4);
+- `model_ema.safetensors` (optional): the EMA weights of a run trained with EMA;
   `load` uses them by default and keeps `model.safetensors` as the raw weights;
 - the tokenizer's own files, written by its `save` (`genloom.tokenizers.load_tokenizer` reads them).
 
 Nothing is unpickled: JSON and safetensors only, so loading a directory runs no code from it.
 Files are written to a temporary name and renamed, so an interrupted save never leaves a
-half-written file under the final name. Other model families join with `register_model`.
+half-written file under the final name.
+
+Every family is named in one table, `MODEL_TYPES` (model_type -> module, config class, model
+class), and its module is imported only when a directory of that family is loaded or saved: the
+table is filled by this file alone, never by the side effect of importing a model module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import tempfile
@@ -38,33 +43,34 @@ WEIGHTS_FILE = "model.safetensors"
 EMA_WEIGHTS_FILE = "model_ema.safetensors"
 TOKENIZER_MANIFEST = "genloom_tokenizer.json"  # written by every genloom tokenizer's save()
 
-# model_type -> (config dataclass, model class taking that config). Extend with register_model.
-MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
-    "transformer": (TransformerConfig, Transformer),
+# model_type -> (module, config dataclass, model class taking that config). A new family is one
+# line here; its module is imported when a directory of that type is loaded or saved.
+MODEL_TYPES: dict[str, tuple[str, str, str]] = {
+    "transformer": ("genloom.models.transformer", "TransformerConfig", "Transformer"),
+    "rnn_seq2seq": ("genloom.models.rnn_seq2seq", "RNNSeq2SeqConfig", "RNNSeq2Seq"),
+    "unilm_copy": ("genloom.tasks.title_unilm", "UniLMCopyConfig", "UniLMCopy"),
+    "summarize_unilm": ("genloom.tasks.summarize_seq2seq", "CopyUniLMConfig", "CopyUniLM"),
+    "rtf_lm": ("genloom.models.rtf_lm", "RTFLMConfig", "RTFLM"),
+    "char_cnn_judge": ("genloom.models.judge", "JudgeConfig", "CharCNNJudge"),
 }
 
 
-def register_model(model_type: str, config_cls: type, model_cls: type[nn.Module]) -> None:
-    """Make `load` able to rebuild `model_cls(config_cls(**config))` for `model_type`.
-
-    Args:
-        model_type: the name written as "model_type" in config.json.
-        config_cls: a dataclass whose fields are JSON values.
-        model_cls: an nn.Module built as model_cls(config) that keeps it as `.config`.
-    """
-    if not dataclasses.is_dataclass(config_cls):
-        raise TypeError(f"{config_cls.__name__} must be a dataclass")
-    known = MODEL_TYPES.get(model_type)
-    if known is not None and known != (config_cls, model_cls):
-        raise ValueError(f"model type {model_type!r} is already registered to {known[1].__name__}")
-    MODEL_TYPES[model_type] = (config_cls, model_cls)
+def model_family(model_type: str) -> tuple[type, type[nn.Module]]:
+    """(config dataclass, model class) of a registered `model_type`, importing its module."""
+    try:
+        module, config_name, model_name = MODEL_TYPES[model_type]
+    except KeyError:
+        raise UserError(f"unknown model_type {model_type!r} (known: {', '.join(MODEL_TYPES)})") from None
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, model_name)
 
 
 def _model_type_of(model: nn.Module) -> str:
-    for name, (_, model_cls) in MODEL_TYPES.items():
-        if type(model) is model_cls:
+    cls = type(model)
+    for name, (module, _, model_name) in MODEL_TYPES.items():
+        if cls.__module__ == module and cls.__qualname__ == model_name:
             return name
-    raise ValueError(f"{type(model).__name__} is not a registered model type (see register_model)")
+    raise ValueError(f"{cls.__name__} is not a registered model type (see genloom.models.io.MODEL_TYPES)")
 
 
 def _replace_atomically(path: Path, write: Any) -> None:
@@ -152,7 +158,7 @@ def load_config(directory: str | os.PathLike[str]) -> tuple[str, Any]:
     model_type = data.pop("model_type", None)
     if model_type not in MODEL_TYPES:
         raise UserError(f"{path}: unknown model_type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
-    config_cls = MODEL_TYPES[model_type][0]
+    config_cls = model_family(model_type)[0]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
@@ -200,7 +206,7 @@ def load(
     """
     path = Path(directory)
     model_type, config = load_config(path)
-    model_cls = MODEL_TYPES[model_type][1]
+    model_cls = model_family(model_type)[1]
     weights_path = path / EMA_WEIGHTS_FILE if ema and (path / EMA_WEIGHTS_FILE).is_file() else path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise UserError(f"{path} has no weights ({WEIGHTS_FILE})")

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.models.io import register_model
 
 
 @dataclass
@@ -127,7 +126,6 @@ class CharCNNJudge(nn.Module):
         return logits
 
 
-register_model("char_cnn_judge", JudgeConfig, CharCNNJudge)  # genloom.models.load rebuilds judges
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> Tensor:

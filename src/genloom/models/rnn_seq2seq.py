@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.models.io import register_model
 from genloom.nn import probe
 
 
@@ -308,6 +307,3 @@ class RNNSeq2Seq(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data."""
         return asdict(self.config)
-
-
-register_model("rnn_seq2seq", RNNSeq2SeqConfig, RNNSeq2Seq)  # genloom.models.load rebuilds it

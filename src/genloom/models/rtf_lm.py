@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.models.io import register_model
 from genloom.models.transformer import MLP, check_prompts
 from genloom.nn.norms import make_norm
 from genloom.nn.rtf import HyenaRTF, RTFRecurrence
@@ -202,6 +201,3 @@ class RTFLM(nn.Module):
         """Keep / reorder rows: index (B',) long into the current rows (repeats allowed)."""
         index = torch.as_tensor(index, dtype=torch.long, device=state.layers.device).reshape(-1)
         return RTFLMState(layers=state.layers.index_select(0, index), recs=state.recs)
-
-
-register_model("rtf_lm", RTFLMConfig, RTFLM)  # genloom.models.load rebuilds "rtf_lm" directories

@@ -58,7 +58,6 @@ from genloom.decode.copy import O, CopyConstraint, SparseSoftmax
 from genloom.decode.processors import NoRepeatNGram
 from genloom.decode.search import beam_search, greedy
 from genloom.errors import UserError
-from genloom.models.io import register_model
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn.losses import sparse_softmax_cross_entropy
 from genloom.tasks.summarize_convert import copy_labels
@@ -195,7 +194,6 @@ class CopyUniLM(PointerPriorMixin, nn.Module):
                 for k, v in state.items()}
 
 
-register_model("summarize_unilm", CopyUniLMConfig, CopyUniLM)
 
 
 # ---- data ----------------------------------------------------------------------------------------

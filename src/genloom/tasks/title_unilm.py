@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from genloom.models.io import register_model
 from genloom.models.rnn_seq2seq import source_presence, successor_matches
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn import probe
@@ -225,7 +224,6 @@ class UniLMCopy(PointerPriorMixin, nn.Module):
                 for k, v in state.items()}
 
 
-register_model("unilm_copy", UniLMCopyConfig, UniLMCopy)  # genloom.models.load rebuilds it
 
 
 # ---- char-LM pre-training ---------------------------------------------------------------------
