@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from genloom.decode.processors import TopK, TopP
-from genloom.decode.search import beam_search, greedy, sample
+from genloom.decode.loops import beam_search, greedy, sample
 from genloom.models import HFCausalLM, convert, load, save
 from genloom.models.hf import load_hf
 

@@ -51,7 +51,7 @@ import torch
 
 from genloom.decode.processors import BannedTokens, TopP
 from genloom.metrics import distinct_n, repeated_ngram_rate
-from genloom.decode.search import sample
+from genloom.decode.loops import sample
 from genloom.decode.targets import CausalLMScorer
 from genloom.tasks import search as task
 from genloom.tasks.search_models import stdlib_sentences

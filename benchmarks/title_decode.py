@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from genloom.decode.search import beam_search
+from genloom.decode.loops import beam_search
 from genloom.tasks.title import TITLE_FILE, TitleConfig, TitleModel, load_title_model, ARCHS
 from genloom.tasks.title_data import build_tokenizer, corpus_pairs, pad
 from genloom.tasks.title_decode import NoCache, title_processors

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genloom.decode.copy import B, I, O, CopyConstraint, SourceNGrams, SparseSoftmax
-from genloom.decode.search import beam_search, greedy
+from genloom.decode.loops import beam_search, greedy
 
 NEG = float("-inf")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from genloom.cli import main
-from genloom.decode import search
+from genloom.decode import loops
 from genloom.decode.generate import build_processors, generate, generate_stream, validate_options
 from genloom.errors import UserError
 
@@ -100,7 +100,7 @@ def test_sampling_is_seeded_and_uses_the_listed_processors(loaded):
     from genloom.decode import processors as P
 
     ids, lengths = tok.encode_batch(PROMPTS, pad_id=0)
-    out = search.sample(model, input_ids=ids, lengths=lengths, max_new_tokens=12, num_samples=3, eos_id=EOS,
+    out = loops.sample(model, input_ids=ids, lengths=lengths, max_new_tokens=12, num_samples=3, eos_id=EOS,
                         processors=[P.Temperature(0.9), P.TopK(20), P.TopP(0.95)],
                         generator=torch.Generator().manual_seed(3))
     assert a == [tok.decode(s) for s in out.sequences]
@@ -129,7 +129,7 @@ def test_too_long_prompt_errors_or_truncates(loaded):
         generate(model, tok, [long], max_new_tokens=8)
     ids = tok.encode(long)
     assert len(ids) > 40
-    cut = search.greedy(model, input_ids=torch.tensor([ids[-40:]]), max_new_tokens=8, eos_id=EOS)
+    cut = loops.greedy(model, input_ids=torch.tensor([ids[-40:]]), max_new_tokens=8, eos_id=EOS)
     assert generate(model, tok, [long], max_new_tokens=8, truncate=True) == [tok.decode(cut.sequences[0])]
 
 

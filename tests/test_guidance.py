@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genloom.decode.guidance import Guided
-from genloom.decode.search import sample
+from genloom.decode.loops import sample
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig
 

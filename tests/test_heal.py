@@ -26,7 +26,7 @@ from genloom.decode.heal import (
     split_utf8,
 )
 from genloom.decode.heal_tree import VocabIndex, build_tree, prefix_logprob
-from genloom.decode.search import beam_search, greedy, sample
+from genloom.decode.loops import beam_search, greedy, sample
 from genloom.errors import UserError
 
 BAI, YUN = "白".encode(), "云".encode()

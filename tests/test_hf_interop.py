@@ -209,7 +209,7 @@ def test_smollm2_converted_logits_equal_hf(smollm2):
 @needs_smollm2
 @pytest.mark.slow
 def test_smollm2_greedy_equals_hf_generate(smollm2):
-    search = pytest.importorskip("genloom.decode.search")
+    search = pytest.importorskip("genloom.decode.loops")
     hf, ours, tok, right, lengths, left, mask = smollm2
     with torch.inference_mode():
         out = hf.generate(left, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
@@ -223,7 +223,7 @@ def test_smollm2_greedy_equals_hf_generate(smollm2):
 @needs_smollm2
 @pytest.mark.slow
 def test_smollm2_beam4_returns_hf_best(smollm2):
-    search = pytest.importorskip("genloom.decode.search")
+    search = pytest.importorskip("genloom.decode.loops")
     hf, ours, tok, right, lengths, left, mask = smollm2
     with torch.inference_mode():
         out = hf.generate(left, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=4,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genloom.decode.search import beam_search, greedy
+from genloom.decode.loops import beam_search, greedy
 from genloom.models.rnn_seq2seq import (RNNSeq2Seq, reverse_rows, source_presence,
                                         successor_matches, title_rnn_small)
 from genloom.tasks.title_decode import NoCache, title_processors

@@ -148,7 +148,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_greedy_search_runs_on_the_model():
-    search = pytest.importorskip("genloom.decode.search")
+    search = pytest.importorskip("genloom.decode.loops")
     model = tiny()
     prompt = torch.randint(0, V, (2, 6))
     out = search.greedy(model, max_new_tokens=8, input_ids=prompt)

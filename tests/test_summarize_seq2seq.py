@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genloom.decode.copy import B, I, O, CopyConstraint, SparseSoftmax
-from genloom.decode.search import beam_search, greedy
+from genloom.decode.loops import beam_search, greedy
 from genloom.models import load, save
 from genloom.tasks.summarize_seq2seq import (CopyUniLM, CopyUniLMConfig, Seq2SeqCollate, Seq2SeqData,
                                              decode_processors, generate_ids, pad_sources, seq2seq_losses)

@@ -240,8 +240,8 @@ def test_failed_save_leaves_old_files_whole(tmp_path, char_tok, monkeypatch) -> 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("genloom.tokenizers.base.os.replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("genloom.files.os.replace", broken_replace)
+    with pytest.raises(UserError, match="disk full"):
         CharTokenizer.train(["other text"]).save(tmp_path)
     assert (tmp_path / MANIFEST).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # the temporary file is gone

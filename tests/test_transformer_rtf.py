@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from genloom.decode.search import beam_search, greedy, sample
+from genloom.decode.loops import beam_search, greedy, sample
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig, load, save
 from genloom.models.rtf_lm import RTFLM, RTFLMConfig

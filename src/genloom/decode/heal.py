@@ -45,7 +45,7 @@ from torch import Tensor
 
 from genloom.decode.heal_tree import NEG_INF, PrefixTree, VocabIndex, build_tree, model_device
 from genloom.decode.protocol import Decodable, LogitsProcessor
-from genloom.decode.search import Generated, beam_search, greedy, sample
+from genloom.decode.loops import Generated, beam_search, greedy, sample
 from genloom.errors import UserError
 
 MODES = ("exact", "post", "none", "hf")  # healing modes, default first

@@ -434,7 +434,7 @@ class LMSequences:
 
     def draw(self, n: int, *, generator: torch.Generator | None) -> Drawn:
         from genloom.decode.processors import BannedTokens
-        from genloom.decode.search import sample
+        from genloom.decode.loops import sample
 
         procs = [BannedTokens(self.banned)] if self.banned else []
         out = sample(self.model, max_new_tokens=self.max_len, num_samples=n, generator=generator,

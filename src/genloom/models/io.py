@@ -24,7 +24,6 @@ import dataclasses
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from genloom.errors import UserError
+from genloom.files import write_atomic, write_with
 from genloom.models.transformer import Transformer, TransformerConfig
 
 CONFIG_FILE = "config.json"
@@ -71,20 +71,6 @@ def _model_type_of(model: nn.Module) -> str:
         if cls.__module__ == module and cls.__qualname__ == model_name:
             return name
     raise ValueError(f"{cls.__name__} is not a registered model type (see genloom.models.io.MODEL_TYPES)")
-
-
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unique_tensors(weights: Mapping[str, Tensor], keep: set[str] | None = None) -> dict[str, Tensor]:
@@ -130,17 +116,17 @@ def save(
         raise UserError(f"cannot create the model directory {path}: {e.strerror}") from None
     state = model.state_dict()
     weights = _unique_tensors(state)
-    _replace_atomically(path / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    write_with(path / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
     if ema is not None:
         ema_state = ema.state_dict() if isinstance(ema, nn.Module) else ema
         ema_weights = _unique_tensors(ema_state, keep=set(state))
         if set(ema_weights) != set(weights):
             raise ValueError(f"EMA weights do not match the model: {sorted(set(ema_weights) ^ set(weights))[:3]}")
-        _replace_atomically(path / EMA_WEIGHTS_FILE, lambda tmp: save_file(ema_weights, tmp))
+        write_with(path / EMA_WEIGHTS_FILE, lambda tmp: save_file(ema_weights, str(tmp)))
     if tokenizer is not None:
         tokenizer.save(path)
     text = json.dumps({"model_type": model_type, **config}, indent=2, ensure_ascii=False) + "\n"
-    _replace_atomically(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(path / CONFIG_FILE, text)
     return path
 
 

@@ -48,7 +48,7 @@ from genloom.data.registry import corpus_info, load_corpus
 from genloom.data.snownlp_corpora import hash_split
 from genloom.decode.guidance import Guided
 from genloom.decode.processors import BannedTokens, Temperature, TopP
-from genloom.decode.search import sample
+from genloom.decode.loops import sample
 from genloom.errors import UserError
 from genloom.metrics import distinct_n, perplexity
 from genloom.models import Transformer, TransformerConfig, load, save

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import re
 import sysconfig
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from genloom.data.split import hash_bucket
 from genloom.errors import UserError
 
 MASK_CHAR = "\ue000"  # the masked LM's [MASK]: a private-use code point, never in real text
@@ -134,10 +134,7 @@ def hash_split(sentences: Sequence[str], split: str) -> list[str]:
     if split not in ("train", "test"):
         raise UserError(f"no split {split!r} of the docstring sentences (train, test)")
 
-    def bucket(s: str) -> int:
-        return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "big") % 10
-
-    return [s for s in sentences if (bucket(s) == 0) == (split == "test")]
+    return [s for s in sentences if (hash_bucket(s, 10, digest_size=4) == 0) == (split == "test")]
 
 
 def stdlib_sentences(split: str) -> list[str]:

@@ -56,7 +56,7 @@ from torch.utils.data import Dataset
 
 from genloom.decode.copy import O, CopyConstraint, SparseSoftmax
 from genloom.decode.processors import NoRepeatNGram
-from genloom.decode.search import beam_search, greedy
+from genloom.decode.loops import beam_search, greedy
 from genloom.errors import UserError
 from genloom.models.transformer import Transformer, TransformerConfig
 from genloom.nn.losses import sparse_softmax_cross_entropy

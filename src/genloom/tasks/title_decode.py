@@ -1,4 +1,4 @@
-"""Decoding titles: batched beam search / greedy through `genloom.decode.search`, the no-cache
+"""Decoding titles: batched beam search / greedy through `genloom.decode.loops`, the no-cache
 reference decoder of the post (the whole model re-run at every step), and the attention picture
 of `genloom title generate --explain`.
 
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from genloom.decode.processors import BannedTokens, NoRepeatNGram
 from genloom.decode.protocol import LogitsProcessor
-from genloom.decode.search import beam_search, greedy
+from genloom.decode.loops import beam_search, greedy
 from genloom.train import Taps, plot_attention
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from genloom.errors import UserError
+from genloom.files import write_atomic
 
 MANIFEST = "genloom_tokenizer.json"  # the file naming the kind of tokenizer in a directory
 FORMAT_VERSION = 1  # bumped when a kind's JSON layout changes incompatibly
@@ -216,16 +216,8 @@ def bytelevel_to_bytes(token: str) -> bytes | None:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 text to a temporary name next to `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write UTF-8 text to `path` atomically (genloom.files)."""
+    write_atomic(path, text)
 
 
 def write_manifest(directory: str | os.PathLike[str], kind: str, **fields: Any) -> None:

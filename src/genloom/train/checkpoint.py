@@ -37,6 +37,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from genloom.errors import UserError
+from genloom.files import write_atomic, write_json_atomic, write_with
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -124,33 +125,6 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to `path` through a fsynced temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent)
-    return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """`write_atomic` of pretty JSON (non-ASCII kept readable; paths and the like as strings)."""
-    return write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _save_model_file(model: nn.Module, path: Path) -> None:
-    save_model(model, str(path))
-    _fsync_path(path)
-
-
 def save_weights(model: nn.Module, directory: str | Path, *, ema: Any = None) -> list[Path]:
     """Write `model.safetensors` (raw weights) and, given an EMA, `model_ema.safetensors` (the
     averaged weights, which `genloom.models.load` takes as the default) into `directory`.
@@ -163,16 +137,11 @@ def save_weights(model: nn.Module, directory: str | Path, *, ema: Any = None) ->
     for name, use_ema in (("model.safetensors", False), ("model_ema.safetensors", True)):
         if use_ema and ema is None:
             continue
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        try:
-            if use_ema:
-                with ema.applied(model):
-                    _save_model_file(model, tmp)
-            else:
-                _save_model_file(model, tmp)
-            os.replace(tmp, directory / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if use_ema:
+            with ema.applied(model):
+                write_with(directory / name, lambda tmp: save_model(model, str(tmp)))
+        else:
+            write_with(directory / name, lambda tmp: save_model(model, str(tmp)))
         out.append(directory / name)
     _fsync_path(directory)
     return out
@@ -236,7 +205,8 @@ def save_checkpoint(
     tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
     tmp.mkdir()
     try:
-        _save_model_file(model, tmp / "model.safetensors")
+        save_model(model, str(tmp / "model.safetensors"))
+        _fsync_path(tmp / "model.safetensors")
         _pause_if_asked(step)
         tensors: dict[str, Tensor] = {}
         tree = {"format": FORMAT, "step": step, "state": flatten(state, tensors)}

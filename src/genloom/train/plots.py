@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from genloom.errors import UserError
+from genloom.files import write_with
 
 _CJK_HINTS = ("cjk", "wqy", "wenquanyi", "droidsansfallback", "sourcehan", "notosanssc",
               "notoserifsc", "simhei", "simsun", "msyh", "ukai", "uming", "pingfang", "hiragino",
@@ -64,15 +65,10 @@ def cjk_font() -> str | None:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        return write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"), what="plot")
     finally:
         _pyplot().close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def plot_attention(

@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 from torch import nn
 
 from genloom.decode import processors as P
-from genloom.decode.search import Generated, beam_search, greedy, sample, stream
+from genloom.decode.loops import Generated, beam_search, greedy, sample, stream
 
 
 class PrefixHashLM:
