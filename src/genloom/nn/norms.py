@@ -3,7 +3,7 @@
 Letters: C model width.
 
 Every norm in a genloom model comes from `make_norm(kind, dim, ...)`, so a new kind (the
-Conditional LayerNorm of issue 7, which adds a condition-dependent gain and shift) is one more
+Conditional LayerNorm of the CLN post, which adds a condition-dependent gain and shift) is one more
 entry in `NORMS` ("cond_layer" and "cond_rms", built in `genloom.nn.cln`; a model passes them
 the condition as a second argument). The two plain kinds are torch's own modules
 (`nn.LayerNorm`, `nn.RMSNorm`): their fused kernels are as exact as Hugging Face's GPT-2 /
@@ -31,7 +31,7 @@ def _rms_norm(dim: int, *, eps: float, bias: bool) -> nn.Module:
 
 
 # kind -> builder(dim, *, eps, bias); "cond_<kind>" -> builder(dim, *, eps, bias, cond_dim,
-# hidden, activation), the Conditional LayerNorm / RMSNorm of genloom.nn.cln (issue 7).
+# hidden, activation), the Conditional LayerNorm / RMSNorm of genloom.nn.cln.
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "layer": _layer_norm,
     "rms": _rms_norm,
