@@ -17,7 +17,7 @@ from genloom.errors import UserError
 
 # name -> (module with add_parser, one-line help). Add a task here and nowhere else.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "corpora": ("genloom.data.cli", "list the named corpora, whether installed, sizes, licences"),
+    "corpora": ("genloom.tasks.corpora.cli", "list the named corpora, whether installed, sizes, licences"),
     "baseline": ("genloom.tasks.baselines", "score lead-N and best-sentence title baselines"),
     "title": ("genloom.tasks.title_cli", "train / generate / evaluate article -> title models"),
     "generate": ("genloom.tasks.generate", "continue prompts with a genloom or Hugging Face model"),

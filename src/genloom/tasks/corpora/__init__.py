@@ -1,0 +1,1 @@
+"""`genloom corpora`: the named corpora and image sets on this machine."""
