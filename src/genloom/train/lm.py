@@ -1,5 +1,6 @@
 """Language-model pre-training pieces every task shares: token windows, padding, the causal-LM
-objective, and `pretrain_causal_lm`, which runs them through `fit`.
+objective, BERT masking for masked LMs (`MaskedLMCollate`, `masked_lm_loss`), and
+`pretrain_causal_lm`, which runs the causal pieces through `fit`.
 
 Letters: B batch rows, T tokens per row, V vocabulary size.
 
@@ -145,3 +146,38 @@ def pretrain_causal_lm(lm: nn.Module, tokenizer: Any, texts: Sequence[str], *, c
     if not keep_checkpoints:
         shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return result
+
+
+class MaskedLMCollate:
+    """BERT masking for a masked LM, over <bos> ... <eos> id lists: each token between them is
+    chosen with probability `rate` (at least one per row); a chosen one becomes `mask_id` 80% of
+    the time, a random id in [first_id, vocab_size) 10%, itself 10%. Returns {"inputs", "valid",
+    "targets"} (B, T), targets -100 where nothing is predicted. Draws from torch's global RNG,
+    which the Loader seeds per batch, so the masks are reproducible."""
+
+    def __init__(self, *, pad_id: int, mask_id: int, first_id: int, vocab_size: int, rate: float = 0.15) -> None:
+        self.pad_id, self.mask_id, self.first, self.vocab, self.rate = pad_id, mask_id, first_id, vocab_size, rate
+
+    def __call__(self, rows: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        ids = pad_rows(rows, self.pad_id)  # (B, T)
+        lengths = torch.tensor([len(r) for r in rows])  # (B,)
+        col = torch.arange(ids.shape[1])[None]
+        valid = col < lengths[:, None]  # (B, T)
+        inner = (col >= 1) & (col < lengths[:, None] - 1)  # (B, T) tokens, not <bos>/<eos>/padding
+        chosen = inner & (torch.rand(ids.shape) < self.rate)
+        forced = torch.randint(0, 1 << 30, (ids.shape[0],)) % (lengths - 2).clamp(min=1) + 1  # (B,)
+        b = torch.arange(ids.shape[0])
+        chosen[b, forced] |= inner[b, forced]
+        u = torch.rand(ids.shape)
+        random_ids = torch.randint(self.first, self.vocab, ids.shape)
+        inputs = torch.where(chosen & (u < 0.8), torch.full_like(ids, self.mask_id), ids)
+        inputs = torch.where(chosen & (u >= 0.8) & (u < 0.9), random_ids, inputs)
+        return {"inputs": inputs, "valid": valid, "targets": ids.masked_fill(~chosen, -100)}
+
+
+def masked_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """`fit`'s loss_fn for `MaskedLMCollate` batches and a model(ids, attention_mask=) -> logits:
+    (mean cross-entropy over the chosen tokens, their number)."""
+    logits = model(batch["inputs"], attention_mask=batch["valid"])  # (B, T, V)
+    n = (batch["targets"] != -100).sum()
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100), n
