@@ -1,4 +1,4 @@
-"""Search-based generation (issue 11): keywords to sentences, error correction, throughput.
+"""Search-based generation (【搜出来的文本】): keywords to sentences, error correction, throughput.
 
 1. Keywords to sentences on 100 keyword sets per language against two baselines a user would
    try, every output scored for keyword coverage and fluency:
@@ -54,7 +54,7 @@ from genloom.metrics import distinct_n, repeated_ngram_rate
 from genloom.decode.loops import sample
 from genloom.decode.targets import CausalLMScorer
 from genloom.tasks import search as task
-from genloom.tasks.search_models import stdlib_sentences
+from genloom.tasks.search.data import stdlib_sentences
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
 _HAN = re.compile(r"[\u4e00-\u9fff]")

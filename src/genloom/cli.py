@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nvae": ("genloom.tasks.nvae", "train / evaluate / sample NVAE (and a plain VAE) on images"),
     "condition": ("genloom.tasks.condition", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
     "summarize": ("genloom.tasks.summarize_cli", "extract-then-generate summaries of long documents (SPACES)"),
-    "search": ("genloom.tasks.search", "keywords-to-sentence, Gibbs sampling, typo correction by MCMC search"),
+    "search": ("genloom.tasks.search.cli", "keywords-to-sentence, Gibbs sampling, typo correction by MCMC search"),
 }
 
 

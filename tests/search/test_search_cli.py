@@ -1,9 +1,9 @@
-"""`genloom search` and the training of its models, on tiny random models saved to disk.
+"""`genloom search`, on tiny random models saved to disk (conftest.py).
 
 Random models make no fluent text, so the tests assert what must hold for any model: every
 keyword in every output, lengths and vocabularies respected, seeded runs reproducible, the
 correction search restoring a sentence when its target prefers the original (an oracle target),
-one-line errors with exit code 2, and the training pieces (masking, losses, saved directories).
+and one-line errors with exit code 2 (bad numbers among them).
 """
 
 from __future__ import annotations
@@ -17,26 +17,9 @@ import torch
 from genloom.cli import main
 from genloom.decode.mcmc_edits import UniformSlots
 from genloom.decode.targets import HammingPenalty, Target
-from genloom.errors import UserError
-from genloom.models import Transformer, TransformerConfig, save
-from genloom.tasks import search, search_models
-from genloom.tasks.search_models import MASK_CHAR, MaskedCollate, chinese_tokenizer
-
-SENTENCES = ["北京大学的科学研究很好。", "今天天气很好，我们去公园玩。", "科学技术是第一生产力。",
-             "他在北京工作了三年。", "大学生喜欢研究新的技术。", "我们的公园里有很多花。"]
-
-
-@pytest.fixture(scope="module")
-def zh_models(tmp_path_factory):
-    """mlm / forward / backward directories of tiny random models sharing one tokenizer."""
-    root = tmp_path_factory.mktemp("search-models")
-    tok = chinese_tokenizer(SENTENCES, 200)
-    for seed, (name, mask) in enumerate((("mlm", "bidirectional"), ("forward", "causal"), ("backward", "causal"))):
-        torch.manual_seed(seed)
-        model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
-                                              max_len=40, mask=mask))
-        save(model, tok, root / name)
-    return root
+from genloom.tasks import search
+from genloom.tasks.search.data import MASK_CHAR
+from genloom.tasks.search.models import load_chinese_models
 
 
 def run_cli(capsys, *argv):
@@ -66,7 +49,7 @@ def test_keywords_from_a_file_with_both_proposals(zh_models, tmp_path, capsys):
     for proposal in ("mlm", "lm"):
         target = tmp_path / f"out-{proposal}.txt"
         rc, out, _ = run_cli(capsys, "keywords", "--models", str(zh_models), "--input", str(tmp_path / "sets.txt"),
-                             "-n", "2", "--steps", "15", "--proposal", proposal, "--output", str(target))
+                             "-n", "2", "--steps", "15", "--proposal", proposal, "--out", str(target))
         assert rc == 0 and out == ""
         lines = target.read_text(encoding="utf-8").splitlines()
         assert len(lines) == 4
@@ -95,7 +78,7 @@ class Oracle(Target):
 
 
 def test_correction_restores_what_the_target_prefers(zh_models):
-    models = search_models.load_chinese_models(zh_models)
+    models = load_chinese_models(zh_models)
     tok = models.tokenizer
     truth = ["今天天气很好，我们去公园玩。", "科学技术是第一生产力。"]
     typo = ["今天天学很好，我们去公园玩。", "科学技术是第一生产力。"]  # the second one is clean
@@ -118,28 +101,6 @@ def test_correct_cli_keeps_non_han_characters(zh_models, capsys):
     assert re.sub(r"[\u4e00-\u9fff]", "", row["output"]) == re.sub(r"[\u4e00-\u9fff]", "", text)
 
 
-@pytest.fixture(scope="module")
-def en_lm(tmp_path_factory):
-    """A tiny random GPT-2 with a byte-level BPE (and <|endoftext|>) saved as a HF directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    texts = ["the library returns a value", "a function of the module", "return the value of the list"] * 3
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=16, n_layer=1, n_head=2)).eval()
-    path = tmp_path_factory.mktemp("tiny-en")
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
-
-
 def test_english_keywords_gibbs_and_correct(en_lm, capsys):
     rc, out, _ = run_cli(capsys, "keywords", "--lang", "en", "--lm", str(en_lm), "--keywords", "library,value",
                          "-n", "2", "--steps", "10", "--max-len", "12", "--min-len", "4")
@@ -157,6 +118,7 @@ def test_english_keywords_gibbs_and_correct(en_lm, capsys):
     (["keywords", "--models", "{missing}", "--keywords", "北京"], "train-models"),
     (["keywords", "--models", "{models}", "--keywords", "北京,猫"], "do not know"),
     (["keywords", "--models", "{models}", "--keywords", "北京", "--min-len", "9", "--max-len", "4"], "--min-len"),
+    (["keywords", "--models", "{models}", "--keywords", "北京", "--out", "{missing}/x.txt"], "no directory"),
     (["keywords", "--models", "{models}", "--keywords", "北京", "--output", "{missing}/x.txt"], "no directory"),
     (["keywords", "--models", "{models}", "--keywords", "北京大学", "--max-len", "3"], "max-len"),
     (["correct", "--models", "{models}", "--input", "{missing}.txt"], "no input file"),
@@ -170,64 +132,21 @@ def test_errors_are_one_line(zh_models, tmp_path, capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-# ---- training pieces -----------------------------------------------------------------------
-
-
-def test_masked_collate_masks_only_characters():
-    tok = chinese_tokenizer(SENTENCES, 200)
-    mask_id = search_models.mask_id_of(tok)
-    items = [torch.tensor(tok.encode(s, add_bos=True, add_eos=True)) for s in SENTENCES * 50]
-    torch.manual_seed(0)
-    batch = MaskedCollate(pad_id=0, mask_id=mask_id, first_char=4, vocab_size=tok.vocab_size - 1, rate=0.15)(items)
-    chosen = batch["targets"] != -100
-    lengths = batch["valid"].sum(1)
-    col = torch.arange(chosen.shape[1])[None]
-    assert not bool((chosen & ((col == 0) | (col >= lengths[:, None] - 1))).any())  # never BOS, EOS, pad
-    assert bool(chosen.any(1).all())  # at least one per row
-    ids, _ = search_models.pad_rows(items, 0)
-    assert torch.equal(batch["targets"][chosen], ids[chosen])
-    as_mask = (batch["inputs"][chosen] == mask_id).float().mean()
-    kept = (batch["inputs"][chosen] == ids[chosen]).float().mean()
-    assert 0.75 < float(as_mask) < 0.85 and 0.07 < float(kept) < 0.15
-    assert torch.equal(batch["inputs"][~chosen], ids[~chosen])
-
-
-def test_train_one_saves_loadable_models(tmp_path):
-    tok = chinese_tokenizer(SENTENCES, 200)
-    cfg = search_models.SearchModelsConfig(out=str(tmp_path), steps=4, minutes=5.0, batch_size=4, progress=False,
-                                           eval_sentences=4)
-    texts = {"train": SENTENCES * 4, "dev": SENTENCES[:4]}
-    for name in ("mlm", "forward", "backward"):
-        search_models.train_one(name, cfg, texts, tok)
-    models = search_models.load_chinese_models(tmp_path)
-    assert models.mask_id == tok.vocab_size - 1 and models.tokenizer.decode(tok.encode(SENTENCES[0])) == SENTENCES[0]
-    assert models.mlm.config.mask == "bidirectional" and models.forward.config.mask == "causal"
-    log = [json.loads(line) for line in (tmp_path / "runs" / "forward" / "metrics.jsonl").read_text().splitlines()]
-    assert log[-1]["event"] == "end" and log[-1]["step"] == 4
-    with pytest.raises(UserError, match="earlier run"):
-        search_models.train_search_models(search_models.SearchModelsConfig(out=str(tmp_path), models=("forward",)))
-
-
-def test_docstring_sentences_and_hash_split(tmp_path):
-    src = tmp_path / "mod.py"
-    src.write_text('''"""Return the value of the first item in the list.
-
-Short line.
-"""
-
-
-def f(x):
-    """Raise ValueError if the value is not present in the table. See f(x) = 2, e.g. here."""
-
-
-class C:
-    """An object that holds every value of the cache until it is closed."""
-''', encoding="utf-8")
-    assert search_models.docstring_sentences(src) == [
-        "Return the value of the first item in the list.",
-        "Raise ValueError if the value is not present in the table.",
-        "An object that holds every value of the cache until it is closed."]
-    sentences = [f"Sentence number {i} is here." for i in range(2000)]
-    train, test = search_models.hash_split(sentences, "train"), search_models.hash_split(sentences, "test")
-    assert sorted(train + test) == sorted(sentences) and 150 < len(test) < 250
-    assert search_models.hash_split(list(reversed(sentences)), "test") == list(reversed(test))
+@pytest.mark.parametrize("argv, message", [
+    (["keywords", "--keywords", "北京", "--chains", "0"], "--chains: '0' must be a positive integer"),
+    (["keywords", "--keywords", "北京", "-n", "0"], "-n: '0' must be a positive integer"),
+    (["keywords", "--keywords", "北京", "--explore", "1.5"], "--explore: '1.5' must be a number in [0, 1]"),
+    (["keywords", "--keywords", "北京", "--schedule", "cosine"], "--schedule: invalid choice"),
+    (["correct", "--text", "今天", "--sweeps", "0"], "--sweeps: '0' must be a positive integer"),
+    (["correct", "--text", "今天", "--penalty", "-1"], "--penalty: '-1' must be a number >= 0"),
+    (["gibbs", "--temperature", "0"], "--temperature: '0' must be a positive number"),
+    (["gibbs", "--steps", "-3"], "--steps: '-3' must be an integer >= 0"),
+    (["train-models", "--minutes", "-1"], "--minutes: '-1' must be a positive number"),
+    (["train-models", "--steps", "nan"], "--steps: 'nan' is not an integer"),
+])
+def test_bad_numbers_are_one_line_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", *argv])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1

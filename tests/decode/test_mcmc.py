@@ -1,4 +1,4 @@
-"""Search-based generation (issue 11): targets equal slow reference paths, and every sampler is
+"""Search-based generation (【搜出来的文本】): targets equal slow reference paths, and every sampler is
 exact on a target whose normalised distribution is enumerated.
 
 The enumerable target: every string of length 1..4 over a 5-token vocabulary, scored by a small
@@ -17,9 +17,9 @@ import math
 import pytest
 import torch
 
-from genloom.decode.mcmc import (Chains, Constant, Geometric, Linear, LMSequences, UniformSequences,
-                                 gibbs, importance_sample, keyword_chains, make_chains,
-                                 metropolis_hastings, rejection_sample)
+from genloom.decode.independent import LMSequences, UniformSequences, importance_sample, rejection_sample
+from genloom.decode.mcmc import (Chains, Constant, Geometric, Linear, gibbs, keyword_chains, make_chains,
+                                 metropolis_hastings)
 from genloom.decode.mcmc_edits import (EditConfig, EditProposal, LMSlots, MaskedSlots, UniformSlots,
                                        _delete, _insert, _slot_ok)
 from genloom.decode.targets import (CausalLMScorer, CosineSimilarity, ExactConditional, ForbiddenTokens,

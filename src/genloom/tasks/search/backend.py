@@ -1,0 +1,96 @@
+"""A language's search models, wired for the samplers: the fluency target, the slot model that
+ranks edit candidates, the vocabulary a move may write.
+
+Chinese runs on the models of `train-models` (a directory of several models): the target is the
+forward character LM, the proposals come from the masked LM (`proposal="mlm"`) or the forward x
+backward LMs (`proposal="lm"`). English runs on SmolLM2-135M (any local Hugging Face causal LM):
+it is the target and, read left to right, the proposal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from genloom.errors import UserError
+
+LANGS = ("zh", "en")
+PROPOSALS = ("mlm", "lm")
+
+
+@dataclass
+class Backend:
+    """A language's models, wired for the samplers."""
+
+    lang: str  # "zh" or "en"
+    tokenizer: Any  # genloom tokenizer of the models
+    lm: Any  # CausalLMScorer: the fluency target log p(x)
+    slots: Any  # SlotModel ranking candidates (MaskedSlots or LMSlots)
+    vocab: list[int]  # ids a move may write (no specials, no [MASK])
+    masked: Any | None  # MaskedLMScorer for Gibbs (None for English)
+    mask_id: int | None  # the [MASK] id (None for English)
+    pad_id: int  # id under padding
+    lm_backward: Any | None = None  # CausalLMScorer of the right-to-left LM (Chinese), or None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a whole sentence."""
+        return self.tokenizer.encode(text)
+
+    def encode_keyword(self, word: str) -> list[int]:
+        """Token ids of a keyword as it appears inside a sentence (English: after a space)."""
+        ids = self.tokenizer.encode(word if self.lang == "zh" else " " + word)
+        if self.lang == "zh" and self.tokenizer.unk_id in ids:
+            bad = "".join(c for c, i in zip(word, ids) if i == self.tokenizer.unk_id)
+            raise UserError(f"keyword {word!r} has characters the Chinese models do not know: {bad}")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids)).strip()
+
+
+def chinese_backend(models: str, *, proposal: str = "mlm") -> Backend:
+    """The Chinese models of a `train-models` directory (module docstring)."""
+    from genloom.decode.mcmc_edits import LMSlots, MaskedSlots
+    from genloom.decode.targets import CausalLMScorer, MaskedLMScorer
+    from genloom.tasks.search.models import load_chinese_models
+
+    if proposal not in PROPOSALS:
+        raise UserError(f"--proposal must be 'mlm' or 'lm', got {proposal!r}")
+    m = load_chinese_models(models)
+    tok = m.tokenizer
+    masked = MaskedLMScorer(m.mlm, mask_id=m.mask_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    slots = MaskedSlots(masked) if proposal == "mlm" else LMSlots(m.forward, m.backward, bos_id=tok.bos_id)
+    vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids and i != m.mask_id]
+    return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(m.forward, bos_id=tok.bos_id, eos_id=tok.eos_id),
+                   slots=slots, vocab=vocab, masked=masked, mask_id=m.mask_id, pad_id=tok.pad_id,
+                   lm_backward=CausalLMScorer(m.backward, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True))
+
+
+def english_backend(lm: str = "smollm2-135m") -> Backend:
+    """A Hugging Face causal LM (name, directory or .gguf) as target and proposal."""
+    from transformers.utils import logging as hf_logging
+
+    from genloom.decode.mcmc_edits import LMSlots
+    from genloom.decode.targets import CausalLMScorer
+    from genloom.models.hf import from_hf
+
+    hf_logging.disable_progress_bar()
+    model, tok = from_hf(lm)
+    if tok is None:
+        raise UserError(f"{lm} has no tokenizer files")
+    boundary = tok.token_to_id("<|endoftext|>")
+    boundary = boundary if boundary is not None else (tok.eos_id if tok.eos_id is not None else tok.bos_id)
+    if boundary is None:
+        raise UserError(f"{lm}'s tokenizer has no <|endoftext|>, EOS or BOS token to frame sentences with")
+    vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
+    return Backend(lang="en", tokenizer=tok, lm=CausalLMScorer(model, bos_id=boundary, eos_id=boundary),
+                   slots=LMSlots(model, None, bos_id=boundary), vocab=vocab, masked=None, mask_id=None,
+                   pad_id=boundary)
+
+
+def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str = "smollm2-135m") -> Backend:
+    """Load the models of `lang` (module docstring) and wire targets and slot models."""
+    if lang not in LANGS:
+        raise UserError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
+    return chinese_backend(models, proposal=proposal) if lang == "zh" else english_backend(lm)
