@@ -1,6 +1,8 @@
 """The training loop: token-weighted accumulation equals the big batch, the lr schedule and grad
 norm equal hand computations, NaN guard, early stopping with the best checkpoint restored, EMA
-evaluation, limits, run files."""
+evaluation, limits, run files; the hooks: a given optimizer, an lr schedule and on_step over the
+budget fraction (steps or minutes), evaluation time off the clock, skipped non-finite steps,
+loss_fn statistics."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from safetensors.torch import load_file
 from genloom.errors import UserError
 from genloom.train.checkpoint import list_checkpoints, load_checkpoint
 from genloom.train.data import Loader
-from genloom.train.trainer import TrainConfig, fit
+from genloom.train.trainer import TrainConfig, budget_fraction, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_toy import ToyData, collate, make_model, toy_loss  # noqa: E402
@@ -204,3 +206,109 @@ def test_resume_of_a_plain_iterable_fast_forwards_exactly(tmp_path):
         resume=True)
     assert [r["loss"] for r in records(tmp_path / "b")] == [r["loss"] for r in records(tmp_path / "a")]
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def test_optimizer_fn_is_the_optimizer_used(tmp_path):
+    """fit steps the optimizer optimizer_fn builds: the weights equal a hand-written Adamax loop."""
+    built = []
+
+    def adamax(params):
+        built.append((params, torch.optim.Adamax(params, lr=1e-2, eps=1e-3, weight_decay=3e-4)))
+        return built[-1][1]
+
+    model, ref = make_model(dropout=0.0), make_model(dropout=0.0)
+    fit(model, toy_loss, loader(shuffle=False), optimizer_fn=adamax, run_dir=tmp_path,
+        config=config(schedule="constant", grad_clip=None))
+    params, opt = built[0]
+    assert len(built) == 1 and params == list(model.parameters())
+    assert all(opt.state[p]["step"] == 6 for p in params)
+    hand = torch.optim.Adamax(ref.parameters(), lr=1e-2, eps=1e-3, weight_decay=3e-4)
+    for batch in list(loader(shuffle=False))[:6]:
+        hand.zero_grad()
+        toy_loss(ref, batch)[0].backward()
+        hand.step()
+    a, b = weights(model), weights(ref)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_budget_fraction():
+    assert budget_fraction(3, 0.0, total=10, max_minutes=None) == 0.3
+    assert budget_fraction(3, 30.0, total=10, max_minutes=1.0) == 0.5  # the larger of the two
+    assert budget_fraction(0, 90.0, total=None, max_minutes=1.0) == 1.0  # capped
+    assert budget_fraction(5, 5.0, total=None, max_minutes=None) == 0.0
+
+
+def test_lr_fn_and_on_step_follow_the_step_budget(tmp_path):
+    seen = []
+    fit(make_model(), toy_loss, loader(), lr_fn=lambda f: 1.0 - f, on_step=seen.append,
+        config=config(max_steps=10), run_dir=tmp_path)  # cosine by default: lr_fn replaces it
+    assert seen == pytest.approx([s / 10 for s in range(10)], abs=0)
+    assert [r["lr"] for r in records(tmp_path)] == pytest.approx([1e-2 * (1 - s / 10) for s in range(10)],
+                                                                   rel=1e-12)
+
+
+def test_lr_fn_follows_the_time_budget(tmp_path):
+    """With only max_minutes, the fraction before each step is the training time logged after the
+    step before it over the budget, and the lr follows it."""
+    seen = []
+    result = fit(make_model(), toy_loss, loader(), lr_fn=lambda f: 1.0 - f, on_step=seen.append,
+                 config=config(max_steps=None, max_minutes=0.004), run_dir=tmp_path)
+    rows = records(tmp_path)
+    assert result.stop_reason == "max_minutes" and len(rows) == result.step == len(seen) > 3
+    want = [0.0] + [min(1.0, r["time"] / 0.24) for r in rows[:-1]]
+    assert seen == pytest.approx(want, abs=1e-12)
+    assert seen == sorted(seen) and 0 < seen[-1] < 1
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2 * (1 - f) for f in seen], rel=1e-12)
+
+
+def test_exclude_eval_time_keeps_evaluations_off_the_clock(tmp_path):
+    import time
+
+    def slow_eval(m):
+        time.sleep(0.15)
+        return {"loss": 1.0}
+
+    for name, exclude in (("on", False), ("off", True)):
+        result = fit(make_model(), toy_loss, loader(), eval_fn=slow_eval, run_dir=tmp_path / name,
+                     config=config(max_steps=4, eval_every=2, exclude_eval_time=exclude))
+        assert (result.elapsed_s > 0.15) is not exclude
+
+
+def _poisoned(bad: set[int]):
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        loss, n = toy_loss(model, batch)
+        return (loss * float("nan") if calls["n"] in bad else loss), n, {"twice": 2 * loss.item()}
+
+    return loss_fn
+
+
+def test_nonfinite_skip_skips_and_counts_and_the_default_raises(tmp_path):
+    """With nonfinite="skip", steps 3 and 4's NaN losses are skipped (their batches dropped): the
+    weights equal a clean run over the other batches. The default still raises."""
+    batches = list(loader(8, shuffle=False))
+    model = make_model(dropout=0.0)
+    result = fit(model, _poisoned({3, 4}), batches, run_dir=tmp_path / "skip",
+                 config=config(nonfinite="skip", schedule="constant"))
+    assert (result.step, result.skipped_steps) == (6, 2)
+    assert [r["step"] for r in records(tmp_path / "skip", "skipped")] == [2, 2]
+    assert records(tmp_path / "skip", "end")[0]["skipped_steps"] == 2
+    clean = make_model(dropout=0.0)
+    fit(clean, toy_loss, batches[:2] + batches[4:], run_dir=tmp_path / "clean",
+        config=config(schedule="constant"))
+    assert all(torch.equal(v, clean.state_dict()[k]) for k, v in model.state_dict().items())
+    rows = records(tmp_path / "skip")  # loss_fn's statistics, token-weighted per window
+    assert [r["twice"] for r in rows] == pytest.approx([2 * r["loss"] for r in rows], rel=1e-6)
+    with pytest.raises(UserError, match="loss is nan at step 3"):
+        fit(make_model(), _poisoned({3}), batches, config=config(), run_dir=tmp_path / "raise")
+    with pytest.raises(UserError, match="^3 non-finite steps in a row") as err:
+        fit(make_model(), _poisoned(set(range(2, 99))), batches, run_dir=tmp_path / "stop",
+            config=config(nonfinite="skip", max_skipped_in_row=3))
+    assert "step 2" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="nonfinite must be one of"):
+        fit(make_model(), toy_loss, batches, config=config(nonfinite="ignore"), run_dir=tmp_path / "x")

@@ -4,12 +4,20 @@ train.py (STYLE.md item 9). What varies between tasks comes in as two functions:
     loss_fn(model, batch) -> (loss, n_tokens)   # loss: mean over the batch's n_tokens (a scalar)
     eval_fn(model) -> {"loss": ..., "rouge_l": ...}   # any numbers; one of them is `config.metric`
 
+(`loss_fn` may return a third item, a dict of floats, logged token-weighted in the "train" lines
+beside the loss) and, where a task needs them, a few hooks: `optimizer_fn(params)` builds another
+optimizer than AdamW; `lr_fn(fraction)` and `on_step(fraction)` follow the fraction of the budget
+used, the larger of steps / total steps and minutes / max_minutes, so a schedule (or a KL
+warm-up) fits a wall-time budget as well as a step budget; `nonfinite="skip"` skips a step whose
+loss or gradient is not finite instead of stopping the run.
+
 and what the loop does is all visible below: AdamW with linear warm-up then cosine / linear
 decay; gradient accumulation over `accum_steps` micro-batches; optional bf16 autocast; clipping;
 an EMA update after each optimizer step; evaluation every `eval_every` steps (or at each epoch's
 end) under the EMA weights; early stopping on a dev metric with patience, the best checkpoint
 kept; limits on steps, epochs and minutes; a tqdm bar with loss and tokens/s; `metrics.jsonl`,
-`curves.png` and the resolved `config.json` in the run directory; a NaN guard; `resume=True`.
+`curves.png` and the resolved `config.json` in the run directory; a NaN guard (stop, or skip
+the step); `resume=True`.
 
 Loss weighting. Each micro-batch contributes loss * n_tokens to the gradient; after the
 backward passes (and DDP's all-reduce, which averages over ranks) the gradients are scaled by
@@ -31,7 +39,6 @@ fast-forwarded by drawing and dropping batches: exact only if its order is deter
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -43,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
@@ -51,16 +58,17 @@ from tqdm import tqdm
 from genloom import __version__
 from genloom.errors import UserError
 from genloom.train import distributed
+from genloom.files import write_json_atomic
 from genloom.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state, write_atomic,
-                                      write_json_atomic)
-from genloom.train.data import Loader
+                                      rng_state, save_checkpoint, set_rng_state)
 from genloom.train.ema import EMA
-from genloom.train.plots import plot_curves
+from genloom.train.loop_io import BatchStream, MetricsLog, to_device
 
-LossFn = Callable[[nn.Module, Any], tuple[Tensor, "int | float | Tensor"]]
+LossFn = Callable[[nn.Module, Any], tuple]  # (loss, n_tokens) or (loss, n_tokens, {stat: float})
 EvalFn = Callable[[nn.Module], dict[str, float]]
+OptimizerFn = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SCHEDULES = ("cosine", "linear", "constant")
+NONFINITE = ("raise", "skip")
 
 
 @dataclass
@@ -93,6 +101,9 @@ class TrainConfig:
     seed: int = 0  # seeds torch / numpy / random (plus the rank) when the loop starts
     device: str | None = None  # "cpu" / "cuda"; default: cuda when available
     progress: bool = True  # show the tqdm bar (rank 0)
+    nonfinite: str = "raise"  # a step with a non-finite loss or gradient: "raise" (stop) or "skip" it
+    max_skipped_in_row: int = 20  # with nonfinite="skip": stop after this many skipped steps in a row
+    exclude_eval_time: bool = False  # max_minutes and the logged times leave out evaluations and checkpoints
 
 
 @dataclass
@@ -111,6 +122,10 @@ class Progress:
     evals_since_best: int = 0  # evaluations without improvement since then
     last_eval_step: int = -1  # step of the last evaluation
     last_ckpt_step: int = -1  # step of the last checkpoint
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient (nonfinite="skip")
+    skipped_in_row: int = 0  # of them, since the last step taken
+    window_stats: dict[str, float] = field(default_factory=dict)  # loss_fn's stats * tokens (rank 0)
+    window_stat_tokens: float = 0.0  # this rank's tokens behind window_stats
 
 
 @dataclass
@@ -123,6 +138,8 @@ class FitResult:
     last_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     ema: EMA | None = None  # the EMA (best one when restore_best), for save_weights
     run_dir: Path = Path(".")  # where metrics.jsonl, curves.png, config.json, checkpoints are
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    elapsed_s: float = 0.0  # training seconds over all launches (see exclude_eval_time)
 
 
 def lr_factor(step: int, *, warmup: int, total: int | None, schedule: str, floor: float) -> float:
@@ -138,98 +155,13 @@ def lr_factor(step: int, *, warmup: int, total: int | None, schedule: str, floor
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-class _Stream:
-    """Batches across epochs, counting where it is (delegated to a Loader when it is one)."""
-
-    def __init__(self, batches: Iterable, progress: Progress) -> None:
-        self.batches = batches
-        self.is_loader = isinstance(batches, Loader)
-        self.length = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        if self.is_loader:  # the Loader knows where it stands (it may have been used before)
-            self.epoch, self.consumed = batches.epoch, batches.batches_consumed  # type: ignore[union-attr]
-        else:
-            self.epoch, self.consumed = progress.epoch, progress.batches_in_epoch
-        self._it = None
-
-    def next(self) -> Any:
-        """The next batch, or None when an epoch just ended (counters move to the next one)."""
-        if self._it is None:
-            for sampler in (getattr(self.batches, "sampler", None),
-                            getattr(self.batches, "batch_sampler", None)):
-                if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
-                    sampler.set_epoch(self.epoch)
-            self._it = iter(self.batches)
-            if not self.is_loader:  # fast-forward a plain iterable to where the run stopped
-                for _ in range(self.consumed):
-                    next(self._it)
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self._it = None
-            if self.consumed == 0:
-                raise UserError("the training data yielded no batch in an epoch") from None
-            self.epoch, self.consumed = self.epoch + 1, 0
-            return None
-        self.consumed += 1
-        return batch
-
-    def completed_epochs(self) -> int:
-        ended = self.length is not None and self.consumed >= self.length
-        return self.epoch + int(ended)
-
-    def state(self) -> dict[str, Any]:
-        if self.is_loader:
-            return self.batches.state_dict()  # type: ignore[union-attr]
-        return {"epoch": self.epoch, "batches_consumed": self.consumed}
-
-    def load(self, state: dict[str, Any]) -> None:
-        if self.is_loader:
-            self.batches.load_state_dict(state)  # type: ignore[union-attr]
-        self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
-
-
-class _MetricsLog:
-    """metrics.jsonl (one JSON object per line, flushed) and the records for curves.png."""
-
-    def __init__(self, run_dir: Path, *, enabled: bool, keep_until: int | None) -> None:
-        self.path, self.png, self.enabled = run_dir / "metrics.jsonl", run_dir / "curves.png", enabled
-        self.records: list[dict] = []
-        self._plotted = -math.inf
-        if not enabled:
-            return
-        if keep_until is not None and self.path.exists():  # resume: drop what the lost run logged
-            old = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in old if r.get("step", 0) <= keep_until]
-            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        elif keep_until is None:
-            write_atomic(self.path, "")
-        self._file = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            self.records.append(record)
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-
-    def plot(self, *, every_s: float = 0.0) -> None:
-        """Redraw curves.png, at most once per `every_s` seconds (evaluations can be frequent)."""
-        if self.enabled and time.perf_counter() - self._plotted >= every_s:
-            plot_curves(self.records, self.png)
-            self._plotted = time.perf_counter()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._file.close()
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor) or (hasattr(batch, "to") and not isinstance(batch, type)):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+def budget_fraction(step: int, elapsed_s: float, *, total: int | None, max_minutes: float | None) -> float:
+    """The fraction of the run's budget used, in [0, 1]: the larger of `step / total` and
+    `elapsed_s / (60 max_minutes)` over the limits that are set (0 when neither is)."""
+    used = [step / total] if total else []
+    if max_minutes:
+        used.append(elapsed_s / (60.0 * max_minutes))
+    return min(1.0, max(used, default=0.0))
 
 
 def _total_steps(cfg: TrainConfig, batches: Iterable) -> int | None:
@@ -240,12 +172,19 @@ def _total_steps(cfg: TrainConfig, batches: Iterable) -> int | None:
     return min(known) if known else None
 
 
-def _check(cfg: TrainConfig, total: int | None, has_eval: bool) -> None:
+def _check(cfg: TrainConfig, total: int | None, *, has_eval: bool, has_lr_fn: bool, has_on_step: bool) -> None:
     if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_minutes is None:
         raise UserError("set max_steps, max_epochs or max_minutes: the run would never stop")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.schedule != "constant" and total is None:
+    if cfg.nonfinite not in NONFINITE:
+        raise UserError(f"nonfinite must be one of {NONFINITE}, got {cfg.nonfinite!r}")
+    if cfg.max_skipped_in_row < 1:
+        raise UserError("max_skipped_in_row must be at least 1")
+    if (has_lr_fn or has_on_step) and total is None and not cfg.max_minutes:
+        raise UserError("lr_fn / on_step need max_steps, max_minutes (or max_epochs over data with "
+                        "a length) to know the fraction of the budget used")
+    if cfg.schedule != "constant" and total is None and not has_lr_fn:
         raise UserError(f"a {cfg.schedule} schedule needs max_steps (or max_epochs over data with"
                         " a length) to know where it ends")
     if cfg.mode not in ("min", "max"):
@@ -266,6 +205,9 @@ def fit(
     eval_fn: EvalFn | None = None,
     task_config: dict[str, Any] | None = None,
     resume: bool = False,
+    optimizer_fn: OptimizerFn | None = None,
+    lr_fn: Callable[[float], float] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> FitResult:
     """Train `model` on `batches` with `loss_fn`; see the module docstring for what happens.
 
@@ -278,16 +220,23 @@ def fit(
         eval_fn: model -> metrics dict, run on rank 0 under no_grad and eval mode.
         task_config: the task's own resolved settings, stored in config.json beside `config`.
         resume: continue from the latest checkpoint in run_dir.
+        optimizer_fn: builds the optimizer from the trainable parameters (its lr is the peak);
+            default AdamW from lr, betas, eps and weight_decay (none on 1-d tensors).
+        lr_fn: the multiplier of the optimizer's lr at a budget fraction in [0, 1]
+            (`budget_fraction`), set before every step; it replaces warmup_steps / schedule.
+        on_step: called with the same fraction before every step (e.g. a KL warm-up).
 
     Returns:
         A FitResult; the model holds the best checkpoint's weights when `restore_best`.
 
     Raises:
-        UserError: bad settings, resume without / fresh run over checkpoints, a non-finite loss.
+        UserError: bad settings, resume without / fresh run over checkpoints, a non-finite loss
+            (with nonfinite="raise", or max_skipped_in_row of them in a row with "skip").
     """
     cfg, run_dir = config, Path(run_dir)
     total = _total_steps(cfg, batches)
-    _check(cfg, total, eval_fn is not None)
+    _check(cfg, total, has_eval=eval_fn is not None, has_lr_fn=lr_fn is not None,
+           has_on_step=on_step is not None)
     info = distributed.setup(cfg.device)
     main, world = info.is_main, info.world_size
     ckpt_dir = run_dir / "checkpoints"
@@ -303,16 +252,16 @@ def fit(
     random.seed(cfg.seed + info.rank)
     model.to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    optimizer = optimizer_fn(params) if optimizer_fn is not None else torch.optim.AdamW(
         [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total,
-                                                        schedule=cfg.schedule, floor=cfg.min_lr_ratio))
+    scheduler = LambdaLR(optimizer, (lambda s: 1.0) if lr_fn is not None else lambda s: lr_factor(
+        s, warmup=cfg.warmup_steps, total=total, schedule=cfg.schedule, floor=cfg.min_lr_ratio))
     ema = (EMA(model, cfg.ema_decay, bias_correction=cfg.ema_bias_correction, warmup=cfg.ema_warmup)
            if cfg.ema_decay is not None else None)
     prog = Progress()
-    stream = _Stream(batches, prog)
+    stream = BatchStream(batches, epoch=prog.epoch, consumed=prog.batches_in_epoch)
     if resume:
         ckpt = load_checkpoint(latest, model=model)  # type: ignore[arg-type]
         st = ckpt["state"]
@@ -332,15 +281,23 @@ def fit(
             "train": asdict(cfg), "task": task_config or {}, "world_size": world,
             "device": str(info.device), "total_steps": total, "resumed_from": prog.step if resume else None,
             "versions": {"genloom": __version__, "torch": torch.__version__}})
-    log = _MetricsLog(run_dir, enabled=main, keep_until=prog.step if resume else None)
+    log = MetricsLog(run_dir, enabled=main, keep_until=prog.step if resume else None)
     bar = tqdm(total=total, initial=prog.step, disable=not (main and cfg.progress), unit="step",
                dynamic_ncols=True)
     better = (lambda a, b: a < b) if cfg.mode == "min" else (lambda a, b: a > b)
     last_metrics: dict[str, float] = {}
 
+    def off_clock(t0: float) -> None:
+        """With exclude_eval_time, the seconds since t0 (an evaluation, a checkpoint) are not
+        training time."""
+        nonlocal started
+        if cfg.exclude_eval_time:
+            started += time.perf_counter() - t0
+
     def evaluate() -> bool:
         """Run eval_fn on rank 0 (RNG states untouched), log, track the best; True = improved."""
         nonlocal last_metrics
+        t0 = time.perf_counter()
         flags = torch.zeros(2, dtype=torch.float64, device=info.device)
         if main:
             rng = rng_state()
@@ -356,7 +313,7 @@ def fit(
             flags[1] = value
             last_metrics = metrics
             log.write({"event": "eval", "step": prog.step, "epoch": stream.completed_epochs(),
-                       **metrics, "improved": bool(flags[0])})
+                       **metrics, "improved": bool(flags[0]), "time": prog.elapsed_s})
             log.plot(every_s=30.0)
         distributed.broadcast(flags)
         prog.last_eval_step = prog.step
@@ -364,10 +321,12 @@ def fit(
             prog.best_step, prog.best_value, prog.evals_since_best = prog.step, float(flags[1]), 0
         else:
             prog.evals_since_best += 1
+        off_clock(t0)
         return bool(flags[0])
 
     def checkpoint() -> None:
         """Every rank's RNG to rank 0, which writes the checkpoint; all wait for it."""
+        t0 = time.perf_counter()
         prog.batches_in_epoch, prog.epoch = stream.consumed, stream.epoch
         rngs = distributed.gather_objects(rng_state())
         if main:
@@ -379,6 +338,7 @@ def fit(
                             keep_last=cfg.keep_last, protect=protect)
         prog.last_ckpt_step = prog.step
         distributed.barrier()
+        off_clock(t0)
 
     # --- the loop ------------------------------------------------------------------------------
     stop_reason = ""
@@ -390,6 +350,12 @@ def fit(
             if cfg.max_steps is not None and prog.step >= cfg.max_steps:
                 stop_reason = "max_steps"
                 break
+            fraction = budget_fraction(prog.step, prog.elapsed_s, total=total, max_minutes=cfg.max_minutes)
+            if lr_fn is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_fn(fraction)
+            if on_step is not None:
+                on_step(fraction)
             epochs_before = stream.completed_epochs()
             micro = []
             while len(micro) < cfg.accum_steps:
@@ -405,15 +371,18 @@ def fit(
             # forward / backward over the micro-batches; DDP syncs gradients on the last one
             loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
             tokens = 0.0
+            stats: dict[str, float] = {}  # loss_fn's statistics * tokens, this rank
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with net.no_sync() if info.distributed and not sync else nullcontext():
                     with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                        loss, n = loss_fn(net, _to_device(batch, info.device))
-                    n = float(n)
+                        out = loss_fn(net, to_device(batch, info.device))
+                    loss, n = out[0], float(out[1])
                     (loss.float() * n).backward()
                 loss_sum += loss.detach().double() * n
                 tokens += n
+                for k, v in (out[2] if len(out) > 2 else {}).items():
+                    stats[k] = stats.get(k, 0.0) + float(v) * n
             out_of_time = cfg.max_minutes is not None and (
                 time.perf_counter() - started) / 60 >= cfg.max_minutes
             totals = torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=info.device),
@@ -422,18 +391,32 @@ def fit(
             step_loss, step_tokens = float(totals[0] / totals[1]), float(totals[1])
             if step_tokens <= 0:
                 raise UserError(f"loss_fn reported no tokens at step {prog.step + 1}")
-            if not math.isfinite(step_loss):
-                good = latest_checkpoint(ckpt_dir)
-                raise UserError(f"loss is {step_loss} at step {prog.step + 1}; stopped, last good "
-                                f"checkpoint: {good if good else 'none yet'}")
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(world / step_tokens)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                params, cfg.grad_clip if cfg.grad_clip is not None else float("inf")))
-            if not math.isfinite(grad_norm):
-                raise UserError(f"gradient norm is {grad_norm} at step {prog.step + 1}; stopped, "
-                                f"last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none yet'}")
+            grad_norm = math.nan
+            if math.isfinite(step_loss):
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(world / step_tokens)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    params, cfg.grad_clip if cfg.grad_clip is not None else float("inf")))
+            if not math.isfinite(grad_norm):  # the NaN guard: stop, or skip the step
+                what = f"gradient norm is {grad_norm}" if math.isfinite(step_loss) else f"loss is {step_loss}"
+                where = f"at step {prog.step + 1}; stopped, last good checkpoint: " \
+                        f"{latest_checkpoint(ckpt_dir) or 'none yet'}"
+                if cfg.nonfinite == "raise":
+                    raise UserError(f"{what} {where}")
+                optimizer.zero_grad(set_to_none=True)
+                prog.skipped += 1
+                prog.skipped_in_row += 1
+                prog.elapsed_s = time.perf_counter() - started
+                log.write({"event": "skipped", "step": prog.step, "loss": step_loss,
+                           "grad_norm": grad_norm, "time": prog.elapsed_s})
+                if prog.skipped_in_row >= cfg.max_skipped_in_row:
+                    raise UserError(f"{prog.skipped_in_row} non-finite steps in a row ({what}) {where}")
+                if totals[2] > 0:
+                    stop_reason = "max_minutes"
+                    break
+                continue
+            prog.skipped_in_row = 0
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -444,17 +427,22 @@ def fit(
             prog.tokens += step_tokens
             prog.window_loss += step_loss * step_tokens
             prog.window_tokens += step_tokens
+            for k, v in stats.items():
+                prog.window_stats[k] = prog.window_stats.get(k, 0.0) + v
+            prog.window_stat_tokens += tokens
             prog.elapsed_s = time.perf_counter() - started
 
             if prog.step % cfg.log_every == 0:
                 now = time.perf_counter()
                 tok_s = prog.window_tokens / max(now - window_start, 1e-9)
+                means = {k: v / prog.window_stat_tokens for k, v in prog.window_stats.items()}
                 log.write({"event": "train", "step": prog.step, "epoch": stream.completed_epochs(),
-                           "loss": prog.window_loss / prog.window_tokens, "lr": lr,
+                           **means, "loss": prog.window_loss / prog.window_tokens, "lr": lr,
                            "grad_norm": grad_norm, "tokens_per_s": tok_s, "time": prog.elapsed_s})
                 bar.set_postfix(loss=f"{prog.window_loss / prog.window_tokens:.4f}",
                                 tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
-                prog.window_loss = prog.window_tokens = 0.0
+                prog.window_loss = prog.window_tokens = prog.window_stat_tokens = 0.0
+                prog.window_stats = {}
                 window_start = now
             bar.update(1)
 
@@ -484,11 +472,12 @@ def fit(
                 ema.load_state_dict(best["state"]["ema"])
         log.write({"event": "end", "step": prog.step, "epoch": stream.completed_epochs(),
                    "stop_reason": stop_reason, "best_step": prog.best_step,
-                   "best_value": prog.best_value, "time": prog.elapsed_s})
+                   "best_value": prog.best_value, "time": prog.elapsed_s, "skipped_steps": prog.skipped})
         log.plot()
     finally:
         bar.close()
         log.close()
     return FitResult(step=prog.step, epochs=stream.completed_epochs(), stop_reason=stop_reason,
                      best_step=prog.best_step, best_value=prog.best_value,
-                     last_metrics=last_metrics, ema=ema, run_dir=run_dir)
+                     last_metrics=last_metrics, ema=ema, run_dir=run_dir, skipped_steps=prog.skipped,
+                     elapsed_s=prog.elapsed_s)
