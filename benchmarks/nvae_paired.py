@@ -22,8 +22,8 @@ import torch
 
 from genloom.data.images import fixed_binarization, load_images
 from genloom.models.nvae import load_image_model
-from genloom.tasks.nvae import iw_nll_per_image
-from genloom.train.checkpoint import write_json_atomic
+from genloom.files import write_json_atomic
+from genloom.tasks.nvae.evaluate import iw_nll_per_image
 
 RESULT = Path(__file__).resolve().parent / "results" / "nvae.json"
 

@@ -4,7 +4,7 @@ Claim (issue 9): on dynamically binarised Fashion-MNIST, with the same training 
 cores (60 minutes each by default), the NVAE's importance-weighted NLL (K >= 100) on the test
 set is lower than the plain VAE's, with no NaN in either run.
 
-For each model: `genloom.tasks.nvae.train` for --minutes of training time (periodic evaluations
+For each model: `genloom.tasks.nvae.train.train` for --minutes of training time (periodic evaluations
 excluded), then under the EMA weights: IW-NLL with --k samples on the first --eval-images test
 images (fixed binarisation), a reconstruction grid, and a sample grid at temperature 0.7 after
 BatchNorm re-estimation. Writes benchmarks/results/nvae.json, nvae_curves.png and the grids
@@ -36,8 +36,11 @@ import torch
 
 from genloom import __version__
 from genloom.data.images import fixed_binarization, load_images
-from genloom.tasks.nvae import (NVAETrainConfig, iw_nll, reconstruction_grid, sample_grid, train)
-from genloom.train.checkpoint import write_json_atomic
+from genloom.files import write_json_atomic
+from genloom.tasks.nvae.config import NVAETrainConfig
+from genloom.tasks.nvae.evaluate import iw_nll
+from genloom.tasks.nvae.sample import reconstruction_grid, sample_grid
+from genloom.tasks.nvae.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -76,7 +76,8 @@ def test_every_family_loads_in_a_fresh_interpreter():
     import subprocess
 
     dirs = {"transformer": "transformer", "rtf_lm": "rtf_lm", "char_cnn_judge": "condition_judge",
-            "rnn_seq2seq": "title_rnn/model", "unilm_copy": "title_unilm/model", "summarize_unilm": "summarize/seq2seq"}
+            "rnn_seq2seq": "title_rnn/model", "unilm_copy": "title_unilm/model", "summarize_unilm": "summarize/seq2seq",
+            "nvae": "nvae", "vae": "vae"}
     code = ("import json, sys; from genloom.models import load; "
             "print(json.dumps({k: type(load(v)[0]).__name__ for k, v in json.loads(sys.argv[1]).items()}))")
     arg = json.dumps({k: str(OLD / v) for k, v in dirs.items()})

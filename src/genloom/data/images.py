@@ -184,3 +184,11 @@ def batches(images: Tensor, *, batch_size: int, binarize: bool, seed: int,
         for start in range(0, n - batch_size + 1, batch_size):
             yield to_unit(images[order[start:start + batch_size]], binarize=binarize,
                           generator=gen).to(device)
+
+
+def eval_images(source: str | Path, *, binarize: bool, limit: int | None = None,
+                seed: int = 1234) -> Tensor:
+    """The test split as float images (N, C, H, W) in [0, 1] for evaluation: binarised once from
+    `seed` (every evaluation sees the same pixels) or the 8-bit values."""
+    images = load_images(source, "test", limit=limit)
+    return fixed_binarization(images, seed=seed) if binarize else to_unit(images, binarize=False)

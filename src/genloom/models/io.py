@@ -52,6 +52,8 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "summarize_unilm": ("genloom.tasks.summarize_seq2seq", "CopyUniLMConfig", "CopyUniLM"),
     "rtf_lm": ("genloom.models.rtf_lm", "RTFLMConfig", "RTFLM"),
     "char_cnn_judge": ("genloom.models.judge", "JudgeConfig", "CharCNNJudge"),
+    "nvae": ("genloom.models.nvae", "NVAEConfig", "NVAE"),
+    "vae": ("genloom.models.vae", "VAEConfig", "ConvVAE"),
 }
 
 
@@ -142,6 +144,8 @@ def load_config(directory: str | os.PathLike[str]) -> tuple[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object")
     model_type = data.pop("model_type", None)
+    if model_type is None and data.get("model") in ("nvae", "vae"):  # NVAE / VAE dirs before model_type
+        model_type = data.pop("model")
     if model_type not in MODEL_TYPES:
         raise UserError(f"{path}: unknown model_type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
     config_cls = model_family(model_type)[0]

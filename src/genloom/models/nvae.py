@@ -12,8 +12,9 @@ Nothing here names a device: tensors are created on the device of the input or o
 parameters (or a `device` argument), so the same code runs on CPU, CUDA or "meta".
 
 Also here: the training objective pieces (KL warm-up, KL balancing, the regularised loss), the
-importance-weighted log-likelihood, and saving/loading either model as config.json +
-model.safetensors.
+importance-weighted log-likelihood, and `load_image_model`, which reads either model's directory
+(`genloom.models.save` / `load`, model_type "nvae" or "vae"; directories written before
+model_type existed name it under "model") with channels-last weights.
 
 Letters: B batch, C image channels, H/W image size, S padded size, Z latent channels per group,
 G latent groups, K importance samples, P output-parameter channels.
@@ -21,19 +22,16 @@ G latent groups, K importance samples, P output-parameter channels.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from genloom.errors import UserError
-from genloom.models.vae import (ConvVAE, VAEConfig, VAEOutput, config_from_dict, count_parameters,
-                                crop_to, output_channels, pad_to, pixel_image, pixel_log_prob)
+from genloom.models.vae import (ConvVAE, PixelVAE, VAEOutput, count_parameters, crop_to,
+                                output_channels, pad_to)
 from genloom.nn.nvae_cells import (DecCombiner, EncCombiner, ResidualCell, SpectralRegularizer,
                                    WNConv2d, bn_gamma_penalty, normal_from_params, residual_kl,
                                    residual_posterior)
@@ -59,8 +57,8 @@ class NVAEConfig:
     post_expand: int = 3  # expansion of the post-process cells (mconv_e3k5)
     use_se: bool = True  # squeeze-and-excitation in every cell
 
-    def to_json(self) -> str:
-        return json.dumps({"model": "nvae", **asdict(self)}, indent=2)
+    def __post_init__(self) -> None:
+        self.groups_per_scale = tuple(self.groups_per_scale)  # a JSON list read back
 
 
 def nvae_fmnist_cpu() -> NVAEConfig:
@@ -88,9 +86,10 @@ def nvae_tiny(output: str = "bernoulli") -> NVAEConfig:
                       dec_expand=2, post_expand=2)
 
 
-class NVAE(nn.Module):
+class NVAE(PixelVAE):
     """The hierarchical VAE; the interface (forward, log_px, sample, to_image, kl_alpha) is
-    shared with `ConvVAE` so one loop trains and evaluates both."""
+    shared with `ConvVAE` (forward, log_px, to_image through `PixelVAE`) so one loop trains and
+    evaluates both."""
 
     def __init__(self, config: NVAEConfig) -> None:
         super().__init__()
@@ -223,15 +222,6 @@ class NVAE(nn.Module):
         params, kls, log_q, log_p = self._top_down(top.shape[0], feats, top, 1.0)
         return VAEOutput(params, kls, log_q, log_p)
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        """x (B, C, H, W) in [0, 1] -> one posterior sample: `decode(encode(x))`."""
-        return self.decode(self.encode(x))
-
-    def log_px(self, params: Tensor, x: Tensor) -> Tensor:
-        """log p(x|z) (B,) for images x (B, C, H, W) in [0, 1]."""
-        c = self.config
-        return pixel_log_prob(params, x, output=c.output, n_mix=c.n_mix, n_bits=c.n_bits)
-
     def sample(self, n: int, *, temperature: float = 1.0, device: torch.device | str | None = None
                ) -> Tensor:
         """Output parameters (n, P, H, W) for z drawn from the prior, every group's sigma scaled
@@ -239,12 +229,6 @@ class NVAE(nn.Module):
         if device is not None and torch.device(device) != self.prior_ftr0.device:
             raise UserError(f"model is on {self.prior_ftr0.device}, asked to sample on {device}")
         return self._top_down(n, None, None, temperature)[0]
-
-    def to_image(self, params: Tensor, *, mode: str = "mean", temperature: float = 1.0) -> Tensor:
-        """Images (B, C, H, W) in [0, 1] from output parameters."""
-        c = self.config
-        return pixel_image(params, output=c.output, channels=c.image_channels, n_mix=c.n_mix,
-                           n_bits=c.n_bits, mode=mode, temperature=temperature)
 
 
 ImageVAE = NVAE | ConvVAE
@@ -334,47 +318,29 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
 
 # ----------------------------------------------------------------------------- files
 
-MODELS: dict[str, tuple[type, type]] = {"nvae": (NVAE, NVAEConfig), "vae": (ConvVAE, VAEConfig)}
-
-
-def build_model(kind: str, config: Any) -> ImageVAE:
-    """The model class registered under `kind` ("nvae" or "vae") built from its config."""
-    if kind not in MODELS:
-        raise UserError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[kind][0](config)
-
 
 def load_image_model(directory: str | Path, *, device: torch.device | str = "cpu",
                      weights: str = "ema") -> ImageVAE:
     """Rebuild an NVAE or ConvVAE from a model directory (config.json + model.safetensors, and
-    model_ema.safetensors when trained with EMA), in eval mode; no code execution.
+    model_ema.safetensors when trained with EMA) through `genloom.models.load`, in eval mode
+    with channels-last weights; no code execution.
 
     `weights="ema"` takes the averaged weights when the directory has them (the default, as
-    `genloom.train.checkpoint.save_weights` writes them), `"raw"` the raw ones.
+    `genloom.models.save` writes them), `"raw"` the raw ones.
     """
+    from genloom.models.io import load
+
     d = Path(directory)
     if weights not in ("ema", "raw"):
         raise UserError(f"weights must be 'ema' or 'raw', got {weights!r}")
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise UserError(f"{d} is not a saved model (needs config.json and model.safetensors)")
-    try:
-        data = json.loads((d / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{d / 'config.json'} is not valid JSON: {e}") from None
-    kind = data.pop("model", None)
-    if kind not in MODELS:
-        raise UserError(f"{d / 'config.json'} names no known model (got {kind!r})")
-    model = build_model(kind, config_from_dict(MODELS[kind][1], data))
-    path = d / "model_ema.safetensors"
-    if weights == "raw" or not path.is_file():
-        path = d / "model.safetensors"
-    try:
-        model.load_state_dict(load_file(str(path), device=str(device)))
-    except RuntimeError as e:
-        raise UserError(f"{path} does not fit its config.json: {str(e).splitlines()[0]}") from None
+    model, _ = load(d, ema=weights == "ema", device=device)
+    if not isinstance(model, (NVAE, ConvVAE)):
+        raise UserError(f"{d} holds a {type(model).__name__}, not an NVAE or a VAE")
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
 __all__ = ["NVAE", "NVAEConfig", "nvae_fmnist_cpu", "nvae_fmnist_fast", "nvae_tiny", "kl_warmup", "balanced_kl",
-           "vae_loss", "iw_log_likelihood", "bits_per_dim", "build_model",
-           "load_image_model", "count_parameters", "ImageVAE"]
+           "vae_loss", "iw_log_likelihood", "bits_per_dim", "load_image_model", "count_parameters",
+           "ImageVAE"]

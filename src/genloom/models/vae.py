@@ -1,7 +1,7 @@
 """A plain convolutional VAE with one latent vector: the baseline NVAE is measured against.
 
 It shares NVAE's interface (`forward(x) -> VAEOutput`, `log_px`, `sample`, `to_image`,
-`kl_alpha`), its output distributions and its padding to a power-of-two size, so one training
+`kl_alpha`; the first three written once in the base class `PixelVAE`), its output distributions and its padding to a power-of-two size, so one training
 loop and one evaluator drive both; the encoder is strided BN-Swish convs, the decoder nearest-
 upsampling BN-Swish convs, and `vae_matching(n_params)` picks the width that gives about a
 given parameter count.
@@ -12,8 +12,7 @@ P parameter channels of the output distribution.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,13 +76,26 @@ def crop_to(x: Tensor, h: int, w: int) -> Tensor:
     return x[:, :, top:top + h, left:left + w]
 
 
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from JSON, lists back to tuples, unknown keys rejected."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"config.json has unknown fields for {cls.__name__}: {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+class PixelVAE(nn.Module):
+    """What NVAE and ConvVAE share: `forward` is `decode(encode(x))`, and p(x|z) follows the
+    output settings of `self.config` (output, image_channels, n_mix, n_bits)."""
+
+    config: Any
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """x (B, C, H, W) in [0, 1] -> one posterior sample: `decode(encode(x))`."""
+        return self.decode(self.encode(x))
+
+    def log_px(self, params: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) (B,) for images x (B, C, H, W) in [0, 1]."""
+        c = self.config
+        return pixel_log_prob(params, x, output=c.output, n_mix=c.n_mix, n_bits=c.n_bits)
+
+    def to_image(self, params: Tensor, *, mode: str = "mean", temperature: float = 1.0) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] from output parameters."""
+        c = self.config
+        return pixel_image(params, output=c.output, channels=c.image_channels, n_mix=c.n_mix,
+                           n_bits=c.n_bits, mode=mode, temperature=temperature)
 
 
 @dataclass
@@ -98,16 +110,13 @@ class VAEConfig:
     stages: int = 3  # stride-2 stages (32 -> 4 spatially with 3)
     latent: int = 64  # D, size of the single latent vector
 
-    def to_json(self) -> str:
-        return json.dumps({"model": "vae", **asdict(self)}, indent=2)
-
 
 def _conv_bn_swish(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                          nn.BatchNorm2d(c_out), nn.SiLU())
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(PixelVAE):
     """Single-latent convolutional VAE with a N(0, I) prior and a diagonal Gaussian posterior."""
 
     def __init__(self, config: VAEConfig) -> None:
@@ -158,27 +167,12 @@ class ConvVAE(nn.Module):
         kl = torch.distributions.kl_divergence(q, p).sum(dim=1)  # (B,)
         return VAEOutput(self._decode(z), [kl], q.log_prob(z).sum(1), p.log_prob(z).sum(1))
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        """x (B, C, H, W) in [0, 1] -> one posterior sample: `decode(encode(x))`."""
-        return self.decode(self.encode(x))
-
-    def log_px(self, params: Tensor, x: Tensor) -> Tensor:
-        """log p(x|z) (B,) for images x (B, C, H, W) in [0, 1]."""
-        c = self.config
-        return pixel_log_prob(params, x, output=c.output, n_mix=c.n_mix, n_bits=c.n_bits)
-
     def sample(self, n: int, *, temperature: float = 1.0, device: torch.device | str | None = None
                ) -> Tensor:
         """Parameters (n, P, H, W) of p(x|z) for z ~ N(0, temperature^2 I)."""
         device = device if device is not None else self.out.weight.device
         z = torch.randn(n, self.config.latent, device=device) * temperature  # (n, D)
         return self._decode(z)
-
-    def to_image(self, params: Tensor, *, mode: str = "mean", temperature: float = 1.0) -> Tensor:
-        """Images (B, C, H, W) in [0, 1] from output parameters."""
-        c = self.config
-        return pixel_image(params, output=c.output, channels=c.image_channels, n_mix=c.n_mix,
-                           n_bits=c.n_bits, mode=mode, temperature=temperature)
 
 
 def count_parameters(model: nn.Module) -> int:

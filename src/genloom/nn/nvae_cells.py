@@ -245,18 +245,19 @@ class SpectralRegularizer:
     """Sum of the largest singular values of every WNConv2d's weight matrix (NVAE's "SR").
 
     Matrices of the same shape are stacked and iterated together (as the official code does);
-    each call runs `n_iter` power-iteration steps (10x that on the first call) and writes the
-    singular-vector estimates back into each conv's `sr_u`/`sr_v` buffers.
+    each call runs `n_iter` power-iteration steps (10x that on the first call unless
+    `warm_start=False`, as after a resume, when the buffers hold converged vectors) and writes
+    the singular-vector estimates back into each conv's `sr_u`/`sr_v` buffers.
     """
 
-    def __init__(self, model: nn.Module, *, n_iter: int = 4) -> None:
+    def __init__(self, model: nn.Module, *, n_iter: int = 4, warm_start: bool = True) -> None:
         self.n_iter = n_iter
         self.groups: dict[tuple[int, int], list[WNConv2d]] = {}
         for m in model.modules():
             if isinstance(m, WNConv2d):
                 w = m.weight
                 self.groups.setdefault((w.shape[0], w[0].numel()), []).append(m)
-        self._first = True
+        self._first = warm_start
 
     def __call__(self) -> Tensor:
         total: Tensor | None = None
