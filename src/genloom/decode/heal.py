@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genloom.decode.heal_tree import NEG_INF, PrefixTree, VocabIndex, build_tree, model_device
-from genloom.decode.protocol import Decodable, LogitsProcessor
+from genloom.decode.heal_tree import NEG_INF, PrefixTree, VocabIndex, build_tree
+from genloom.decode.protocol import Decodable, LogitsProcessor, model_device
 from genloom.decode.loops import Generated, beam_search, greedy, sample
 from genloom.errors import UserError
 
@@ -165,7 +165,7 @@ class HealedPrompt:
         return full[len(head):]
 
 
-def _encode_prompt(tokenizer: Any, index: VocabIndex, prompt: str | bytes | Sequence[int]) -> tuple[bytes, list[int], bytes]:
+def encode_prompt(tokenizer: Any, index: VocabIndex, prompt: str | bytes | Sequence[int]) -> tuple[bytes, list[int], bytes]:
     """(prompt bytes, ids of its complete text, tail bytes of an unfinished last character)."""
     if isinstance(prompt, str):
         data = prompt.encode("utf-8")
@@ -214,7 +214,7 @@ def heal_prompt(
     if mode not in MODES or mode == "hf":
         raise UserError(f"heal_prompt mode must be one of exact, post, none; got {mode!r}")
     index = index or VocabIndex.from_tokenizer(tokenizer)
-    data, ids, tail = _encode_prompt(tokenizer, index, prompt)
+    data, ids, tail = encode_prompt(tokenizer, index, prompt)
     start = [] if bos_id is None else [int(bos_id)]
     if mode == "none":
         tail_ids = []

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from genloom.decode.protocol import Decodable
+from genloom.decode.protocol import Decodable, model_device
 from genloom.errors import UserError
 from genloom.tokenizers.trie import VocabTrie
 
@@ -198,17 +198,6 @@ class PrefixTree:
         ids = ids.to(logits.device)
         out[ids] = logp[ids] + bias.to(logits.device)
         return out
-
-
-def model_device(model: Any) -> torch.device:
-    """The device a Decodable's inputs go to (its parameters', else CPU)."""
-    if isinstance(model, nn.Module):
-        p = next(model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "device"):
-        return torch.device(inner.device)
-    return torch.device("cpu")
 
 
 def build_tree(

@@ -16,7 +16,7 @@ ids as padding. All the others always get the generated tokens only, so `MinLeng
 `ForcedTokens` count new tokens whatever the prompt.
 
 Each class below equals its `transformers.generation.logits_process` counterpart (named in its
-docstring) to 1e-6 on the same inputs; `tests/test_processors.py` checks this.
+docstring) to 1e-6 on the same inputs; `tests/decode/test_processors.py` checks this.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ rows). Search loops call `model.start(**inputs, max_new_tokens=N)`: every `start
 ignore it. Rows of the returned logits are in the order of the input rows. Search loops in `genloom.decode` see models only through these three methods, so the LSTM's
 (h, c), a Transformer's KV cache and an RTF shift register all live behind the same interface.
 
+Two helpers read what every caller needs from any model: `model_device` (where its inputs go)
+and `context_length` (the most prompt + new tokens its `start` accepts; a model states it as a
+`max_len` attribute, None for unlimited, or through its config's `max_len`).
+
 A logits processor is a pure callable `(logits (B, V), history (B, t)) -> logits (B, V)` that
 derives what it needs from the history (the generated tokens so far, long, on the logits' device)
 and never modifies its input in place.
@@ -19,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 State = Any
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]
@@ -49,3 +54,22 @@ class Scorer(Protocol):
     def log_prob(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens (B, T), mask (B, T) bool -> log p(tokens) (B,) summed over unmasked positions."""
         ...
+
+
+def model_device(model: Any) -> torch.device:
+    """Where a Decodable's inputs go: its parameters' device (or those of the module it wraps,
+    `model.model`, as `HFCausalLM` does), else the CPU."""
+    for holder in (model, getattr(model, "model", None)):
+        if isinstance(holder, nn.Module):
+            p = next(holder.parameters(), None)
+            if p is not None:
+                return p.device
+    return torch.device("cpu")
+
+
+def context_length(model: Any) -> int | None:
+    """The most prompt + new tokens `model.start` accepts (None: unlimited): the model's own
+    `max_len` attribute when it has one, else its config's `max_len`."""
+    if hasattr(model, "max_len"):
+        return model.max_len
+    return getattr(getattr(model, "config", None), "max_len", None)

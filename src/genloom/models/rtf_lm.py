@@ -108,6 +108,10 @@ class RTFLMState:
 class RTFLM(nn.Module):
     """Causal LM of gated RTF blocks; see the module docstring."""
 
+    # no context limit (`genloom.decode.protocol.context_length`): config.max_len is the longest
+    # parallel pass, not a cap on prompt + generated tokens
+    max_len = None
+
     def __init__(self, config: RTFLMConfig) -> None:
         super().__init__()
         c = self.config = config
@@ -155,6 +159,7 @@ class RTFLM(nn.Module):
         input_ids: Tensor,
         lengths: Tensor | Sequence[int] | None = None,
         max_new_tokens: int = 0,
+        truncate: bool = False,
     ) -> tuple[Tensor, RTFLMState]:
         """Prefill right-padded prompts.
 
@@ -162,6 +167,8 @@ class RTFLM(nn.Module):
             input_ids: (B, T) prompts, right-padded; row b's tokens are input_ids[b, :lengths[b]].
             lengths: (B,) prompt lengths (each >= 1); None = every row is T tokens long.
             max_new_tokens: accepted for the protocol; the state does not grow, so it is unused.
+            truncate: accepted for the protocol (as `Transformer.start` takes it); no prompt is
+                too long for an RTF LM, so nothing is ever cut.
         Returns:
             (logits (B, V) for the first new token of each row, state).
         """

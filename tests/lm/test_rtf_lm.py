@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from genloom.decode import loops
 from genloom.errors import UserError
 from genloom.models import io, transformer
 from genloom.models.rtf_lm import RTFLM, RTFLMConfig
@@ -148,10 +149,9 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_greedy_search_runs_on_the_model():
-    search = pytest.importorskip("genloom.decode.loops")
     model = tiny()
     prompt = torch.randint(0, V, (2, 6))
-    out = search.greedy(model, max_new_tokens=8, input_ids=prompt)
+    out = loops.greedy(model, max_new_tokens=8, input_ids=prompt)
     for row in range(2):  # brute force: re-run the full forward for every new token
         seq = prompt[row : row + 1]
         for _ in range(8):

@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 
+from genloom.decode import loops
 from genloom.errors import UserError
 from genloom.models import HFCausalLM, Transformer, convert, from_hf, load, save
 
@@ -209,13 +210,12 @@ def test_smollm2_converted_logits_equal_hf(smollm2):
 @needs_smollm2
 @pytest.mark.slow
 def test_smollm2_greedy_equals_hf_generate(smollm2):
-    search = pytest.importorskip("genloom.decode.loops")
     hf, ours, tok, right, lengths, left, mask = smollm2
     with torch.inference_mode():
         out = hf.generate(left, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                           pad_token_id=tok.eos_id)
     expect = [_until_eos(r, tok.eos_id) for r in out[:, left.shape[1] :].tolist()]
-    got = search.greedy(ours, max_new_tokens=NEW_TOKENS, eos_id=tok.eos_id, input_ids=right, lengths=lengths)
+    got = loops.greedy(ours, max_new_tokens=NEW_TOKENS, eos_id=tok.eos_id, input_ids=right, lengths=lengths)
     same = sum(a == b for a, b in zip(expect, got.sequences))
     assert same == len(PROMPTS), f"{same}/{len(PROMPTS)} identical"
 
@@ -223,13 +223,12 @@ def test_smollm2_greedy_equals_hf_generate(smollm2):
 @needs_smollm2
 @pytest.mark.slow
 def test_smollm2_beam4_returns_hf_best(smollm2):
-    search = pytest.importorskip("genloom.decode.loops")
     hf, ours, tok, right, lengths, left, mask = smollm2
     with torch.inference_mode():
         out = hf.generate(left, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=4,
                           length_penalty=1.0, early_stopping=False, pad_token_id=tok.eos_id)
     expect = [_until_eos(r, tok.eos_id) for r in out[:, left.shape[1] :].tolist()]
-    got = search.beam_search(ours, num_beams=4, max_new_tokens=NEW_TOKENS, eos_id=tok.eos_id, length_penalty=1.0,
+    got = loops.beam_search(ours, num_beams=4, max_new_tokens=NEW_TOKENS, eos_id=tok.eos_id, length_penalty=1.0,
                              early_stopping=False, input_ids=right, lengths=lengths)
     same = sum(a == b for a, b in zip(expect, got.sequences))
     assert same >= 19, f"{same}/{len(PROMPTS)} equal to Hugging Face's best beam"

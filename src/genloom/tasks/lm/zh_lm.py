@@ -10,35 +10,35 @@ titles and contents; train split only, so the inews test text the benchmark cuts
 1. a byte-level BPE (`genloom.tokenizers.BPETokenizer`, GPT-2's split regex, so a run of Chinese
    characters is one pre-token and merges grow into multi-character words) of 32,768 ids;
 2. a small causal `Transformer` trained on documents packed as <bos> text <eos> ... into blocks
-   of T tokens, with `genloom.train.fit` (AdamW, warm-up + cosine, EMA, dev-loss evaluation) for
-   a fixed number of steps (the same model on any machine); or, with `minutes`, for a wall-clock
-   budget: a few timed forward/backward passes fix the number of steps so the cosine schedule
-   ends when the budget does (the run stops at 1.3x the budget regardless);
-3. `genloom.models.save` into the model directory (default models/zh-bpe-lm), written beside it
-   under a temporary name and renamed into place.
+   of T tokens (`genloom.train.lm.pack_blocks`, loss `block_lm_loss`), with `genloom.train.fit`
+   (AdamW, warm-up + cosine, EMA, dev-loss evaluation) for a fixed number of steps (the same
+   model on any machine); or, with `minutes`, for a wall-clock budget: a few timed
+   forward/backward passes fix the number of steps so the cosine schedule ends when the budget
+   does (the run stops at 1.3x the budget regardless);
+3. `genloom.models.save` into the model directory (default models/zh-bpe-lm), built under a
+   temporary name and renamed into place (`genloom.files.atomic_directory`).
 
 Rebuild with one command (estimated 10-15 minutes on 2 quiet CPU cores, BPE included; on a
-heavily shared machine it took much longer, see the report of issue 6):
+heavily shared machine it takes much longer):
     python benchmarks/build_zh_lm.py [--out models/zh-bpe-lm] [--max-steps 400 | --minutes 12]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.errors import UserError
+from genloom.files import atomic_directory, write_json_atomic
+from genloom.train.lm import block_lm_loss, pack_blocks
 
 DEFAULT_DIR = "models/zh-bpe-lm"  # where the benchmark and the CLI examples look for it
 
@@ -75,34 +75,13 @@ def train_tokenizer(texts: Sequence[str], config: ZhLMConfig):
                               max_token_length=config.max_token_length, progress=config.progress)
 
 
-def pack_blocks(tokenizer, texts: Sequence[str], seq_len: int) -> Tensor:
-    """Documents as <bos> ids <eos>, concatenated and cut into rows of seq_len + 1 tokens (N, T+1);
-    consecutive rows overlap by one token so every token is a target once."""
-    stream: list[int] = []
-    for ids in tokenizer.encode_many(texts, add_bos=True, add_eos=True):
-        stream.extend(ids)
-    n = (len(stream) - 1) // seq_len
-    if n < 1:
-        raise UserError(f"too little text for one block of {seq_len} tokens")
-    data = torch.tensor(stream[: n * seq_len + 1], dtype=torch.long)
-    index = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None]  # (N, T+1)
-    return data[index]
-
-
-def lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, int]:
-    """Next-token cross-entropy of a (B, T+1) block batch: (mean loss, tokens)."""
-    logits = model(batch[:, :-1])  # (B, T, V)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-    return loss, batch[:, 1:].numel()
-
-
 def _time_step(model: nn.Module, batch: Tensor, repeats: int = 3) -> float:
     """Seconds per forward/backward pass on `batch` (weights untouched: gradients are dropped)."""
     model.train()
-    lm_loss(model, batch)[0].backward()  # warm-up pass
+    block_lm_loss(model, batch)[0].backward()  # warm-up pass
     start = time.perf_counter()
     for _ in range(repeats):
-        lm_loss(model, batch)[0].backward()
+        block_lm_loss(model, batch)[0].backward()
     model.zero_grad(set_to_none=True)
     return (time.perf_counter() - start) / repeats
 
@@ -139,7 +118,8 @@ def build(
         texts = chinese_lm_texts("train") if texts is None else texts
         dev_texts = chinese_lm_texts("dev") if dev_texts is None else dev_texts
     out_dir, run_dir = Path(out_dir), Path(run_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():  # found before the training, not after it
+        raise UserError(f"model directory {out_dir} is a file")
     if resume and cfg.minutes is not None:
         raise UserError("resuming needs the fixed number of steps of the first run (max_steps), not minutes")
     if resume:
@@ -167,7 +147,7 @@ def build(
         steps = max(cfg.warmup_steps + 1, int(cfg.minutes * 60 / (per_step * 1.15)))  # 15% for the optimizer
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        losses = [lm_loss(m, dev[i: i + cfg.batch_size])[0].item() for i in range(0, len(dev), cfg.batch_size)]
+        losses = [block_lm_loss(m, dev[i: i + cfg.batch_size])[0].item() for i in range(0, len(dev), cfg.batch_size)]
         return {"loss": sum(losses) / len(losses)}
 
     train_cfg = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", min_lr_ratio=0.1,
@@ -175,19 +155,12 @@ def build(
                             ema_decay=cfg.ema_decay, eval_every=max(1, steps // cfg.evals),
                             seed=cfg.seed, device="cpu", progress=cfg.progress, keep_last=1)
     loader = Loader(train, batch_size=cfg.batch_size, collate_fn=torch.stack, seed=cfg.seed)
-    result = fit(model, lm_loss, loader, config=train_cfg, run_dir=run_dir, eval_fn=evaluate,
+    result = fit(model, block_lm_loss, loader, config=train_cfg, run_dir=run_dir, eval_fn=evaluate,
                  task_config=dataclasses.asdict(cfg), resume=resume)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, replace=True, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=result.ema.averaged() if result.ema is not None else None)
         summary = {**dataclasses.asdict(cfg), "steps": result.step, "stop_reason": result.stop_reason,
                    "dev_loss": result.last_metrics.get("loss"), "train_blocks": len(train),
                    "dev_ppl": math.exp(result.last_metrics["loss"]) if "loss" in result.last_metrics else None}
-        (tmp / "zh_lm.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "zh_lm.json", summary)
     return out_dir

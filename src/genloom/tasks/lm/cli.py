@@ -1,0 +1,111 @@
+"""The parsers of `genloom generate` and `genloom continue`, and the flag checks made before
+any model is loaded (every bad value is one line and exit 2).
+
+Both commands are registered from this module (`genloom.cli.COMMANDS` names it twice);
+`add_parser` builds the one asked for. Shared flags come from `genloom.cliargs.add_common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from genloom.cliargs import add_common, finite_float, nonneg_int, positive_float, positive_int, probability
+from genloom.errors import UserError
+from genloom.tasks.lm.load import ENGINES
+
+MODEL_HELP = "genloom model directory, or Hugging Face name (smollm2-135m) / directory / .gguf"
+STRATEGIES = ("greedy", "beam", "sample")
+HEAL_MODES = ("exact", "post", "none", "hf")
+
+
+def _only_with(args: argparse.Namespace, flags: dict[str, str], condition: bool, what: str) -> None:
+    """A one-line error for the first flag of `flags` (dest -> flag) given without `condition`."""
+    for dest, flag in flags.items():
+        if getattr(args, dest) is not None and not condition:
+            raise UserError(f"{flag} applies to {what} only")
+
+
+# ---- genloom generate ----------------------------------------------------------------------------
+def _run_generate(args: argparse.Namespace) -> int:
+    _only_with(args, {"num_beams": "--num-beams", "length_penalty": "--length-penalty",
+                      "early_stopping": "--early-stopping"}, args.strategy == "beam", "--strategy beam")
+    if args.min_new_tokens > args.max_new_tokens:
+        raise UserError(f"--min-new-tokens {args.min_new_tokens} is above --max-new-tokens {args.max_new_tokens}")
+    if args.stream and (args.output or args.jsonl):
+        raise UserError("--stream prints to the terminal; it cannot be combined with --output or --jsonl")
+    from genloom.tasks.lm.generate import run
+
+    return run(args)
+
+
+def _generate_parser(p: argparse.ArgumentParser) -> None:
+    add_common(p, model=MODEL_HELP, threads=True, seed=0)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    src.add_argument("--input", metavar="FILE", help="a UTF-8 text file (or - for stdin), one prompt per line")
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--min-new-tokens", type=nonneg_int, default=0, help="no end-of-text before this many tokens")
+    p.add_argument("--num-beams", type=positive_int, help="beam width (--strategy beam; default 4)")
+    p.add_argument("--num-return-sequences", type=positive_int, default=1, help="n-best (beam) or samples per prompt")
+    p.add_argument("--length-penalty", type=finite_float, help="beam: sum log p / length ** this (default 1)")
+    p.add_argument("--early-stopping", choices=("false", "true", "never"),
+                   help="beam stopping rule (Hugging Face semantics; default false)")
+    p.add_argument("--temperature", type=positive_float, help="sampling temperature")
+    p.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=positive_float, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--min-p", type=probability, help="keep tokens with p >= min_p * p(top token)")
+    p.add_argument("--repetition-penalty", type=positive_float, help="> 1 discourages repeating prompt/output tokens")
+    p.add_argument("--no-repeat-ngram-size", type=positive_int, help="never repeat an n-gram of this size")
+    p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to prompts")
+    p.add_argument("--truncate", action="store_true", help="left-truncate prompts too long for the context")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="Hugging Face models: convert to genloom's Transformer (genloom), run them as they are "
+                        "(hf), or convert when the architecture allows (auto)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, index, output}")
+    p.add_argument("--output", metavar="FILE", help="write the results to this file instead of stdout")
+    p.set_defaults(func=_run_generate)
+
+
+# ---- genloom continue ----------------------------------------------------------------------------
+def _run_continue(args: argparse.Namespace) -> int:
+    _only_with(args, {"num_beams": "--num-beams"}, args.strategy == "beam", "--strategy beam")
+    _only_with(args, {"num_samples": "--num-samples"}, args.strategy == "sample", "--strategy sample")
+    _only_with(args, {"back_off": "--back-off"}, args.heal in ("exact", "post"), "--heal exact or post")
+    from genloom.tasks.lm.continue_ import run
+
+    return run(args)
+
+
+def _continue_parser(p: argparse.ArgumentParser) -> None:
+    add_common(p, model=MODEL_HELP, threads=True, seed=0)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the text to continue")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt's bytes from this file, exactly")
+    p.add_argument("--heal", choices=HEAL_MODES, default="exact", help="token healing mode (default exact)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--num-beams", type=positive_int, help="beam width (--strategy beam; default 4)")
+    p.add_argument("--num-samples", type=positive_int, help="continuations drawn (--strategy sample; default 1)")
+    p.add_argument("--back-off", type=nonneg_int, help="tokens to back off (default: dynamic; post: 1)")
+    p.add_argument("--tol", type=probability, default=1e-6,
+                   help="exact: certified total-variation budget for pruning unlikely tokenizations (0 = none)")
+    p.add_argument("--max-rows", type=positive_int, default=128, help="exact: most tokenization paths stepped at once")
+    p.add_argument("--bos", default="auto", help="start token before the prompt: auto, none or an id")
+    p.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-text token")
+    p.add_argument("--engine", choices=("genloom", "hf"), default="genloom",
+                   help="Hugging Face models: convert to genloom's Transformer, or run them as they are")
+    p.add_argument("--json", action="store_true", help="one JSON object per continuation")
+    p.set_defaults(func=_run_continue)
+
+
+PARSERS = {"generate": _generate_parser, "continue": _continue_parser}
+
+
+def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentParser:
+    """Register `genloom generate` or `genloom continue` (by `name`, a key of PARSERS)."""
+    p = subparsers.add_parser(name, help=help, description=help)
+    PARSERS[name](p)
+    return p

@@ -1,0 +1,72 @@
+"""A `--model` argument -> (Decodable, tokenizer), for `genloom generate` and `genloom continue`.
+
+`--model` is a genloom model directory (its config.json names a model type of
+`genloom.models.io.MODEL_TYPES`: a Transformer, an RTF LM, any family `models.load` rebuilds) or a
+Hugging Face model: the name "smollm2-135m", a local model directory or a .gguf file. A Hugging
+Face model runs converted into genloom's own Transformer (`genloom.models.convert`, the faster
+path) or unconverted through `HFCausalLM`, by `engine`. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from genloom.errors import UserError
+
+# how a Hugging Face model runs: converted to genloom's Transformer, wrapped as it is, or
+# converted when its architecture is supported (GPT-2, Llama family) and wrapped otherwise
+ENGINES = ("auto", "genloom", "hf")
+
+
+def is_genloom_dir(source: str | Path) -> bool:
+    """True if `source` is a directory whose config.json names a genloom model type (Hugging
+    Face's config.json names theirs: "gpt2", "llama", ...)."""
+    from genloom.models import io
+
+    try:
+        data = json.loads((Path(source) / io.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") in io.MODEL_TYPES
+
+
+def _no_tokenizer(source: str) -> UserError:
+    return UserError(f"{source} has no tokenizer files: a model needs one to read prompts")
+
+
+def load_model(source: str, *, engine: str = "auto") -> tuple[Any, Any]:
+    """(Decodable, tokenizer) from a genloom model directory or a Hugging Face model.
+
+    Args:
+        source: a genloom model directory, "smollm2-135m", a Hugging Face directory or a .gguf.
+        engine: Hugging Face models only: "genloom" (convert), "hf" (wrap in HFCausalLM) or
+            "auto" (convert GPT-2 / Llama-family models, wrap the rest).
+    Raises:
+        UserError: an unknown engine, an unreadable model, or no tokenizer files.
+    """
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if is_genloom_dir(source):
+        from genloom.models import io
+
+        model, tokenizer = io.load(source)
+        if tokenizer is None:
+            raise _no_tokenizer(source)
+        return model, tokenizer
+    from genloom.models.hf import CONVERTERS, HFCausalLM, convert, load_hf
+
+    try:  # no "Loading weights" bar on stderr, so an error stays one line
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # load_hf reports the missing extra
+        pass
+    hf_model, tokenizer = load_hf(source)
+    if tokenizer is None:
+        raise _no_tokenizer(source)
+    convertible = getattr(hf_model.config, "model_type", None) in CONVERTERS
+    if engine == "genloom" or (engine == "auto" and convertible):
+        return convert(hf_model), tokenizer
+    return HFCausalLM(hf_model), tokenizer
