@@ -23,9 +23,9 @@ Every generator row (but c0) has the title task's pointer-generator copy and pri
 layer (SummarizeConfig's default; see tasks/summarize_seq2seq.py for why), so "copy" in (d) is
 the post's B/I/O copy.
 
-Every seq2seq starts from one shared pre-training (`summarize.pretrain`: the same Transformer as
-a causal char LM on the train documents and titles, --pretrain-steps), standing in for the post's
-pretrained NEZHA (Sparse Softmax, the post says, underfits from scratch); --pretrain-steps 0
+Every seq2seq starts from one shared pre-training (`genloom.tasks.summarize.train.pretrain`: the
+same Transformer as a causal char LM on the train documents and titles, --pretrain-steps),
+standing in for the post's pretrained NEZHA (Sparse Softmax, the post says, underfits from scratch); --pretrain-steps 0
 trains every row from scratch.
 
 Scores: char ROUGE-1/2/L F1 and the CAIL weighting 0.2 R1 + 0.4 R2 + 0.4 RL on jieba words.
@@ -50,12 +50,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from genloom.data import load_corpus  # noqa: E402
-from genloom.tasks.summarize import (CONFIG_FILE, SummarizeConfig, Summarizer,  # noqa: E402
-                                     TrainingExtraction, evaluate, extracted_text, prepare_extraction, pretrain,
-                                     score, select_clauses, train, with_oracle)
-from genloom.tasks.summarize_convert import extraction_labels, split_clauses  # noqa: E402
-from genloom.tasks.summarize_extract import CrossFit, Extractor, load_vectors, save_vectors  # noqa: E402
-from genloom.train.checkpoint import write_json_atomic  # noqa: E402
+from genloom.files import write_json_atomic  # noqa: E402
+from genloom.tasks.summarize.config import CONFIG_FILE, SummarizeConfig  # noqa: E402
+from genloom.tasks.summarize.convert import extraction_labels, split_clauses  # noqa: E402
+from genloom.tasks.summarize.evaluate import evaluate, score  # noqa: E402
+from genloom.tasks.summarize.extract import CrossFit, Extractor, load_vectors, save_vectors  # noqa: E402
+from genloom.tasks.summarize.pipeline import Summarizer, extracted_text, select_clauses, with_oracle  # noqa: E402
+from genloom.tasks.summarize.train import TrainingExtraction, prepare_extraction, pretrain, train  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "summarize.json"
 ROWS = {  # name -> (label, overrides of the pipeline config)

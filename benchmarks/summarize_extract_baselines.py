@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summarize import long_pairs  # noqa: E402
 
 from genloom.metrics import rouge_per_pair  # noqa: E402
-from genloom.tasks.summarize import (Summarizer, extracted_text, extraction_recall, select_clauses,  # noqa: E402
-                                     with_oracle)
-from genloom.tasks.summarize_convert import extraction_labels, split_clauses  # noqa: E402
-from genloom.train.checkpoint import write_json_atomic  # noqa: E402
+from genloom.files import write_json_atomic  # noqa: E402
+from genloom.tasks.summarize.convert import extraction_labels, split_clauses  # noqa: E402
+from genloom.tasks.summarize.pipeline import (Summarizer, extracted_text, extraction_recall,  # noqa: E402
+                                              select_clauses, with_oracle)
 
 RESULT = Path(__file__).resolve().parent / "results" / "summarize_extract_baselines.json"
 

@@ -26,9 +26,12 @@ from pathlib import Path
 
 import torch
 
-from genloom.tasks.baselines import baseline_table
-from genloom.tasks.title import TitleConfig, evaluate, load_title_model, train
-from genloom.tasks.title_data import corpus_pairs
+from genloom.data import corpus_pairs
+from genloom.tasks.title.baselines import baseline_table
+from genloom.tasks.title.config import TitleConfig
+from genloom.tasks.title.evaluate import evaluate
+from genloom.tasks.title.infer import load_title_model
+from genloom.tasks.title.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "title.json"
 

@@ -4,7 +4,7 @@ The post (bojone/seq2seq `gen_title`) re-runs the whole model, encoder included,
 and the full title prefix at every step; genloom's `RNNSeq2Seq` keeps the LSTM state and the
 encoder memory in its decoding state, so a step is O(1) in the title length and never touches
 the encoder again. Both go through the same `beam_search` (beam 3, the title processors), the
-reference as `genloom.tasks.title_decode.NoCache`, on the first 50 inews test articles in one
+reference as `genloom.tasks.title.infer.NoCache`, on the first 50 inews test articles in one
 batch, with titles of exactly 32 characters (EOS disabled, so both do the same number of steps).
 
 Claims checked: identical titles (also with EOS on, the real decoding) and a speed-up >= 5x.
@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 
 from genloom.decode.loops import beam_search
-from genloom.tasks.title import TITLE_FILE, TitleConfig, TitleModel, load_title_model, ARCHS
-from genloom.tasks.title_data import build_tokenizer, corpus_pairs, pad
-from genloom.tasks.title_decode import NoCache, title_processors
+from genloom.data import corpus_pairs
+from genloom.tasks.title.config import ARCHS, TITLE_FILE, TitleConfig
+from genloom.tasks.title.data import build_tokenizer
+from genloom.tasks.title.infer import NoCache, TitleModel, load_title_model, title_processors
+from genloom.train.lm import pad_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "title_decode.json"
 
@@ -69,7 +71,7 @@ def main() -> int:
     tok, n = tm.tokenizer, args.title_chars
     articles = [a for a, _ in corpus_pairs("inews", "test")[: args.articles]]
     rows, _ = tm.sources(articles)
-    src = pad(rows, tok.pad_id)  # (B, S)
+    src = pad_rows(rows, tok.pad_id)  # (B, S)
     procs = title_processors(tok, no_repeat_ngram=tm.config.no_repeat_ngram)
     slow = NoCache(tm.model, bos_id=tok.bos_id).eval()
 

@@ -37,7 +37,7 @@ def test_bad_user_file(tmp_path, case):
     if data is not None:
         path.write_bytes(data)
     out = tmp_path / "table.json"
-    proc = _run("baseline", "--data", str(path), "--json", str(out), *extra)
+    proc = _run("baseline", "--data", str(path), "--output", str(out), *extra)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()

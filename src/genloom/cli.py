@@ -18,13 +18,13 @@ from genloom.errors import UserError
 # name -> (module with add_parser, one-line help). Add a task here and nowhere else.
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpora": ("genloom.tasks.corpora.cli", "list the named corpora, whether installed, sizes, licences"),
-    "baseline": ("genloom.tasks.baselines", "score lead-N and best-sentence title baselines"),
-    "title": ("genloom.tasks.title_cli", "train / generate / evaluate article -> title models"),
+    "baseline": ("genloom.tasks.title.baseline_cli", "score lead-N and best-sentence title baselines"),
+    "title": ("genloom.tasks.title.cli", "train / generate / evaluate article -> title models"),
     "generate": ("genloom.tasks.lm.cli", "continue prompts with a genloom or Hugging Face model"),
     "continue": ("genloom.tasks.lm.cli", "continue a prompt cut mid-word, with exact token healing"),
     "nvae": ("genloom.tasks.nvae.cli", "train / evaluate / sample NVAE (and a plain VAE) on images"),
     "condition": ("genloom.tasks.condition.cli", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
-    "summarize": ("genloom.tasks.summarize_cli", "extract-then-generate summaries of long documents (SPACES)"),
+    "summarize": ("genloom.tasks.summarize.cli", "extract-then-generate summaries of long documents (SPACES)"),
     "search": ("genloom.tasks.search.cli", "keywords-to-sentence, Gibbs sampling, typo correction by MCMC search"),
 }
 

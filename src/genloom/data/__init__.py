@@ -2,6 +2,7 @@
 
     CORPORA, CorpusInfo        the table of named corpora (registry.py)
     load_corpus(name, split)   cleaned records of a named corpus (list of dicts)
+    corpus_pairs(name, split)  its (content, title) pairs
     corpus_stats(name, split)  what reading / cleaning did to a split
     chinese_lm_texts(split)    all Chinese text of a split, for LM pre-training
     read_records, read_pairs   streaming JSONL / CSV / TSV / TXT readers (readers.py)
@@ -11,9 +12,9 @@
 
 from genloom.data.readers import read_pairs, read_records
 from genloom.data.registry import (CORPORA, CorpusInfo, chinese_lm_texts, corpus_info,
-                                   corpus_stats, load_corpus)
+                                   corpus_pairs, corpus_stats, load_corpus)
 from genloom.data.safe_pickle import safe_load
 from genloom.data.sentences import split_sentences
 
-__all__ = ["CORPORA", "CorpusInfo", "chinese_lm_texts", "corpus_info", "corpus_stats",
+__all__ = ["CORPORA", "CorpusInfo", "chinese_lm_texts", "corpus_info", "corpus_pairs", "corpus_stats",
            "load_corpus", "read_pairs", "read_records", "safe_load", "split_sentences"]

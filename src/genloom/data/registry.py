@@ -105,6 +105,14 @@ def load_corpus(name: str, split: str | None = None) -> list[dict[str, str]]:
     return [record for s in info.splits for record in info.loader(s)]
 
 
+def corpus_pairs(name: str, split: str, *, source: str = "content", target: str = "title") -> list[tuple[str, str]]:
+    """(source, target) pairs of one split of corpus `name` (inews: (content, title)); a corpus
+    without both fields is a UserError."""
+    if not {source, target} <= set(corpus_info(name).fields):
+        raise UserError(f"corpus {name!r} has no ({source}, {target}) pairs; use inews or --data FILE")
+    return [(r[source], r[target]) for r in load_corpus(name, split)]
+
+
 def corpus_stats(name: str, split: str) -> Any:
     """The reading/cleaning counts of one split of corpus `name` (see each corpus module)."""
     info = corpus_info(name)

@@ -15,10 +15,11 @@ token of that span. At each step the decoder (bojone/SPACES `AutoSummary.predict
 4. then (Sparse Softmax) keeps only the top k logits.
 
 `CopyConstraint` does steps 1-3, `SparseSoftmax` step 4; compose them in a processor list, in that
-order. The label scores come from the model beside the logits: the processor is given `labels`,
-a callable returning the (R, 3) label scores of the rows whose logits it is processing (a
-`genloom.tasks.summarize_seq2seq.CopyUniLM` keeps them as `copy_logits`, updated by `start`/`step`
-and reordered by `select`, so they always match the logits a search loop holds).
+order. The label scores come from the model beside the logits, in the decoding state: the
+processor is marked `sees_state`, so the search loop passes it the state returned with the logits
+it processes, and it reads their (R, 3) scores from `state.copy_logits` (a
+`genloom.models.unilm.UniLMState`, written by `start`/`step` and reordered by `select`). Nothing
+lives on the model, so any number of decodes may run at once.
 
 The span length n is derived from the history, as the processor protocol asks: the decision at
 step t depends only on (source, tokens so far) and on label scores that are themselves a function
@@ -36,13 +37,13 @@ there; ours do not, so EOS is added explicitly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from genloom.nn.losses import sparse_log_softmax
+from genloom.nn.losses import check_sparse, sparse_log_softmax
 
 O, B, I = 0, 1, 2  # copy labels (SPACES's 0, 1, 2)
 LABELS = ("O", "B", "I")
@@ -73,22 +74,23 @@ class SourceNGrams:
 class CopyConstraint:
     """SPACES's BIO copy constraint (steps 1-3 of the module docstring).
 
+    Called as `proc(logits, history, state)`: `state.copy_logits` holds the (R, 3) copy-label
+    scores (O, B, I) of the rows being processed.
+
     Args:
         sources: the source tokens of each input row (padding removed).
-        labels: returns the (R, 3) copy-label scores (O, B, I) of the rows being processed.
         always: token ids allowed in every row whatever the label (typically EOS).
     """
 
     sees_prompt: ClassVar[bool] = False
+    sees_state: ClassVar[bool] = True
 
-    def __init__(self, sources: Sequence[Sequence[int]], labels: Callable[[], Tensor], *,
-                 always: Iterable[int] = ()) -> None:
+    def __init__(self, sources: Sequence[Sequence[int]], *, always: Iterable[int] = ()) -> None:
         if len(sources) == 0:
             raise ValueError("CopyConstraint needs at least one source")
         self.ngrams = [SourceNGrams(s) for s in sources]
         if any(not g.tokens for g in self.ngrams):
             raise ValueError("every source needs at least one token")
-        self.labels = labels
         self.always = tuple(int(i) for i in always)
         self.decisions: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}  # -> (label, n)
 
@@ -98,9 +100,11 @@ class CopyConstraint:
             return 0
         return self.decisions.get((source, tuple(history[:-1])), (O, 0))[1]
 
-    def __call__(self, logits: Tensor, history: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, history: Tensor, state: Any) -> Tensor:
         rows, vocab = logits.shape
-        scores = self.labels()  # (R, 3)
+        scores = getattr(state, "copy_logits", None)  # (R, 3)
+        if scores is None:
+            raise ValueError("CopyConstraint needs a decoding state with copy_logits (a model with a copy head)")
         if scores.shape != (rows, 3):
             raise ValueError(f"label scores have shape {tuple(scores.shape)}, expected ({rows}, 3)")
         if rows % len(self.ngrams):
@@ -153,12 +157,7 @@ class SparseSoftmax:
     sees_prompt: ClassVar[bool] = False
 
     def __init__(self, k: int | None = 10, *, top_p: float | None = None) -> None:
-        if (k is None) == (top_p is None):
-            raise ValueError("give exactly one of k and top_p")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        if top_p is not None and not (0.0 < float(top_p) <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        check_sparse(k, top_p)
         self.k, self.top_p = k, top_p
 
     def __call__(self, logits: Tensor, history: Tensor) -> Tensor:

@@ -16,7 +16,8 @@ beam search, so a row's result does not depend on the other rows in the batch.
 Processors (processors.py) get the generated tokens as history. Hugging Face's repetition
 penalty and no-repeat-n-gram ban also look at the prompt: pass `prompt_ids` (the token ids of each
 input row's prompt) and the processors marked `sees_prompt` get prompt + generated tokens, so
-results equal Hugging Face's `generate()` on the same weights.
+results equal Hugging Face's `generate()` on the same weights. Processors marked `sees_state`
+also get the decoding state returned with the logits they process (its rows are theirs).
 
 Beam search reproduces `transformers` 5.x `_beam_search` (generation/utils.py): 2K candidates per
 row (K times (1 + number of EOS ids), at least 2K), processors applied to log-probabilities, the
@@ -150,7 +151,7 @@ def _steps(
     fill = 0 if eos is None else int(eos[0])
     for t in range(max_new_tokens):
         full = buf[:, : width + t] if prompt is not None else None  # (B, P + t)
-        scores = apply(procs, logits.float(), buf[:, width : width + t], full)  # (B, V)
+        scores = apply(procs, logits.float(), buf[:, width : width + t], full, state)  # (B, V)
         if not all_alive:
             scores = torch.where(alive[:, None], scores, 0.0)  # finished rows: anything finite
         # -inf where every token was removed: the normaliser, or (no scores wanted) the best score
@@ -361,7 +362,7 @@ def beam_search(
     for t in range(N):
         history = seqs.view(B * K, N)[:, :t]  # (B * K, t)
         full = None if prompt is None else torch.cat([prompt, history], dim=1)  # (B * K, P + t)
-        logp = apply(procs, logits.float().log_softmax(dim=-1), history, full)  # (B * K, V)
+        logp = apply(procs, logits.float().log_softmax(dim=-1), history, full, state)  # (B * K, V)
         cand = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)  # (B, K * V)
         top_scores, top_index = torch.topk(cand, keep, dim=-1)  # (B, 2K)
         parent, token = top_index // V, top_index % V  # (B, 2K) each

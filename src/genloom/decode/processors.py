@@ -13,7 +13,10 @@ prompt as well; a processor that does the same sets `sees_prompt = True`, and wh
 is given the prompt ids it passes such a processor the prompt followed by the generated tokens,
 with ragged prompts left-padded by -1. Processors that see the prompt therefore treat negative
 ids as padding. All the others always get the generated tokens only, so `MinLength` and
-`ForcedTokens` count new tokens whatever the prompt.
+`ForcedTokens` count new tokens whatever the prompt. A processor that needs what the model
+returned beside the logits (`genloom.decode.copy.CopyConstraint`: the copy-label scores) sets
+`sees_state = True` and is called `proc(logits, history, state)` with the decoding state that
+came with these logits.
 
 Each class below equals its `transformers.generation.logits_process` counterpart (named in its
 docstring) to 1e-6 on the same inputs; `tests/decode/test_processors.py` checks this.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -252,14 +255,16 @@ class BannedTokens:
 
 
 def apply(
-    processors: Sequence[LogitsProcessor], logits: Tensor, history: Tensor, full_history: Tensor | None = None
+    processors: Sequence[LogitsProcessor], logits: Tensor, history: Tensor, full_history: Tensor | None = None,
+    state: Any = None,
 ) -> Tensor:
     """Run `processors` in order. `history` (B, t) is the generated tokens; `full_history`
     (B, P + t), when the loop knows the prompt, is prompt (left-padded with -1) + generated and
-    goes to the processors with `sees_prompt = True`."""
+    goes to the processors with `sees_prompt = True`. Processors with `sees_state = True` also
+    get `state`, the decoding state returned with these logits (e.g. a model's copy scores)."""
     for proc in processors:
         seen = full_history if full_history is not None and getattr(proc, "sees_prompt", False) else history
-        logits = proc(logits, seen)
+        logits = proc(logits, seen, state) if getattr(proc, "sees_state", False) else proc(logits, seen)
     return logits
 
 

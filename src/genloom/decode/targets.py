@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genloom.errors import UserError
+from genloom.nn.rows import reverse_rows
 
 NEG_INF = float("-inf")
 _LOGIT_BUDGET = 1 << 26  # most logits (B * T * V floats, 256 MiB) one forward chunk may hold
@@ -107,14 +108,6 @@ def _chunk_rows(model: Any, width: int) -> int:
     """Rows per forward chunk so that its logits (rows * width * V floats) stay under the budget."""
     vocab = getattr(model, "vocab_size", None) or getattr(getattr(model, "config", None), "vocab_size", None)
     return max(1, _LOGIT_BUDGET // max(1, width * int(vocab or 65536)))
-
-
-def reverse_rows(tokens: Tensor, mask: Tensor) -> Tensor:
-    """Each row's real tokens in reverse order (padding stays at the right)."""
-    lengths = mask.sum(1, keepdim=True)  # (B, 1)
-    col = torch.arange(tokens.shape[1], device=tokens.device)[None]  # (1, T)
-    src = torch.where(col < lengths, lengths - 1 - col, col)  # (B, T)
-    return tokens.gather(1, src)
 
 
 class CausalLMScorer(Target):

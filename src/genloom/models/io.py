@@ -48,8 +48,9 @@ TOKENIZER_MANIFEST = "genloom_tokenizer.json"  # written by every genloom tokeni
 MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "transformer": ("genloom.models.transformer", "TransformerConfig", "Transformer"),
     "rnn_seq2seq": ("genloom.models.rnn_seq2seq", "RNNSeq2SeqConfig", "RNNSeq2Seq"),
-    "unilm_copy": ("genloom.tasks.title_unilm", "UniLMCopyConfig", "UniLMCopy"),
-    "summarize_unilm": ("genloom.tasks.summarize_seq2seq", "CopyUniLMConfig", "CopyUniLM"),
+    "unilm_seq2seq": ("genloom.models.unilm", "UniLMSeq2SeqConfig", "UniLMSeq2Seq"),
+    "unilm_copy": ("genloom.models.unilm", "UniLMCopyConfig", "UniLMSeq2Seq"),  # title UniLMs saved before unilm_seq2seq
+    "summarize_unilm": ("genloom.models.unilm", "CopyUniLMConfig", "UniLMSeq2Seq"),  # SPACES seq2seqs, likewise
     "rtf_lm": ("genloom.models.rtf_lm", "RTFLMConfig", "RTFLM"),
     "char_cnn_judge": ("genloom.models.judge", "JudgeConfig", "CharCNNJudge"),
     "nvae": ("genloom.models.nvae", "NVAEConfig", "NVAE"),
@@ -68,9 +69,9 @@ def model_family(model_type: str) -> tuple[type, type[nn.Module]]:
 
 
 def _model_type_of(model: nn.Module) -> str:
-    cls = type(model)
-    for name, (module, _, model_name) in MODEL_TYPES.items():
-        if cls.__module__ == module and cls.__qualname__ == model_name:
+    cls, config_cls = type(model), type(getattr(model, "config", None))
+    for name, (module, config_name, model_name) in MODEL_TYPES.items():
+        if cls.__module__ == module and cls.__qualname__ == model_name and config_cls.__name__ == config_name:
             return name
     raise ValueError(f"{cls.__name__} is not a registered model type (see genloom.models.io.MODEL_TYPES)")
 
@@ -162,14 +163,17 @@ def load_config(directory: str | os.PathLike[str]) -> tuple[str, Any]:
 def _copy_weights(model: nn.Module, path: Path, device: str | torch.device) -> tuple[list[str], list[str]]:
     """Copy the tensors of a safetensors file into `model`'s parameters and buffers one at a
     time (the parameters keep their own layout; no second copy of the whole model is ever held).
-    Returns (missing names, unexpected names) like `load_state_dict`."""
+    Returns (missing names, unexpected names) like `load_state_dict`. A family whose weight names
+    changed maps a file's names to its own with `model.rename_weight(name)` (None: not used)."""
     state = model.state_dict()
+    rename = getattr(model, "rename_weight", lambda name: name)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f, torch.no_grad():
-            names = list(f.keys())
-            for name in names:
+            saved = [(n, rename(n)) for n in f.keys()]
+            names = [name for _, name in saved if name is not None]
+            for stored, name in saved:
                 if name in state:
-                    tensor = f.get_tensor(name)
+                    tensor = f.get_tensor(stored)
                     if tensor.shape != state[name].shape:
                         raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
                                         f"the model expects {tuple(state[name].shape)}")

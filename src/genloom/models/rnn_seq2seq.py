@@ -31,7 +31,7 @@ H encoder width per direction (2H both), D decoder width, L layers, O output hid
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.nn import probe
+from genloom.nn.pointer import source_presence, successor_matches
+from genloom.nn.rows import reverse_rows
+
+__all__ = ["Attention", "BiLSTMEncoder", "RNNSeq2Seq", "RNNSeq2SeqConfig", "RNNSeq2SeqState", "reverse_rows",
+           "source_presence", "successor_matches", "title_rnn_small"]
 
 
 @dataclass
@@ -77,38 +82,6 @@ def title_rnn_small(vocab_size: int, **overrides: Any) -> RNNSeq2SeqConfig:
     with copy and prior on: about 0.74M parameters plus 0.64k per vocabulary item (0.13k per
     item past gen_vocab)."""
     return RNNSeq2SeqConfig(vocab_size=vocab_size, **overrides)
-
-
-def successor_matches(src: Tensor, prev1: Tensor, prev2: Tensor, *, start_id: int
-                      ) -> tuple[Tensor, Tensor]:
-    """Where the source continues what was just generated.
-
-    src (B, S); prev1 (B, T) the last id fed before each target position (bos first) and prev2
-    (B, T) the one before it (negative where there is none). The source counts as preceded by
-    `start_id` (bos), as the title is, so at the first step position 0 continues the bos.
-    Returns float (B, T, S): m1[b, t, s] = 1 iff src[b, s-1] == prev1[b, t];
-    m2 = m1 and src[b, s-2] == prev2[b, t] (src[-1], src[-2] = start_id).
-    """
-    before1 = F.pad(src, (1, 0), value=start_id)[:, :-1]  # (B, S) src[s-1]
-    before2 = F.pad(src, (2, 0), value=start_id)[:, :-2]  # (B, S) src[s-2]
-    m1 = before1[:, None, :] == prev1[:, :, None]  # (B, T, S)
-    m2 = m1 & (before2[:, None, :] == prev2[:, :, None])  # (B, T, S)
-    return m1.float(), m2.float()
-
-
-def reverse_rows(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each row of x (B, S, C) within its own length; positions past the length stay."""
-    S = x.shape[1]
-    ar = torch.arange(S, device=x.device)  # (S,)
-    idx = torch.where(ar < lengths[:, None], lengths[:, None] - 1 - ar, ar)  # (B, S)
-    return x.gather(1, idx[:, :, None].expand_as(x))  # (B, S, C)
-
-
-def source_presence(src: Tensor, vocab_size: int, pad_id: int) -> Tensor:
-    """The prior's binary vector: chi[b, v] = 1 iff id v occurs at a non-pad position of row b."""
-    real = (src != pad_id).float()  # (B, S)
-    counts = torch.zeros(src.shape[0], vocab_size, device=src.device)  # (B, V)
-    return (counts.scatter_add_(1, src, real) > 0.5).float()  # (B, V)
 
 
 class BiLSTMEncoder(nn.Module):
@@ -158,15 +131,30 @@ class Attention(nn.Module):
         return attn @ memory, attn  # (B, T, M), (B, T, S)
 
 
-class RNNSeq2Seq(nn.Module):
-    """Article -> title seq2seq implementing the decoding protocol (start / step / select).
+@dataclass
+class RNNSeq2SeqState:
+    """Decoding state of an `RNNSeq2Seq`: every tensor has the rows on dim 0, but h and c (dim 1)."""
 
-    State (a dict; every tensor has the batch on dim 0 except h, c on dim 1):
-    h, c (L, B, D) decoder LSTM; memory (B, S, 2H); keys (B, S, D) memory projected for
-    attention; mask (B, S) True at real source positions; pooled (B, 2H); prior (B, V) the prior's
-    scaled-shifted vector; src (B, S) source ids for the copy scatter; last (B,) the id fed
-    before the newest one (-2 at the start), for the successor bonus.
-    """
+    h: Tensor  # (L, B, D) decoder LSTM hidden states
+    c: Tensor  # (L, B, D) decoder LSTM cell states
+    memory: Tensor  # (B, S, 2H) encoder states
+    keys: Tensor  # (B, S, D) memory projected for attention
+    mask: Tensor  # (B, S) True at real source positions
+    pooled: Tensor  # (B, 2H) max-pooled encoder states
+    src: Tensor  # (B, S) source ids, for the copy scatter and the successor bonus
+    last: Tensor  # (B,) the id fed before the newest one (-2 at the start), for the successor bonus
+    prior: Tensor | None = None  # (B, V) the prior's scaled, shifted vector (None without the prior)
+
+    def select(self, index: Tensor) -> RNNSeq2SeqState:
+        """Keep / reorder rows: index (B',) into the current rows."""
+        rows = {name: None if v is None else v.index_select(1 if name in ("h", "c") else 0, index)
+                for name, v in vars(self).items()}
+        return RNNSeq2SeqState(**rows)
+
+
+class RNNSeq2Seq(nn.Module):
+    """Article -> title seq2seq implementing the decoding protocol (start / step / select) over an
+    `RNNSeq2SeqState`."""
 
     def __init__(self, config: RNNSeq2SeqConfig) -> None:
         super().__init__()
@@ -194,7 +182,7 @@ class RNNSeq2Seq(nn.Module):
             self.successor_weight = nn.Parameter(torch.ones(2))
 
     # ---- encoder side -------------------------------------------------------------------------
-    def encode(self, src: Tensor) -> dict[str, Tensor]:
+    def encode(self, src: Tensor) -> RNNSeq2SeqState:
         """src (B, S) right-padded ids -> the decoding state before any target token."""
         c = self.config
         mask = src != c.pad_id  # (B, S)
@@ -205,28 +193,26 @@ class RNNSeq2Seq(nn.Module):
         B = src.shape[0]
         hc = torch.tanh(self.init_state(pooled)).view(B, 2, c.num_layers, c.dec_hidden)
         hc = hc.permute(1, 2, 0, 3).contiguous()  # (2, L, B, D)
-        state = {
-            "h": hc[0], "c": hc[1], "memory": memory, "keys": self.attention.keys(memory), "mask": mask,
-            "pooled": pooled, "src": src,
-            "last": torch.full((B,), -2, dtype=torch.long, device=src.device),  # id before the last
-        }
+        prior = None
         if c.prior:
             chi = source_presence(src, c.vocab_size, c.pad_id)  # (B, V)
-            state["prior"] = self.prior_log_scale.exp() * chi + self.prior_shift  # (B, V)
-        return state
+            prior = self.prior_log_scale.exp() * chi + self.prior_shift  # (B, V)
+        return RNNSeq2SeqState(
+            h=hc[0], c=hc[1], memory=memory, keys=self.attention.keys(memory), mask=mask, pooled=pooled, src=src,
+            last=torch.full((B,), -2, dtype=torch.long, device=src.device), prior=prior)
 
     # ---- decoder side -------------------------------------------------------------------------
-    def _features(self, dec: Tensor, emb: Tensor, st: dict[str, Tensor], prev1: Tensor,
+    def _features(self, dec: Tensor, emb: Tensor, st: RNNSeq2SeqState, prev1: Tensor,
                   prev2: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Decoder states dec (B, T, D), their input ids prev1 (B, T) and embeddings emb
         (B, T, E), the ids before those prev2 (B, T) -> output features (B, T, 4H + D),
         attention (B, T, S) and the copy gate (B, T, 1) (None without copy)."""
         bias = None
         if self.config.successor:
-            m1, m2 = successor_matches(st["src"], prev1, prev2, start_id=self.config.bos_id)
+            m1, m2 = successor_matches(st.src, prev1, prev2, start_id=self.config.bos_id)
             bias = self.successor_weight[0] * m1 + self.successor_weight[1] * m2
-        ctx, attn = self.attention(dec, st["keys"], st["memory"], st["mask"], bias)
-        pooled = st["pooled"][:, None, :].expand(-1, dec.shape[1], -1)  # (B, T, 2H)
+        ctx, attn = self.attention(dec, st.keys, st.memory, st.mask, bias)
+        pooled = st.pooled[:, None, :].expand(-1, dec.shape[1], -1)  # (B, T, 2H)
         feat = torch.cat([ctx, dec, pooled], dim=-1)  # (B, T, 4H + D)
         gate = torch.sigmoid(self.gate(torch.cat([feat, emb], -1))) if self.config.copy else None
         return feat, attn, gate
@@ -238,18 +224,18 @@ class RNNSeq2Seq(nn.Module):
             logits = (logits + prior[..., : logits.shape[-1]]) / 2
         return logits.log_softmax(-1)
 
-    def _output(self, dec: Tensor, emb: Tensor, st: dict[str, Tensor], prev1: Tensor,
+    def _output(self, dec: Tensor, emb: Tensor, st: RNNSeq2SeqState, prev1: Tensor,
                 prev2: Tensor) -> Tensor:
         """As `_features` -> log-probs (B, T, V) of the next character: the generator, mixed
         with the copy distribution."""
         feat, attn, g = self._features(dec, emb, st, prev1, prev2)
-        prior = st["prior"][:, None, :] if self.config.prior else None  # (B, 1, V)
+        prior = st.prior[:, None, :] if self.config.prior else None  # (B, 1, V)
         logp = self._generator(feat, prior)  # (B, T, G)
         extra = self.vocab_size - logp.shape[-1]
         if g is None:
             return logp
         p = F.pad(g * logp.exp(), (0, extra))  # (B, T, V): ids >= G only by copy
-        src = st["src"][:, None, :].expand(-1, dec.shape[1], -1)  # (B, T, S)
+        src = st.src[:, None, :].expand(-1, dec.shape[1], -1)  # (B, T, S)
         p = p.scatter_add(2, src, (1 - g) * attn)  # (B, T, V)
         return torch.log(p.clamp_min(1e-30))
 
@@ -264,22 +250,22 @@ class RNNSeq2Seq(nn.Module):
         """
         st = self.encode(src)
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        dec, _ = self.decoder(emb, (st["h"], st["c"]))  # (B, T, D)
-        prev2 = torch.cat([st["last"][:, None], tgt_in[:, :-1]], 1)  # (B, T)
+        dec, _ = self.decoder(emb, (st.h, st.c))  # (B, T, D)
+        prev2 = torch.cat([st.last[:, None], tgt_in[:, :-1]], 1)  # (B, T)
         if tgt_out is None:
             return self._output(dec, emb, st, tgt_in, prev2)
         feat, attn, g = self._features(dec, emb, st, tgt_in, prev2)
         keep = tgt_out != self.config.pad_id  # (B, T)
         rows = keep.nonzero()[:, 0]  # (N,) batch row of each kept position
         y = tgt_out[keep]  # (N,)
-        prior = st["prior"][rows] if self.config.prior else None  # (N, V)
+        prior = st.prior[rows] if self.config.prior else None  # (N, V)
         logp = self._generator(feat[keep], prior)  # (N, G)
         G = logp.shape[-1]
         lp = logp.gather(1, y.clamp(max=G - 1)[:, None])[:, 0]  # (N,)
         lp = lp.masked_fill(y >= G, float("-inf"))
         if g is None:
             return -lp.mean()
-        hits = (st["src"][rows] == y[:, None]).to(attn.dtype)  # (N, S)
+        hits = (st.src[rows] == y[:, None]).to(attn.dtype)  # (N, S)
         p_copy = (attn[keep] * hits).sum(-1)  # (N,)
         gk = g[keep][:, 0]  # (N,)
         p = gk * lp.exp() + (1 - gk) * p_copy  # (N,)
@@ -287,22 +273,22 @@ class RNNSeq2Seq(nn.Module):
         return -torch.log(p[possible].clamp_min(1e-30)).sum() / possible.sum().clamp_min(1)
 
     # ---- decoding protocol --------------------------------------------------------------------
-    def start(self, *, src: Tensor, max_new_tokens: int | None = None) -> tuple[Tensor, dict]:
+    def start(self, *, src: Tensor, max_new_tokens: int | None = None) -> tuple[Tensor, RNNSeq2SeqState]:
         """Encode src (B, S) and feed bos: log-probs (B, V) for the first title character."""
         st = self.encode(src)
         bos = torch.full((src.shape[0],), self.config.bos_id, dtype=torch.long, device=src.device)
         return self.step(bos, st)
 
-    def step(self, tokens: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict]:
+    def step(self, tokens: Tensor, state: RNNSeq2SeqState) -> tuple[Tensor, RNNSeq2SeqState]:
         """tokens (B,) -> log-probs (B, V) for the next character; O(S) work, no re-run."""
         emb = self.embed(tokens)[:, None, :]  # (B, 1, E)
-        dec, (h, c) = self.decoder(emb, (state["h"], state["c"]))  # (B, 1, D)
-        out = self._output(dec, emb, state, tokens[:, None], state["last"][:, None])  # (B, 1, V)
-        return out[:, 0], dict(state, h=h, c=c, last=tokens)
+        dec, (h, c) = self.decoder(emb, (state.h, state.c))  # (B, 1, D)
+        out = self._output(dec, emb, state, tokens[:, None], state.last[:, None])  # (B, 1, V)
+        return out[:, 0], replace(state, h=h, c=c, last=tokens)
 
-    def select(self, state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    def select(self, state: RNNSeq2SeqState, index: Tensor) -> RNNSeq2SeqState:
         """Keep / reorder rows of every tensor in the state (h, c on dim 1, the rest on dim 0)."""
-        return {k: v.index_select(1 if k in ("h", "c") else 0, index) for k, v in state.items()}
+        return state.select(index)
 
     def config_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data."""

@@ -28,10 +28,13 @@ Every Linear weight is stored input-major (`input_major_`): batch-1 decoding is 
 matrix-vector products, which read that layout faster; a head tied to the embedding is read
 through an input-major copy while decoding.
 
-With `cond_dim` set every norm is a Conditional LayerNorm / RMSNorm (`genloom.nn.cln`, issue 7):
+With `cond_dim` set every norm is a Conditional LayerNorm / RMSNorm (`genloom.nn.cln`):
 `forward` and `start` take `condition=` (label ids (B,) through a learned embedding when
 `cond_labels` > 0, or any vectors (B, E)); `start` keeps the (B, E) vectors in the state, so
 `step` and `select` need nothing more.
+
+The blocks (MLP, token mixers, `Block`, input-major storage, the fused decoding step) are in
+`genloom.models.blocks`, prompt checks and left packing in `genloom.models.prompts`.
 """
 
 from __future__ import annotations
@@ -44,12 +47,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.errors import UserError
+from genloom.models.blocks import MIXERS, MLP, MLP_ACTIVATIONS, Block, apply_norm, block_norm, fast_step, input_major_
+from genloom.models.prompts import check_prompts, left_pack
 from genloom.nn import blas, probe
-from genloom.nn.attention import Attention, Frame, allowed_mask, apply_rope, rope_tables
+from genloom.nn.attention import Frame, allowed_mask, rope_tables
 from genloom.nn.cln import ACTIVATIONS as COND_ACTIVATIONS
 from genloom.nn.cln import Condition, ConditionInput, resolve_condition
-from genloom.nn.norms import make_norm
 from genloom.nn.rtf import HyenaRTF
+
+__all__ = ["MIXERS", "MLP", "Block", "Transformer", "TransformerConfig", "TransformerState", "check_prompts",
+           "gpt2_small_test", "input_major_", "left_pack", "smollm2_135m"]
 
 
 @dataclass
@@ -74,7 +81,7 @@ class TransformerConfig:
     norm_eps: float = 1e-5  # epsilon of every norm
     dropout: float = 0.0  # dropout on embeddings, residual branches and attention probabilities
     n_segment: int = 0  # segment (token-type) embeddings added to the input, BERT/UniLM style; 0 = none
-    cond_dim: int | None = None  # width of a condition vector for conditional norms (issue 7); None = plain
+    cond_dim: int | None = None  # width of a condition vector for conditional norms; None = plain
     cond_labels: int = 0  # label ids a condition may be given as (a learned cond_dim embedding); 0 = vectors only
     cond_hidden: int | None = None  # each conditional norm projects the condition to this width first; None = no
     cond_act: str = "linear"  # activation of that projection, a key of genloom.nn.cln.ACTIVATIONS
@@ -87,7 +94,7 @@ class TransformerConfig:
     init_std: float = 0.02  # std of the normal initialisation of weight matrices and embeddings
 
     def __post_init__(self) -> None:
-        choices = {"norm": ("layer", "rms"), "mlp": tuple(_MLP_ACTS) + ("swiglu",),
+        choices = {"norm": ("layer", "rms"), "mlp": tuple(MLP_ACTIVATIONS) + ("swiglu",),
                    "pos": ("learned", "rope"), "mask": ("causal", "prefix", "bidirectional")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -154,237 +161,6 @@ def smollm2_135m(**overrides) -> TransformerConfig:
         bias=False, norm_eps=1e-5), **overrides)
 
 
-def _gelu_tanh(x: Tensor) -> Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-_MLP_ACTS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": _gelu_tanh, "gelu_erf": F.gelu}
-
-
-class MLP(nn.Module):
-    """Feed-forward branch: proj(act(fc(x))), or proj(silu(gate) * up) with one fused fc for swiglu."""
-
-    def __init__(self, d_model: int, d_ff: int, *, kind: str, bias: bool) -> None:
-        super().__init__()
-        self.swiglu = kind == "swiglu"
-        self.act = F.silu if self.swiglu else _MLP_ACTS[kind]
-        self.fc = nn.Linear(d_model, 2 * d_ff if self.swiglu else d_ff, bias=bias)  # [gate; up] fused
-        self.proj = nn.Linear(d_ff, d_model, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)  # (..., F) or (..., 2F)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)  # (..., F) each
-            return self.proj(self.act(gate) * up)  # (..., C)
-        return self.proj(self.act(h))  # (..., C)
-
-
-def _attention_mixer(config: TransformerConfig) -> nn.Module:
-    return Attention(config.d_model, config.n_head, config.kv_heads, config.dim_head,
-                     bias=config.bias, dropout=config.dropout)
-
-
-def _rtf_mixer(config: TransformerConfig) -> nn.Module:
-    """Hyena-RTF (issue 8): q * RTF(k * v) after short causal convs; its decoding state is
-    (C, 3(K-1) + n) per row and layer whatever the length, and it reads padding from frame.mask."""
-    c = config
-    return HyenaRTF(c.d_model, state_size=c.rtf_state_size, max_len=c.max_len, num_a=c.rtf_num_a,
-                    short_conv=c.rtf_short_conv, init=c.rtf_init, montel=c.rtf_montel, bias=c.bias)
-
-
-# mixer name -> builder(config). A mixer maps (B, T, C) -> (B, T, C) in `forward(x, frame, state)`,
-# (B, C) -> (B, C) in `step(x, frame, state)`, and says its per-row, per-layer decoding state shape
-# with `state_shape(length)` and which axis of it grows with length (`state_time_axis`, or None).
-MIXERS: dict[str, Callable[[TransformerConfig], nn.Module]] = {"attention": _attention_mixer, "rtf": _rtf_mixer}
-
-
-def _make_norm(c: TransformerConfig) -> nn.Module:
-    """One norm of the model: plain, or conditional (CLN) when cond_dim is set."""
-    return make_norm(c.norm, c.d_model, eps=c.norm_eps, bias=c.bias, cond_dim=c.cond_dim,
-                     cond_hidden=c.cond_hidden, cond_act=c.cond_act)
-
-
-def _norm(norm: nn.Module, x: Tensor, cond: Tensor | None) -> Tensor:
-    """Apply a norm, passing the condition (B, E) to a conditional one."""
-    return norm(x) if cond is None else norm(x, cond)
-
-
-class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, config: TransformerConfig) -> None:
-        super().__init__()
-        c = config
-        self.norm1 = _make_norm(c)
-        self.mixer = MIXERS[c.mixer](c)
-        self.norm2 = _make_norm(c)
-        self.mlp = MLP(c.d_model, c.d_ff, kind=c.mlp, bias=c.bias)
-        self.drop = nn.Dropout(c.dropout)
-
-    def forward(self, x: Tensor, frame: Frame, state: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        x = x + self.drop(self.mixer(_norm(self.norm1, x, cond), frame, state))  # (B, T, C)
-        return x + self.drop(self.mlp(_norm(self.norm2, x, cond)))  # (B, T, C)
-
-    def step(self, x: Tensor, frame: Frame, state: Tensor, cond: Tensor | None = None) -> Tensor:
-        x = x + self.mixer.step(_norm(self.norm1, x, cond), frame, state)  # (B, C)
-        return x + self.mlp(_norm(self.norm2, x, cond))  # (B, C)
-
-
-def check_prompts(
-    input_ids: Tensor, lengths: Tensor | Sequence[int] | None, segment_ids: Tensor | None = None, *,
-    max_new_tokens: int, max_len: int | None, truncate: bool = False,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Validate right-padded prompts for `start`; left-truncate them when `truncate` is set.
-
-    Args:
-        input_ids: (B, T) right-padded token ids.
-        lengths: (B,) real lengths, or None for "all T".
-        segment_ids: (B, T) or None, truncated along with the ids.
-        max_new_tokens: tokens that will be generated after the prompt.
-        max_len: the model's context (None: unlimited).
-        truncate: keep each prompt's last max_len - max_new_tokens tokens instead of raising.
-
-    Returns:
-        (input_ids, lengths (B,) long, segment_ids), truncated if asked.
-
-    Raises:
-        UserError: no prompts, an empty prompt, bad lengths, or a prompt too long for the context.
-    """
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-        raise UserError("no prompts to decode (expected a non-empty (B, T) batch of token ids)")
-    b, t = input_ids.shape
-    dev = input_ids.device
-    lengths = torch.as_tensor(t if lengths is None else lengths, dtype=torch.long, device=dev).reshape(-1)
-    lengths = lengths.expand(b) if lengths.numel() == 1 else lengths
-    if lengths.numel() != b:
-        raise UserError(f"lengths has {lengths.numel()} entries for {b} prompts")
-    if bool((lengths < 1).any()):
-        raise UserError(f"prompt {int((lengths < 1).nonzero()[0])} is empty (every prompt needs at least one token)")
-    if bool((lengths > t).any()):
-        raise UserError(f"a prompt length exceeds the width of input_ids ({t})")
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if max_len is None:
-        return input_ids, lengths, segment_ids
-    limit = max_len - max_new_tokens
-    longest = int(lengths.max())
-    if longest > limit:
-        if not truncate or limit < 1:
-            raise UserError(
-                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's context "
-                f"of {max_len} tokens" + ("; shorten it or ask for left truncation" if limit >= 1 else ""))
-        drop = (lengths - limit).clamp(min=0)  # (B,) tokens cut from each row's left
-        src = (torch.arange(limit, device=dev)[None] + drop[:, None]).clamp(max=t - 1)  # (B, limit)
-        input_ids = input_ids.gather(1, src)
-        segment_ids = None if segment_ids is None else segment_ids.gather(1, src)
-        lengths = lengths - drop
-    return input_ids, lengths, segment_ids
-
-
-def left_pack(input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Move each row's `lengths[b]` tokens to the right end of a window of width W = max(lengths).
-
-    Returns:
-        packed (B, W) ids (0 at padding), positions (B, W) (column - offset, 0 at padding; also the
-        source column of each packed column), key_valid (B, W) bool, offsets (B,) padding per row.
-    """
-    width = int(lengths.max())
-    offsets = width - lengths  # (B,)
-    col = torch.arange(width, device=input_ids.device)[None]  # (1, W)
-    key_valid = col >= offsets[:, None]  # (B, W)
-    positions = (col - offsets[:, None]).clamp(min=0)  # (B, W)
-    packed = input_ids[:, :width].gather(1, positions).masked_fill(~key_valid, 0)  # (B, W)
-    return packed, positions, key_valid, offsets
-
-
-def input_major_(model: nn.Module) -> nn.Module:
-    """Store every nn.Linear weight of `model` input-major, in place; shapes, names, values and
-    weight tying are unchanged.
-
-    A Linear weight has shape (out, in); here it becomes the transposed view of an (in, out)
-    row-major tensor (the layout of GPT-2's Conv1D). With one row per call, as in every decoding
-    step at batch 1, MKL's matrix-vector product reads that layout 1.1-1.85x faster on the CPUs
-    of this project (e.g. SmolLM2's 49152 x 576 head: 4.4 vs 7.5 ms, one thread), while batched
-    products (prefill, training) run at the same speed either way. Checkpoints are unaffected:
-    state_dict values are the same and files are written contiguous. A head tied to the token
-    embedding keeps the embedding's row-major layout (safetensors' `save_model` cannot measure
-    shared strided tensors); decoding reads it through `Transformer._head`'s input-major copy.
-    """
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if isinstance(module, nn.Linear) and id(w) not in tied and w.is_contiguous():
-            with torch.no_grad():
-                module.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=w.requires_grad)
-    return model
-
-
-def _norm_fn(norm: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """torch's own norm function with the module's tensors bound; None for other norms (CLN)."""
-    if type(norm) is nn.LayerNorm:
-        shape, w, b, eps = norm.normalized_shape, norm.weight, norm.bias, norm.eps
-        return lambda x: F.layer_norm(x, shape, w, b, eps)
-    if type(norm) is nn.RMSNorm:
-        shape, w, eps = norm.normalized_shape, norm.weight, norm.eps
-        return lambda x: F.rms_norm(x, shape, w, eps)
-    return None
-
-
-def _linear_fn(linear: nn.Linear) -> Callable[[Tensor], Tensor]:
-    """x @ W^T + b as one addmm on the (input-major) weight, with the module's tensors bound; a
-    single row goes through OpenBLAS's GEMV when it is available (`genloom.nn.blas`)."""
-    w, b = linear.weight.t(), linear.bias  # (in, out): contiguous when stored input-major
-    one = blas.gemv(w, b)
-    many = (lambda x: torch.mm(x, w)) if b is None else (lambda x: torch.addmm(b, x, w))
-    if one is None:
-        return many
-    return lambda x: one(x) if x.shape[0] == 1 else many(x)
-
-
-def _fast_step(block: Block) -> Callable[[Tensor, Frame, Tensor], Tensor] | None:
-    """`block.step` for a plain attention block as direct torch calls: (x (B, C), frame, layer
-    state (B, 2, K, S, D)) -> (B, C). None when the block has another mixer or conditional norms.
-
-    A decoding step of a small model is bound by Python dispatch (about 10 module calls and 30
-    attribute lookups per layer); binding the tensors once per `start` and calling torch's
-    functions directly removes most of it (the small GPT-2 config: about 10% of a step). The
-    arithmetic is `Block.step` / `Attention.step` op for op (bitwise equal on two or more rows);
-    a single row's products go through OpenBLAS (`genloom.nn.blas`), equal to about 1e-6.
-    """
-    att, mlp = block.mixer, block.mlp
-    norm1, norm2 = _norm_fn(block.norm1), _norm_fn(block.norm2)
-    if type(att) is not Attention or norm1 is None or norm2 is None:
-        return None
-    qkv, out, fc, proj = (_linear_fn(m) for m in (att.qkv, att.out, mlp.fc, mlp.proj))
-    act, swiglu = mlp.act, mlp.swiglu
-    h, kh, d = att.n_head, att.n_kv_head, att.head_dim
-    g = h // kh
-
-    def step(x: Tensor, frame: Frame, state: Tensor) -> Tensor:
-        b, n = x.shape[0], frame.column
-        y = qkv(norm1(x)).view(b, h + 2 * kh, d)  # (B, H+2K, D)
-        column = state.select(3, n)  # (B, 2, K, D): this token's key and value
-        if frame.cos is None:
-            column.copy_(y[:, h:].view(b, 2, kh, d))
-            q = y[:, :h]  # (B, H, D)
-        else:
-            qk = apply_rope(y[:, : h + kh], frame.cos, frame.sin)  # (B, H+K, D)
-            column.select(1, 0).copy_(qk[:, h:])
-            column.select(1, 1).copy_(y[:, h + kh :])
-            q = qk[:, :h]  # (B, H, D)
-        used = state.narrow(3, 0, n + 1)  # (B, 2, K, n+1, D)
-        a = F.scaled_dot_product_attention(q.reshape(b, kh, g, d), used.select(1, 0), used.select(1, 1),
-                                           attn_mask=frame.mask)  # (B, K, G, D)
-        x = x + out(a.reshape(b, h * d))  # (B, C)
-        m = fc(norm2(x))  # (B, F) or (B, 2F)
-        if swiglu:
-            gate, up = m.chunk(2, dim=-1)
-            return x + proj(act(gate) * up)
-        return x + proj(act(m))  # (B, C)
-
-    return step
-
-
 @dataclass
 class TransformerState:
     """Decoding state of a `Transformer`; rows are the current rows of the search."""
@@ -398,7 +174,8 @@ class TransformerState:
     key_valid: Tensor | None  # (B, S) bool, False at padding columns; None when no row is padded
     segment: int  # segment id of generated tokens (1 for the prefix mask, else 0)
     condition: Tensor | None = None  # (B, E) condition vectors of a conditional (CLN) model, from start()
-    plan: list[Callable[[Tensor, Frame, Tensor], Tensor]] | None = None  # fast per-block steps (`_fast_step`)
+    plan: list[Callable[[Tensor, Frame, Tensor], Tensor]] | None = None  # fast per-block steps (`fast_step`)
+    hidden: Tensor | None = None  # (B, C) final-norm hidden state behind the last logits (start(output_hidden=True))
 
 
 class Transformer(nn.Module):
@@ -413,7 +190,7 @@ class Transformer(nn.Module):
         self.seg_emb = nn.Embedding(c.n_segment, c.d_model) if c.n_segment else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
-        self.norm = _make_norm(c)
+        self.norm = block_norm(c)
         self.cond_input = ConditionInput(c.cond_dim, n_labels=c.cond_labels) if c.cond_dim else None
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
@@ -492,7 +269,7 @@ class Transformer(nn.Module):
         x = self.drop(self._embed(input_ids, positions, segment_ids))  # (B, T, C)
         for block in self.blocks:
             x = block(x, frame, None, cond)
-        return _norm(self.norm, x, cond)  # (B, T, C)
+        return apply_norm(self.norm, x, cond)  # (B, T, C)
 
     def forward(
         self, input_ids: Tensor, *, segment_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -527,6 +304,7 @@ class Transformer(nn.Module):
         max_new_tokens: int,
         truncate: bool = False,
         condition: Condition | None = None,
+        output_hidden: bool = False,
     ) -> tuple[Tensor, TransformerState]:
         """Prefill right-padded prompts and allocate the cache.
 
@@ -539,6 +317,8 @@ class Transformer(nn.Module):
             truncate: if a prompt plus max_new_tokens exceeds max_len, keep its last tokens
                 instead of raising.
             condition: for a conditional (CLN) model only, as in `forward`; held in the state.
+            output_hidden: keep the final-norm hidden state (B, C) behind each returned logits in
+                `state.hidden` (from this call and every `step`), for output layers over it.
 
         Returns:
             (logits (B, V) for the first new token of each row, state).
@@ -569,21 +349,23 @@ class Transformer(nn.Module):
         x = self._embed(packed, src, seg)  # (B, W, C)
         for block, layer_state in zip(self.blocks, layers):
             x = block(x, frame, layer_state, cond)
-        logits = self._head(_norm(self.norm, x[:, -1], cond))  # (B, V): column W-1 is every row's last token
+        h = apply_norm(self.norm, x[:, -1], cond)  # (B, C): column W-1 is every row's last token
+        logits = self._head(h)  # (B, V)
         state = TransformerState(
             buffer=buffer, layers=layers, rows=b, length=width, capacity=capacity,
             offsets=offsets if padded else None,
             key_valid=torch.cat([key_valid, key_valid.new_ones(b, max_new_tokens)], dim=1) if padded else None,
-            segment=1 if self.config.mask == "prefix" else 0, condition=cond, plan=self._plan(cond))
+            segment=1 if self.config.mask == "prefix" else 0, condition=cond, plan=self._plan(cond),
+            hidden=h if output_hidden else None)
         return logits, state
 
     def _plan(self, cond: Tensor | None) -> list | None:
-        """Per-block fast steps (`_fast_step`) bound to the current weights, or None when any
+        """Per-block fast steps (`fast_step`) bound to the current weights, or None when any
         block needs its modules (conditional norms, another mixer)."""
         if cond is not None:
             return None
         blas.match_threads()
-        plan = [_fast_step(block) for block in self.blocks]
+        plan = [fast_step(block) for block in self.blocks]
         return None if any(p is None for p in plan) else plan
 
     @torch.inference_mode()
@@ -614,7 +396,10 @@ class Transformer(nn.Module):
             for block, layer_state in zip(self.blocks, state.layers):
                 x = block.step(x, frame, layer_state, state.condition)
         state.length = n + 1
-        return self._head(_norm(self.norm, x, state.condition)), state  # (B, V)
+        h = apply_norm(self.norm, x, state.condition)  # (B, C)
+        if state.hidden is not None:
+            state.hidden = h
+        return self._head(h), state  # (B, V)
 
     def _head(self, x: Tensor) -> Tensor:
         """Decoding logits (B, C) -> (B, V). A head tied to the embedding is read from an
@@ -661,4 +446,4 @@ class Transformer(nn.Module):
             offsets=None if state.offsets is None else state.offsets[index],
             key_valid=None if state.key_valid is None else state.key_valid[index],
             segment=state.segment, condition=None if state.condition is None else state.condition[index],
-            plan=state.plan)
+            plan=state.plan, hidden=None if state.hidden is None else state.hidden[index])

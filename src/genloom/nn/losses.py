@@ -26,10 +26,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sparse_softmax_cross_entropy", "sparse_log_softmax", "support_mask"]
+__all__ = ["check_sparse", "sparse_softmax_cross_entropy", "sparse_log_softmax", "support_mask"]
 
 
-def _check(k: int | None, top_p: float | None) -> None:
+def check_sparse(k: int | None, top_p: float | None) -> None:
+    """ValueError unless exactly one of k (an integer >= 1) and top_p (in (0, 1]) is given."""
     if (k is None) == (top_p is None):
         raise ValueError("give exactly one of k and top_p")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -42,7 +43,7 @@ def support_mask(logits: Tensor, *, k: int | None = None, top_p: float | None = 
     """The kept set Omega as a bool mask (..., V): the k largest logits (ties with the k-th kept,
     as `TopK` does), or the top-p nucleus (the largest logits until their softmax mass reaches
     top_p; at least one). The selection is not differentiated (it is a set, not a value)."""
-    _check(k, top_p)
+    check_sparse(k, top_p)
     logits = logits.detach()
     if k is not None:
         kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]  # (..., 1)
@@ -83,7 +84,7 @@ def sparse_softmax_cross_entropy(
     Returns:
         The loss, a scalar unless reduction="none".
     """
-    _check(k, top_p)
+    check_sparse(k, top_p)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     v = logits.shape[-1]

@@ -124,7 +124,8 @@ def causal_lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
 
 def pretrain_causal_lm(lm: nn.Module, tokenizer: Any, texts: Sequence[str], *, config: Any, run_dir: str | Path,
                        length: int, segments: bool = False, normalise: Callable[[str], str] | None = None,
-                       batch_size: int = 32, keep_checkpoints: bool = False, eval_fn: Any = None) -> Any:
+                       batch_size: int = 32, keep_checkpoints: bool = False, eval_fn: Any = None,
+                       task_config: dict[str, Any] | None = None) -> Any:
     """Train `lm` (in place) as a causal LM on `texts` cut into `TokenWindows` of `length` ids,
     with `fit` under `config` (a TrainConfig); returns fit's result.
 
@@ -132,6 +133,7 @@ def pretrain_causal_lm(lm: nn.Module, tokenizer: Any, texts: Sequence[str], *, c
         lm: a module called as lm(ids, attention_mask=, [segment_ids=]) -> (B, T, V) logits.
         segments: pass segment 1 everywhere (a prefix-mask UniLM trained as a causal LM).
         keep_checkpoints: keep run_dir/checkpoints (default: removed after the run).
+        task_config: the calling task's settings, written into the run's config.json (as `fit`).
     """
     from genloom.train.data import Loader
     from genloom.train.trainer import fit
@@ -142,7 +144,7 @@ def pretrain_causal_lm(lm: nn.Module, tokenizer: Any, texts: Sequence[str], *, c
     loader = Loader(data, batch_size=batch_size, collate_fn=PadRows(tokenizer.pad_id), lengths=data.lengths,
                     seed=config.seed)
     result = fit(CausalLMObjective(lm, tokenizer.pad_id, segments=segments), causal_lm_loss, loader,
-                 config=config, run_dir=run_dir, eval_fn=eval_fn)
+                 config=config, run_dir=run_dir, eval_fn=eval_fn, task_config=task_config)
     if not keep_checkpoints:
         shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return result

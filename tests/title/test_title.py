@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from genloom.cli import main
-from genloom.tasks.title import TitleConfig, load_title_model
-from genloom.tasks.title_cli import read_articles
-from genloom.tasks.title_data import PairDataset, hold_out, normalise
+from genloom.tasks.title.config import TitleConfig
+from genloom.tasks.title.data import PairDataset, hold_out, normalise
+from genloom.tasks.title.infer import load_title_model
 from genloom.tokenizers import CharTokenizer
 
 TINY = json.dumps({"emb_dim": 16, "enc_hidden": 8, "dec_hidden": 16, "out_hidden": 32})
@@ -96,7 +96,7 @@ def test_generate_keeps_lines_reports_empty_articles_and_exit_code_1(model_dir):
     tm = load_title_model(model_dir)
     assert [out[0], out[2], out[4]] == tm.generate(articles)
     err = r.stderr.decode().strip().splitlines()
-    assert err == ["genloom: error: stdin:2: empty article", "genloom: error: stdin:4: empty article"]
+    assert err == ["genloom: error: stdin:2: empty line", "genloom: error: stdin:4: empty line"]
 
 
 def test_generate_jsonl_file_to_json_with_per_line_errors(model_dir, tmp_path, capsys,
@@ -162,7 +162,7 @@ def test_explain_writes_a_png(model_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_attention_map_rows_are_distributions(model_dir):
-    from genloom.tasks.title_decode import attention_map
+    from genloom.tasks.title.explain import attention_map
 
     tm = load_title_model(model_dir)
     attn, src, tgt = attention_map(tm, _pairs(1, seed=4)[0]["content"])
@@ -197,14 +197,6 @@ def test_missing_input_in_a_subprocess_and_existing_model_guard(model_dir, tmp_p
     assert r.returncode == 2 and len(err) == 1 and "already holds a title model" in err[0]
 
 
-def test_read_articles_auto_format_and_errors():
-    lines = b'{"content": "a"}\n{"content": ""}\n[1]\n'
-    got = list(read_articles(iter(lines.splitlines(keepends=True)), fmt="auto", field="content"))
-    assert got[0] == (1, "a", None) and "empty article" in got[1][2] and "not a JSON" in got[2][2]
-    plain = list(read_articles(iter([b"x y\n", b"{not json\n"]), fmt="auto", field="content"))
-    assert plain == [(1, "x y", None), (2, "{not json", None)]
-
-
 def test_pair_dataset_truncates_and_counts():
     tok = CharTokenizer.train(["abc defghij"])
     ds = PairDataset([("a b\n\ncdefgh", "abc"), ("ab", "abcdefgh")], tok, max_source_len=4,
@@ -226,7 +218,7 @@ def test_hold_out_is_disjoint_deterministic_and_bounded():
 
 def test_unilm_with_pretraining_trains_saves_and_reloads(tmp_path):
     """The UniLM path end to end: char-LM pre-training, fine-tuning, save, reload, same titles."""
-    from genloom.tasks.title import train
+    from genloom.tasks.title.train import train
 
     pairs = [(p["content"], p["title"]) for p in _pairs(24, seed=13)]
     cfg = TitleConfig(arch="unilm", pretrain_minutes=0.02, minutes=5, max_epochs=1, batch_size=8,
@@ -241,3 +233,7 @@ def test_unilm_with_pretraining_trains_saves_and_reloads(tmp_path):
     again = load_title_model(tmp_path)
     arts = [a for a, _ in pairs[20:]]
     assert again.config.arch == "unilm" and again.generate(arts) == tm.generate(arts)
+    from genloom.tasks.title.explain import attention_map
+
+    attn, src, tgt = attention_map(again, arts[0])  # the pointer's copy distribution
+    assert attn.shape == (len(tgt), len(src)) and torch.allclose(attn.sum(-1), torch.ones(len(tgt)), atol=1e-5)

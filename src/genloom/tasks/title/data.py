@@ -17,13 +17,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from genloom.data import corpus_info, load_corpus, read_pairs
+from genloom.data import corpus_pairs, read_pairs
 from genloom.errors import UserError
 from genloom.tokenizers import CharTokenizer
+from genloom.train.lm import pad_rows
 
 Pair = tuple[str, str]  # (article, title)
 _SPACE = re.compile(r"\s+")
@@ -34,17 +34,13 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def corpus_pairs(name: str, split: str) -> list[Pair]:
-    """(content, title) pairs of one split of a named corpus with titles (inews)."""
-    info = corpus_info(name)
-    if not {"content", "title"} <= set(info.fields):
-        raise UserError(f"corpus {name!r} has no (content, title) pairs; use inews or --data FILE")
-    return [(r["content"], r["title"]) for r in load_corpus(name, split)]
-
-
-def file_pairs(path: str, *, source: str, target: str, fmt: str | None = None) -> list[Pair]:
-    """(source, target) pairs of a user file (JSONL / CSV / TSV / TXT with named fields)."""
-    return read_pairs(path, source=source, target=target, fmt=fmt)
+def task_pairs(corpus: str, split: str, data: str | None = None, *, source: str = "content",
+               target: str = "title", fmt: str | None = None) -> tuple[list[Pair], str]:
+    """(article, title) pairs and a line naming them: the user file `data` (JSONL / CSV / TSV /
+    TXT with fields `source` and `target`) when given, else one split of a named corpus."""
+    if data is not None:
+        return read_pairs(data, source=source, target=target, fmt=fmt), f"{data} ({source} -> {target})"
+    return corpus_pairs(corpus, split), f"{corpus} {split}"
 
 
 def hold_out(pairs: Sequence[Pair], n: int, *, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -114,14 +110,6 @@ class PairDataset(Dataset):
         return [len(s) + len(t) for s, t in self.items]
 
 
-def pad(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
-    """Right-pad id lists into (B, max len) long."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
 class Collate:
     """Batch of (source, title) items -> {"src" (B, S), "tgt_in" (B, T-1), "tgt_out" (B, T-1)};
     a class (not a closure) so DataLoader workers can pickle it."""
@@ -130,20 +118,7 @@ class Collate:
         self.pad_id = pad_id
 
     def __call__(self, items: Sequence[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
-        src = pad([s for s, _ in items], self.pad_id)  # (B, S)
-        tgt = pad([t for _, t in items], self.pad_id)  # (B, T)
+        src = pad_rows([s for s, _ in items], self.pad_id)  # (B, S)
+        tgt = pad_rows([t for _, t in items], self.pad_id)  # (B, T)
         return {"src": src, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
 
-
-def encode_sources(articles: Sequence[str], tokenizer: CharTokenizer, *, max_source_len: int
-                   ) -> tuple[Tensor, int]:
-    """Articles -> right-padded source ids (B, S) and the number that were cut. An article that is
-    empty after normalisation is a UserError (callers check per line first)."""
-    rows, cut = [], 0
-    for a in articles:
-        text = normalise(a)
-        if not text:
-            raise UserError("empty article")
-        cut += len(text) > max_source_len
-        rows.append(tokenizer.encode(text[:max_source_len]))
-    return pad(rows, tokenizer.pad_id), cut

@@ -8,7 +8,7 @@ import torch
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig, save
 from genloom.nn.dgcnn import DGCNN, ResidualGatedConv1d
-from genloom.tasks.summarize_extract import (EncoderConfig, Extractor, ExtractorConfig, clause_vectors, cross_fit,
+from genloom.tasks.summarize.extract import (EncoderConfig, Extractor, ExtractorConfig, clause_vectors, cross_fit,
                                              document_vectors, load_encoder, load_vectors, position_features,
                                              save_vectors, train_encoder)
 from genloom.tokenizers import CharTokenizer

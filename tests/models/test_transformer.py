@@ -420,3 +420,29 @@ def test_one_row_fast_steps_match_module_steps_and_model_still_pickles(variant):
     assert (runs[0] - runs[1]).abs().max() <= 1e-5
     again = pickle.loads(pickle.dumps(model))
     assert torch.equal(again(ids), model(ids))
+
+
+@pytest.mark.parametrize("mask", ["causal", "prefix"])
+def test_output_hidden_is_the_state_behind_the_logits(mask):
+    """start(output_hidden=True) keeps in state.hidden the final-norm hidden state (B, C) that the
+    returned logits come from, after start and every step (fast plan or not, across a select); the
+    logits are bitwise those of a decode without it."""
+    model = tiny("gpt2", mask)
+    torch.manual_seed(4)
+    ids = torch.randint(0, V, (3, 10))
+    lens = torch.tensor([4, 1, 6])
+    for fast in (True, False):
+        logits, state = model.start(input_ids=ids, lengths=lens, max_new_tokens=5, output_hidden=True)
+        plain, ref = model.start(input_ids=ids, lengths=lens, max_new_tokens=5)
+        assert ref.hidden is None and torch.equal(logits, plain)
+        if not fast:
+            state.plan = ref.plan = None
+        for j in range(4):
+            assert state.hidden.shape == (3, 32)
+            assert torch.equal(model._head(state.hidden), logits)  # the hidden state behind these logits
+            if j == 2:
+                state, ref = model.select(state, torch.tensor([2, 0, 0])), model.select(ref, torch.tensor([2, 0, 0]))
+            tokens = ids[:, 6 + j]
+            logits, state = model.step(tokens, state)
+            plain, ref = model.step(tokens, ref)
+            assert torch.equal(logits, plain) and ref.hidden is None

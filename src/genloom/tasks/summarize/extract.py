@@ -9,11 +9,11 @@ hidden states are mean-pooled over the real positions (the post mean-pools RoBER
 The encoder is frozen. `train_encoder` makes one when none is given: a small bidirectional char
 Transformer trained as a masked LM on the training clauses (BERT's 80/10/10 corruption of 15% of
 the characters, with the tokenizer's <unk> id serving as [MASK]: the char tokenizer has no spare
-special id, and <unk> never needs predicting).
+special id, and <unk> never needs predicting; `genloom.train.lm.MaskedLMCollate`).
 
 Extractor. A `DGCNN` (genloom.nn.dgcnn) over a document's clause vectors gives each clause a
 probability of being aligned to the summary (binary cross-entropy on the labels of
-`summarize_convert.extraction_labels`). `cross_fit` trains k models on k folds (document i is in
+`convert.extraction_labels`). `cross_fit` trains k models on k folds (document i is in
 fold i % k, as the post's `data_split`): fold f's model is trained on the other folds and labels
 fold f. So every training document's predicted extraction, the seq2seq's training input, comes
 from a model that never saw it (checked in `cross_fit` and by the tests). New documents get the
@@ -37,7 +37,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from genloom.errors import UserError
+from genloom.files import write_atomic, write_json_atomic
 from genloom.nn.dgcnn import DGCNN
+from genloom.train.lm import MaskedLMCollate, masked_lm_loss, pad_rows
 
 EXTRACTOR_FILE = "extractor.json"
 
@@ -61,53 +63,11 @@ class EncoderConfig:
     seed: int = 0  # initialisation, data order and masking
 
 
-class _Clauses(Dataset):
-    def __init__(self, ids: list[list[int]]) -> None:
-        self.ids = ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> list[int]:
-        return self.ids[i]
-
-
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Right-pad rows: ids (B, T) long and valid (B, T) bool."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    valid = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
+    ids = pad_rows(rows, pad_id)  # (B, T)
+    valid = torch.arange(ids.shape[1])[None] < torch.tensor([len(r) for r in rows])[:, None]
     return ids, valid
-
-
-class _MaskCollate:
-    """BERT corruption (80% <unk>-as-mask, 10% random char, 10% kept) of `rate` of the
-    characters (never BOS/EOS, at least one per row); targets -100 elsewhere."""
-
-    def __init__(self, pad_id: int, mask_id: int, first: int, vocab: int, rate: float) -> None:
-        self.pad_id, self.mask_id, self.first, self.vocab, self.rate = pad_id, mask_id, first, vocab, rate
-
-    def __call__(self, rows: list[list[int]]) -> dict[str, Tensor]:
-        ids, valid = _pad(rows, self.pad_id)  # (B, T)
-        lengths = valid.sum(1)  # (B,)
-        col = torch.arange(ids.shape[1])[None]
-        inner = (col >= 1) & (col < lengths[:, None] - 1)  # (B, T) characters only
-        chosen = inner & (torch.rand(ids.shape) < self.rate)
-        forced = torch.randint(0, 1 << 30, (ids.shape[0],)) % (lengths - 2).clamp(min=1) + 1  # (B,)
-        rows_ = torch.arange(ids.shape[0])
-        chosen[rows_, forced] |= inner[rows_, forced]
-        u = torch.rand(ids.shape)
-        inputs = torch.where(chosen & (u < 0.8), torch.full_like(ids, self.mask_id), ids)
-        inputs = torch.where(chosen & (u >= 0.8) & (u < 0.9), torch.randint(self.first, self.vocab, ids.shape), inputs)
-        return {"inputs": inputs, "valid": valid, "targets": ids.masked_fill(~chosen, -100)}
-
-
-def _mlm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    logits = model(batch["inputs"], attention_mask=batch["valid"])  # (B, T, V)
-    n = (batch["targets"] != -100).sum()
-    return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100), n
 
 
 def train_encoder(clauses: Sequence[str], out_dir: str | Path, config: EncoderConfig, *,
@@ -127,8 +87,9 @@ def train_encoder(clauses: Sequence[str], out_dir: str | Path, config: EncoderCo
         vocab_size=tokenizer.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
         d_model=config.d_model, d_ff=4 * config.d_model, max_len=config.max_len, mask="bidirectional",
         pos="rope", norm="rms", mlp="swiglu", bias=False))
-    collate = _MaskCollate(tokenizer.pad_id, tokenizer.unk_id, 4, tokenizer.vocab_size, config.mask_rate)
-    loader = Loader(_Clauses(ids), batch_size=config.batch_size, collate_fn=collate,
+    collate = MaskedLMCollate(pad_id=tokenizer.pad_id, mask_id=tokenizer.unk_id, first_id=4,
+                              vocab_size=tokenizer.vocab_size, rate=config.mask_rate)
+    loader = Loader(ids, batch_size=config.batch_size, collate_fn=collate,
                     lengths=[len(x) for x in ids], seed=config.seed)
     out = Path(out_dir)
     run_dir = out.parent / f"{out.name}-run"
@@ -136,7 +97,7 @@ def train_encoder(clauses: Sequence[str], out_dir: str | Path, config: EncoderCo
     cfg = TrainConfig(lr=config.lr, warmup_steps=50, schedule="constant", max_minutes=config.minutes,
                       max_steps=config.max_steps, ema_decay=0.99, ema_warmup=True, seed=config.seed,
                       device="cpu", progress=progress, log_every=20)
-    result = fit(model, _mlm_loss, loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
+    result = fit(model, masked_lm_loss, loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return save(model, tokenizer, out, ema=result.ema.averaged() if result.ema else None)
 
@@ -182,8 +143,6 @@ def document_vectors(encoder: nn.Module, tokenizer: Any, documents: Sequence[Seq
 
 def save_vectors(vectors: Sequence[Tensor], path: str | Path) -> None:
     """Write per-document vectors as one safetensors file (concatenated rows + counts)."""
-    from genloom.train.checkpoint import write_atomic
-
     blob = {"rows": torch.cat(list(vectors)).contiguous(),
             "counts": torch.tensor([len(v) for v in vectors], dtype=torch.long)}
     write_atomic(path, save_bytes(blob))
@@ -287,8 +246,6 @@ class Extractor:
 
     def save(self, directory: str | Path) -> Path:
         """extractor.json + one safetensors file per fold model, each written atomically."""
-        from genloom.train.checkpoint import write_atomic, write_json_atomic
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         for f, m in enumerate(self.models):

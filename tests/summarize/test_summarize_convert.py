@@ -1,4 +1,4 @@
-"""SPACES conversion (tasks/summarize_convert.py): clauses, greedy alignment, LCS copy labels."""
+"""SPACES conversion (tasks/summarize/convert.py): clauses, greedy alignment, LCS copy labels."""
 
 import itertools
 import random
@@ -7,7 +7,7 @@ import pytest
 
 from genloom.decode.copy import B, I, O
 from genloom.metrics import rouge_per_pair
-from genloom.tasks.summarize_convert import (SEPARATORS, align, char_score, copy_labels, extraction_labels, lcs,
+from genloom.tasks.summarize.convert import (SEPARATORS, align, char_score, copy_labels, extraction_labels, lcs,
                                              split_clauses)
 
 

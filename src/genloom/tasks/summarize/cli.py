@@ -1,0 +1,218 @@
+"""`genloom summarize train|run|eval`: the command line of the SPACES summarizer.
+
+train: on the inews documents longer than the window (title as the summary) or on a user file of
+(document, summary) pairs (--data, JSONL/CSV/TSV/TXT with named fields); its flags are
+`SummarizeConfig`'s fields (`genloom.cliargs.add_config_flags`). run: summaries of documents read
+one per line or as JSONL (--field) from a file or stdin (`genloom.data.readers.read_all_inputs`:
+a bad line is a one-line error naming it); `--explain` adds the source the seq2seq read and the
+extracted clauses with their probabilities (JSON lines). eval: char ROUGE-1/2/L and the CAIL word
+score of the summarizer and of extract-only, plus the extractor's recall of the aligned clauses,
+on the documents longer than the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from genloom.cliargs import (add_common, add_config_flags, config_from_args, positive_float, positive_int,
+                             probability, set_threads)
+from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
+from genloom.errors import UserError
+from genloom.tasks.summarize.config import CONFIG_FILE, MODES, SummarizeConfig
+
+# SummarizeConfig field -> help of its `summarize train` flag
+TRAIN_FLAGS: dict[str, str] = {
+    "mode": "pipeline (extract, then generate) or truncate (first window characters, then generate)",
+    "window": "source characters the seq2seq reads",
+    "max_target_len": "longest summary (characters)",
+    "max_clauses": "clauses of a document considered (the first ones)",
+    "threshold": "extractor probability above which a clause is extracted",
+    "fill": "fill the window with the next most probable clauses",
+    "oracle_rate": "chance a training source is the oracle extraction",
+    "encoder": "sentence encoder directory (bidirectional genloom Transformer); default: train one",
+    "encoder_minutes": "training minutes of that encoder",
+    "folds": "k of the extractor's cross-prediction",
+    "extract_epochs": "epochs of each extractor fold model",
+    "extract_hidden": "DGCNN width",
+    "extract_position": "clause-position features of the extractor (first k positions one-hot; 0: none, the post)",
+    "init": "start the seq2seq from this pre-trained directory (summarize.train.pretrain)",
+    "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
+    "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",
+    "d_ff": "seq2seq feed-forward width", "dropout": "seq2seq dropout",
+    "copy": "B/I/O copy head and copy-constrained decoding",
+    "copy_weight": "weight of the copy loss",
+    "pointer": "the title task's pointer-generator copy in the seq2seq's output",
+    "prior": "the title task's source-character prior in the seq2seq's output",
+    "sparse_k": "Sparse Softmax top-k in training and decoding (0: plain softmax)",
+    "sparse_p": "Sparse Softmax top-p instead of top-k (with --sparse-k 0)",
+    "source_noise": "share of source characters replaced at random in training",
+    "min_count": "characters rarer than this become <unk>", "vocab_max": "most vocabulary ids",
+    "batch_size": "seq2seq batch", "lr": "seq2seq learning rate", "warmup_steps": "seq2seq warm-up steps",
+    "steps": "seq2seq optimizer steps (default: bounded by --minutes)",
+    "minutes": "seq2seq training minutes (0: bounded by --steps only)", "ema_decay": "EMA decay of the seq2seq weights",
+    "num_beams": "beam size saved for summarizing",
+    "no_repeat_ngram": "ban repeated character n-grams of this size when summarizing (0: off)",
+}
+_TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": probability, "sparse_p": probability,
+          "lr": positive_float, "steps": positive_int, **{name: positive_int for name in (
+              "window", "max_target_len", "max_clauses", "folds", "batch_size", "num_beams", "vocab_max")}}
+
+
+def _pairs(args: argparse.Namespace, split: str) -> tuple[list[tuple[str, str]], str]:
+    """(document, summary) pairs from --data or the named corpus."""
+    from genloom.data import corpus_pairs, read_pairs
+
+    if args.data is not None:
+        return read_pairs(args.data, source=args.source, target=args.target, fmt=args.format), args.data
+    return corpus_pairs(args.corpus, split), f"{args.corpus} {split}"
+
+
+def _long(pairs: list[tuple[str, str]], min_chars: int, max_clauses: int) -> list[tuple[str, str]]:
+    """Pairs whose document (clauses joined, as the pipeline reads it) has at least min_chars characters."""
+    from genloom.tasks.summarize.convert import split_clauses
+
+    return [(d, s) for d, s in pairs if len("".join(split_clauses(d)[:max_clauses])) >= min_chars]
+
+
+def _write(path: str, text: str) -> None:
+    from genloom.files import write_atomic
+
+    write_atomic(path, text)
+
+
+# ---- train ----------------------------------------------------------------------------------------
+def run_train(args: argparse.Namespace) -> int:
+    from genloom.tasks.summarize.train import train
+
+    out = Path(args.out)
+    if (out / CONFIG_FILE).exists() and not args.force:
+        raise UserError(f"{out} already holds a summarizer; pass --force to replace it or choose another --out")
+    config = config_from_args(SummarizeConfig, args, sparse_k=args.sparse_k or None, minutes=args.minutes or None)
+    set_threads(args.threads)
+    pairs, what = _pairs(args, "train")
+    min_chars = config.window + 1 if args.min_chars is None else args.min_chars
+    pairs = _long(pairs, min_chars, config.max_clauses)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    if len(pairs) < config.folds:
+        raise UserError(f"only {len(pairs)} training documents of at least {min_chars} characters in {what}")
+    print(f"summarize: training on {len(pairs)} documents of {what} with >= {min_chars} characters", file=sys.stderr)
+    summarizer = train(config, pairs, out=out, progress=not args.quiet)
+    print(f"summarize: saved to {out} ({json.dumps(summarizer.info)})", file=sys.stderr)
+    return 0
+
+
+# ---- run ------------------------------------------------------------------------------------------
+def run_run(args: argparse.Namespace) -> int:
+    from genloom.tasks.summarize.pipeline import Summarizer
+
+    stream = open_input(args.input)
+    try:
+        docs = read_all_inputs(stream, fmt=args.format, field=args.field,
+                               name="stdin" if args.input == "-" else args.input)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    summarizer = Summarizer.load(args.model)
+    set_threads(args.threads)
+    rows = summarizer.summarize(docs, num_beams=args.beams, copy=False if args.no_copy else None,
+                                explain=args.explain)
+    if args.explain or args.json:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        text = "".join(r["summary"] + "\n" for r in rows)
+    if args.output:
+        _write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---- eval -----------------------------------------------------------------------------------------
+def run_eval(args: argparse.Namespace) -> int:
+    from genloom.tasks.summarize.evaluate import evaluate, format_rows
+    from genloom.tasks.summarize.pipeline import Summarizer
+
+    summarizer = Summarizer.load(args.model)
+    set_threads(args.threads)
+    pairs, what = _pairs(args, args.split)
+    min_chars = summarizer.config.window + 1 if args.min_chars is None else args.min_chars
+    pairs = _long(pairs, min_chars, summarizer.config.max_clauses)[: args.limit]
+    if not pairs:
+        raise UserError(f"no documents of at least {min_chars} characters in {what}")
+    result = evaluate(summarizer, pairs, num_beams=args.beams, copy=False if args.no_copy else None)
+    lines = [f"summarize eval on {what}: {len(pairs)} documents with >= {min_chars} characters",
+             format_rows(result["rows"])]
+    if "extraction" in result:
+        t, w = result["extraction"]["threshold"], result["extraction"]["window"]
+        lines.append(f"extractor vs aligned clauses: recall {t['recall']:.1f}% precision {t['precision']:.1f}% "
+                     f"above threshold; recall {w['recall']:.1f}% within the filled window")
+    lines.append(f"decoding: {result['decode_seconds']} s")
+    print("\n".join(lines))
+    if args.output:
+        payload = {**result, "source": what, "config": asdict(summarizer.config), "info": summarizer.info,
+                   "references": [r for _, r in pairs]}
+        _write(args.output, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------------
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    add_common(p, data=True, corpus="inews")
+    p.add_argument("--source", default="content", help="field holding the document (default content)")
+    p.add_argument("--target", default="title", help="field holding the summary (default title)")
+    p.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv", "txt"),
+                   help="format of --data (default: from the extension)")
+    p.add_argument("--min-chars", type=positive_int, default=None,
+                   help="use documents with at least this many characters (default: window + 1)")
+
+
+def _decode_flags(p: argparse.ArgumentParser) -> None:
+    add_common(p, model="directory written by `summarize train`", threads=False)
+    p.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
+    p.add_argument("--no-copy", action="store_true", help="decode without the copy constraint")
+
+
+def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) -> argparse.ArgumentParser:
+    """Register `genloom summarize` and its train / run / eval sub-commands."""
+    p = subparsers.add_parser(name, help=help, description=(
+        "SPACES extract-then-generate summarization of documents longer than the model window: "
+        "a DGCNN clause extractor over frozen sentence vectors, then a UniLM with B/I/O copy and "
+        "Sparse Softmax."))
+    sub = p.add_subparsers(dest="summarize_command", metavar="ACTION", parser_class=type(p))
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = sub.add_parser("train", help="train a summarizer", description=(
+        "Train the extractor (k-fold) and the seq2seq on the train split's long documents, or on --data."))
+    _data_flags(t)
+    add_common(t, out="the summarizer directory", out_default="runs/summarize", force=True, quiet=True, seed=0,
+               threads=False)
+    add_config_flags(t, SummarizeConfig, TRAIN_FLAGS, types_=_TYPES, choices={"mode": MODES})
+    t.add_argument("--limit", type=positive_int, default=None, help="train on the first N long documents only")
+    t.set_defaults(func=run_train)
+
+    r = sub.add_parser("run", help="summarize documents", description=(
+        "Summaries of documents read one per line (or JSONL) from FILE or stdin."))
+    r.add_argument("input", nargs="?", default="-", help="file of documents, - for stdin")
+    _decode_flags(r)
+    add_common(r)
+    r.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="lines, jsonl, or auto")
+    r.add_argument("--field", default="content", help="JSONL field holding the document")
+    r.add_argument("--explain", action="store_true", help="JSON lines with the source read and the extracted clauses")
+    r.add_argument("--json", action="store_true", help="JSON lines {summary}")
+    r.add_argument("--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+    r.set_defaults(func=run_run)
+
+    e = sub.add_parser("eval", help="ROUGE / CAIL of the summarizer and extract-only", description=(
+        "Char ROUGE-1/2/L F1 and the CAIL word score on the long documents of a split or of --data."))
+    _data_flags(e)
+    _decode_flags(e)
+    e.add_argument("--split", default="test", help="corpus split (default test)")
+    e.add_argument("--limit", type=positive_int, default=None, help="score the first N long documents only")
+    e.add_argument("--output", default=None, metavar="FILE", help="write every figure and prediction as JSON here")
+    e.set_defaults(func=run_eval)
+    return p

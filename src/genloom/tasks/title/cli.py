@@ -1,0 +1,275 @@
+"""`genloom title train|generate|eval`: the command line of the title task.
+
+train: on a named corpus (inews: train split, dev split for selection) or on a user file of
+pairs (--data; dev held out unless --dev-data); its flags are `TitleConfig`'s fields
+(`genloom.cliargs.add_config_flags`), plus `--model-json` for the architecture preset's own fields.
+
+generate reads one article per line, or JSONL objects (field --field, default "content"), from a
+file or stdin (`-`), through `genloom.data.readers.read_inputs`, and writes one title per input
+line to stdout (`--json`: one JSON object per line, {"line": n, "title": ...}). A line that cannot
+be used (blank, bad JSON, missing field, invalid UTF-8) gets a one-line error on stderr naming its
+line; plain output keeps the line alignment with an empty line there, JSON output skips it; the
+run goes on and the exit code is 1 if any line failed. Articles longer than the model's window
+are cut, with a warning count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_int, positive_float,
+                             positive_int, set_threads)
+from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
+from genloom.errors import UserError
+from genloom.tasks.title.config import ARCHS, TITLE_FILE, TitleConfig
+
+# TitleConfig field -> help of its `title train` flag
+TRAIN_FLAGS: dict[str, str] = {
+    "arch": "model: rnn (BiLSTM seq2seq) or unilm (prefix-mask Transformer)",
+    "prior": "the post's source-character prior",
+    "copy": "pointer-generator copy",
+    "minutes": "training time budget",
+    "max_epochs": "optional epoch limit",
+    "pretrain_minutes": "unilm: char-LM pre-training on all Chinese training text first",
+    "max_source_len": "articles are cut to this many characters",
+    "max_title_len": "longest title (longer training titles are cut)",
+    "min_count": "rarer characters become <unk>",
+    "gen_vocab": "rnn with copy: the generator covers this many most frequent characters (0: all)",
+    "batch_size": "pairs per optimizer step",
+    "warmup_steps": "linear warm-up steps",
+    "dev_size": "dev pairs decoded at each evaluation",
+    "eval_every": "steps between dev evaluations (0: each epoch)",
+    "patience": "evaluations without improvement before stopping",
+    "num_beams": "beam size saved for decoding",
+    "no_repeat_ngram": "ban repeated char n-grams when decoding (0: off)",
+    "length_penalty": "beam score = sum log p / length ** this",
+}
+_POSITIVE = ("max_epochs", "max_source_len", "max_title_len", "min_count", "batch_size", "dev_size", "num_beams")
+
+
+# ---- train --------------------------------------------------------------------------------------
+def _pairs(args: argparse.Namespace, split: str) -> tuple[list, str]:
+    from genloom.tasks.title.data import task_pairs
+
+    return task_pairs(args.corpus, split, args.data, source=args.source, target=args.target, fmt=args.format)
+
+
+def _model_overrides(text: str | None) -> dict[str, Any] | None:
+    """--model-json: a JSON object of preset overrides (parsed as data, never executed)."""
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-json is not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise UserError("--model-json must be a JSON object of model config fields")
+    return obj
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a previous `title train` wrote into `out` (only those files)."""
+    for name in ("model", "checkpoints", "pretrain"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("title.json", "config.json", "metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from genloom.data import chinese_lm_texts, read_pairs
+    from genloom.tasks.title.data import hold_out
+    from genloom.tasks.title.train import train
+
+    out = Path(args.out)
+    if (out / TITLE_FILE).exists() and not args.force:
+        raise UserError(f"{out} already holds a title model; pass --force to replace it or "
+                        f"choose another --out")
+    config = config_from_args(TitleConfig, args, model=_model_overrides(args.model_json))
+    if args.force:
+        _clear_run(out)
+    set_threads(args.threads)
+    train_pairs, what = _pairs(args, "train")
+    if args.data is not None and args.dev_data is not None:
+        dev_pairs = read_pairs(args.dev_data, source=args.source, target=args.target, fmt=args.format)
+    elif args.data is not None:
+        train_pairs, dev_pairs = hold_out(train_pairs, args.dev_size, seed=args.seed)
+    else:
+        dev_pairs, _ = _pairs(args, "dev")
+    print(f"title: training on {what}: {len(train_pairs)} pairs", flush=True)
+    t0 = time.perf_counter()
+    train(config, train_pairs=train_pairs, dev_pairs=dev_pairs, out_dir=out,
+          progress=not args.quiet, log=lambda s: print(s, file=sys.stderr, flush=True),
+          lm_texts=lambda: chinese_lm_texts("train"))
+    print(f"title: trained in {(time.perf_counter() - t0) / 60:.1f} minutes -> {out}", flush=True)
+    return 0
+
+
+# ---- generate -----------------------------------------------------------------------------------
+def run_generate(args: argparse.Namespace) -> int:
+    from genloom.tasks.title.infer import load_title_model
+
+    stream = open_input(args.input)
+    tm = load_title_model(args.model)
+    set_threads(args.threads)
+    failed = cut = total = 0
+    first: str | None = None
+    try:
+        chunk: list[tuple[int, str | None, str | None]] = []
+        lines = read_inputs(stream, fmt=args.format, field=args.field,
+                            name="stdin" if args.input == "-" else args.input)
+        for item in lines:
+            chunk.append(item)
+            if len(chunk) == args.batch_size:
+                f, c, t = _emit(tm, chunk, args, sys.stdout)
+                failed, cut, total = failed + f, cut + c, total + t
+                first = first or next((a for _, a, _ in chunk if a), None)
+                chunk = []
+        if chunk:
+            f, c, t = _emit(tm, chunk, args, sys.stdout)
+            failed, cut, total = failed + f, cut + c, total + t
+            first = first or next((a for _, a, _ in chunk if a), None)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if total == 0 and failed == 0:
+        raise UserError("no articles in the input")
+    if cut:
+        print(f"warning: {cut} of {total} articles were longer than {tm.config.max_source_len} "
+              f"characters and were cut", file=sys.stderr)
+    if args.explain and first is not None:
+        from genloom.tasks.title.explain import explain
+
+        path = explain(tm, first, args.explain)
+        print(f"title: attention map of the first article -> {path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _emit(tm: Any, chunk: list, args: argparse.Namespace, out: IO[str]) -> tuple[int, int, int]:
+    """Decode the good lines of a chunk and print every line's result in order;
+    returns (failed, cut, decoded)."""
+    good = [(n, a) for n, a, err in chunk if err is None]
+    titles: dict[int, str] = {}
+    cut = 0
+    if good:
+        _, cut = tm.sources([a for _, a in good])
+        preds = tm.generate([a for _, a in good], num_beams=args.beams,
+                            max_new_tokens=args.max_title_len)
+        titles = {n: t for (n, _), t in zip(good, preds)}
+    failed = 0
+    for n, _, err in chunk:
+        if err is not None:
+            failed += 1
+            out.flush()
+            print(f"genloom: error: {err}", file=sys.stderr, flush=True)
+            if not args.json:
+                print("", file=out)
+        elif args.json:
+            print(json.dumps({"line": n, "title": titles[n]}, ensure_ascii=False), file=out)
+        else:
+            print(titles[n], file=out)
+    out.flush()
+    return failed, cut, len(good)
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+def run_eval(args: argparse.Namespace) -> int:
+    from genloom.tasks.title.baselines import format_table
+    from genloom.tasks.title.evaluate import evaluate, write_eval
+    from genloom.tasks.title.infer import load_title_model
+
+    tm = load_title_model(args.model)
+    set_threads(args.threads)
+    pairs, what = _pairs(args, args.split)
+    pairs = pairs[:args.limit] if args.limit else pairs
+    result = evaluate(tm, pairs, num_beams=args.beams, baselines=not args.no_baselines,
+                      progress=not args.quiet)
+    lines = [f"title eval on {what}: {len(pairs)} pairs", format_table(result["rows"], n=len(pairs)),
+             f"repeated 4-gram: {100 * result['repeated_4gram']:.1f}% of generated titles; decoding "
+             f"{result['chars_per_s']:.0f} chars/s (beam {result['num_beams']}, "
+             f"{result['decode_seconds']:.1f} s)"]
+    if result["truncated"]:
+        lines.append(f"warning: {result['truncated']} of {len(pairs)} articles were cut to "
+                     f"{tm.config.max_source_len} characters")
+    if args.samples:
+        lines.append("")
+        lines.append("samples (generated | real):")
+        for (_, title), pred in list(zip(pairs, result["predictions"]))[:args.samples]:
+            lines.append(f"  {pred}  |  {title}")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out) if args.out else Path(args.model)
+    name = f"eval-{Path(args.data).stem if args.data else args.corpus + '-' + args.split}"
+    payload = {**result, "source": what, "config": asdict(tm.config), "references": [t for _, t in pairs]}
+    path = write_eval(payload, out, name, text)
+    print(f"title: table written to {path}", file=sys.stderr)
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def add_pair_flags(p: argparse.ArgumentParser) -> None:
+    """The fields and format of a --data file of (article, title) pairs."""
+    p.add_argument("--source", default="content", help="field holding the article (default content)")
+    p.add_argument("--target", default="title", help="field holding the title (default title)")
+    p.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv", "txt"),
+                   help="format of --data (default: from the extension)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
+               ) -> argparse.ArgumentParser:
+    """Register `genloom title` and its train / generate / eval sub-commands."""
+    p = subparsers.add_parser(name, help=help, description=(
+        "Article -> title generation: a char BiLSTM seq2seq with the post's prior and a "
+        "pointer-generator copy (rnn), or a UniLM Transformer with the same copy (unilm)."))
+    sub = p.add_subparsers(dest="title_command", metavar="ACTION", parser_class=type(p))
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = sub.add_parser("train", help="train a title model", description=(
+        "Train on a named corpus (inews: train split, dev split for selection) or on your own "
+        "pairs (--data; dev held out unless --dev-data). Checkpoints are chosen by dev ROUGE-L."))
+    add_common(t, out="run and model directory", out_default="runs/title", force=True, quiet=True, seed=0,
+               data=True, corpus="inews")
+    add_pair_flags(t)
+    t.add_argument("--dev-data", default=None, metavar="FILE", help="dev pairs for --data")
+    add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
+                     types_={name: positive_int for name in _POSITIVE})
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
+    t.add_argument("--model-json", default=None, metavar="JSON",
+                   help='overrides of the model preset, e.g. \'{"enc_hidden": 96}\'')
+    t.set_defaults(func=run_train)
+
+    g = sub.add_parser("generate", help="titles for articles", description=(
+        "Titles for articles read one per line (or JSONL) from FILE or stdin."))
+    g.add_argument("input", nargs="?", default="-", help="file of articles, - for stdin")
+    add_common(g, model="directory written by `title train`")
+    g.add_argument("--format", default="auto", choices=INPUT_FORMATS,
+                   help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
+    g.add_argument("--field", default="content", help="JSONL field holding the article")
+    g.add_argument("--json", action="store_true", help="write JSON lines {line, title}")
+    g.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
+    g.add_argument("--max-title-len", type=positive_int, default=None, help="longest title")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="articles decoded together")
+    g.add_argument("--explain", default=None, metavar="PNG",
+                   help="write the attention map of the first article and its title")
+    g.set_defaults(func=run_generate)
+
+    e = sub.add_parser("eval", help="ROUGE / BLEU against the baselines", description=(
+        "Char ROUGE-1/2/L F1 and BLEU of the model's titles beside lead-24 and best-sentence, "
+        "on a corpus split or your pairs; the table is written to the model directory."))
+    add_common(e, model="directory written by `title train`", quiet=True, data=True, corpus="inews")
+    add_pair_flags(e)
+    e.add_argument("--split", default="test", help="corpus split (default test)")
+    e.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
+    e.add_argument("--limit", type=positive_int, default=None, help="score the first N pairs only")
+    e.add_argument("--samples", type=nonneg_int, default=10, help="sample titles to print")
+    e.add_argument("--no-baselines", action="store_true", help="skip lead-24 / best-sentence")
+    e.add_argument("--out", default=None, metavar="DIR", help="where to write the table (default: --model)")
+    e.set_defaults(func=run_eval)
+    return p

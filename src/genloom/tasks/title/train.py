@@ -1,0 +1,116 @@
+"""Training a title model: the training core's `fit` with EMA, dev ROUGE-L selection and early
+stopping, after an optional char-LM pre-training of the UniLM (`genloom.train.lm`).
+
+A run writes into its directory the model (`model/`, `title.json`, see `genloom.tasks.title`), the
+run's own files (metrics.jsonl, curves.png, config.json) and, after pre-training, `pretrain/`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genloom.errors import UserError
+from genloom.metrics import rouge
+from genloom.tasks.title.config import ARCHS, TitleConfig
+from genloom.tasks.title.data import Collate, Pair, PairDataset, build_tokenizer, normalise
+from genloom.tasks.title.infer import TitleModel, decode_sources, save_title_model
+from genloom.train import Loader, TrainConfig, fit
+from genloom.train.lm import pretrain_causal_lm
+
+
+def pretrain_lm(model: nn.Module, tokenizer: Any, texts: list[str], *, minutes: float, run_dir: str | Path,
+                batch_size: int, lr: float, seed: int, progress: bool = True, length: int = 128) -> Any:
+    """Train a UniLM's Transformer (`model.lm`) as a causal char LM on `texts` (windows of `length`
+    characters, at most the model's context; every position segment 1, where the prefix mask is
+    causal: the title side's regime) for `minutes`."""
+    cfg = TrainConfig(lr=lr, warmup_steps=50, schedule="constant", max_minutes=minutes, grad_clip=1.0,
+                      log_every=10, seed=seed, device="cpu", progress=progress)
+    return pretrain_causal_lm(model.lm, tokenizer, texts, config=cfg, run_dir=run_dir, segments=True,
+                              length=min(length, model.lm.config.max_len), normalise=normalise,
+                              batch_size=batch_size)
+
+
+def _dev_eval(tm: TitleModel, dev: Sequence[Pair]) -> Callable[[nn.Module], dict[str, float]]:
+    """eval_fn for `fit`: greedy titles of the dev pairs -> char ROUGE-1/2/L (percent)."""
+    src, _ = tm.sources([a for a, _ in dev])
+    refs = [t for _, t in dev]
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        preds = decode_sources(model, tm.tokenizer, src, num_beams=1,
+                               max_new_tokens=tm.config.max_title_len,
+                               no_repeat_ngram=tm.config.no_repeat_ngram, batch_size=100)
+        return rouge([p or "∅" for p in preds], refs)  # an empty title scores 0, not an error
+
+    return evaluate
+
+
+def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequence[Pair],
+          out_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print,
+          lm_texts: Callable[[], list[str]] | None = None) -> tuple[TitleModel, Any]:
+    """Train a title model and save it under `out_dir`.
+
+    Args:
+        config: resolved settings.
+        train_pairs, dev_pairs: (article, title) pairs; dev selects the checkpoint by ROUGE-L.
+        out_dir: new or empty-of-checkpoints directory for the run and the model.
+        progress: tqdm bars.
+        log: where one-line notes (truncation warnings, phases) go.
+        lm_texts: the pre-training texts (unilm with pretrain_minutes > 0); called only then.
+
+    Returns:
+        (the trained TitleModel with the selected weights, the FitResult).
+    """
+    out = Path(out_dir)
+    torch.manual_seed(config.seed)
+    pretrain = config.arch == "unilm" and config.pretrain_minutes > 0
+    texts = lm_texts() if pretrain and lm_texts is not None else []
+    if pretrain and not texts:
+        raise UserError("pre-training needs texts (chinese_lm_texts)")
+    tokenizer = build_tokenizer([t for p in train_pairs for t in p] + texts,
+                                min_count=config.min_count)
+    model = ARCHS[config.arch](config, tokenizer)
+    dev_pairs = list(dev_pairs)[:config.dev_size]
+    tm = TitleModel(model, tokenizer, config)
+    data = PairDataset(train_pairs, tokenizer, max_source_len=config.max_source_len,
+                       max_title_len=config.max_title_len)
+    warning = data.cut.message(config.max_source_len, config.max_title_len)
+    if warning:
+        log(warning)
+    log(f"title: {config.arch} model, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{tokenizer.vocab_size} characters, {len(data)} training pairs, {len(dev_pairs)} dev pairs")
+    if pretrain:
+        log(f"title: pre-training the char LM for {config.pretrain_minutes:g} minutes "
+            f"on {len(texts):,} texts")
+        pretrain_lm(model, tokenizer, texts, minutes=config.pretrain_minutes, run_dir=out / "pretrain",
+                    batch_size=config.batch_size, lr=config.lr, seed=config.seed, progress=progress)
+    loader = Loader(data, batch_size=config.batch_size, collate_fn=Collate(tokenizer.pad_id),
+                    lengths=data.lengths(), seed=config.seed)
+    tcfg = TrainConfig(
+        lr=config.lr, warmup_steps=config.warmup_steps, schedule="constant",
+        max_minutes=config.minutes, max_epochs=config.max_epochs, grad_clip=1.0,
+        ema_decay=config.ema_decay, ema_bias_correction=config.ema_decay is not None,
+        eval_every=config.eval_every, metric="rouge-l", mode="max", patience=config.patience,
+        log_every=10, keep_last=1, seed=config.seed, device="cpu", progress=progress)
+
+    def loss_fn(net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        n = int((batch["tgt_out"] != tokenizer.pad_id).sum())
+        return net(batch["src"], batch["tgt_in"], batch["tgt_out"]), n
+
+    result = fit(model, loss_fn, loader, config=tcfg, run_dir=out, eval_fn=_dev_eval(tm, dev_pairs),
+                 task_config=asdict(config))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the model directory keeps the weights
+    save_title_model(tm, out, ema=result.ema)
+    if result.ema is not None:
+        result.ema.copy_to(model)
+    model.eval()
+    best = "none" if result.best_value is None else f"{result.best_value:.2f}"
+    log(f"title: stopped after {result.step} steps ({result.stop_reason}); best dev ROUGE-L "
+        f"{best} at step {result.best_step}; saved to {out}")
+    return tm, result
