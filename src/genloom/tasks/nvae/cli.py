@@ -133,10 +133,10 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--data", default=d.data, help=DATA_HELP)
     t.add_argument("--bits", choices=("binary", "8"), default="binary",
                    help="binary: dynamically binarised, Bernoulli; 8: 8-bit, logistic mixture")
-    t.add_argument("--steps", dest="max_steps", type=positive_int, help="optimizer steps")
-    t.add_argument("--minutes", dest="max_minutes", type=positive_float,
+    t.add_argument("--steps", dest="max_steps", type=positive_int, metavar="N", help="optimizer steps")
+    t.add_argument("--minutes", dest="max_minutes", type=positive_float, metavar="MIN",
                    help="training minutes (evaluations excluded)")
-    t.add_argument("--limit", dest="train_limit", type=positive_int, help="first N training images only")
+    t.add_argument("--limit", dest="train_limit", type=positive_int, metavar="N", help="first N training images only")
     add_config_flags(t, NVAETrainConfig, {k: h for k, (h, _) in TRAIN_FLAGS.items()},
                      types_={k: f for k, (_, f) in TRAIN_FLAGS.items() if f is not None})
     t.add_argument("--no-ema", action="store_true", help="keep no moving average of the weights")
