@@ -9,6 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 
+@pytest.fixture
+def genloom(capsys):
+    """`genloom(*argv) -> (exit code, stdout, stderr)` of the CLI run in this process (a flag
+    argparse rejects exits through SystemExit: its code is returned)."""
+    from genloom.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:
+            rc = e.code
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    return run
+
+
 GPT2_TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world, a tiny model says hello",
               "你好世界，今天天气很好", "pack my box with five dozen liquor jugs"]
 GPT2_EOS = 0

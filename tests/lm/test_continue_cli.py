@@ -9,29 +9,19 @@ import json
 import pytest
 import torch
 
-from genloom.cli import main
 from genloom.decode.heal import back_off, continue_prompt
 from genloom.decode.heal_tree import VocabIndex
 from genloom.models import load
 
 
-def run_cli(capsys, *argv):
-    try:
-        rc = main(["continue", *argv])
-    except SystemExit as e:  # a flag argparse rejects
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def test_cli_matches_the_library_for_every_mode_and_strategy(zh_dir, capsys):
+def test_cli_matches_the_library_for_every_mode_and_strategy(zh_dir, genloom):
     model, tok = load(zh_dir)
     index = VocabIndex.from_tokenizer(tok)
     prompt = "广州的白云机"
     for mode in ("exact", "post", "none"):
         for strategy in ("greedy", "beam", "sample"):
             beams = ["--num-beams", "2"] if strategy == "beam" else []
-            rc, out, err = run_cli(capsys, "--model", str(zh_dir), "--prompt", prompt, "--heal", mode,
+            rc, out, err = genloom("continue", "--model", str(zh_dir), "--prompt", prompt, "--heal", mode,
                                    "--strategy", strategy, "--max-new-tokens", "4", "--no-eos", "--json",
                                    "--seed", "3", *beams)
             assert rc == 0, err
@@ -45,12 +35,12 @@ def test_cli_matches_the_library_for_every_mode_and_strategy(zh_dir, capsys):
                 assert generated.startswith(bytes.fromhex(record["removed_hex"]))  # healed text starts with r
 
 
-def test_cli_prompt_file_cut_inside_a_character(zh_dir, capsys, tmp_path):
+def test_cli_prompt_file_cut_inside_a_character(zh_dir, genloom, tmp_path):
     model, tok = load(zh_dir)
     data = "广州的白云".encode()[:-1]  # the last character cut after two of its three bytes
     path = tmp_path / "p.txt"
     path.write_bytes(data)
-    rc, out, err = run_cli(capsys, "--model", str(zh_dir), "--prompt-file", str(path), "--max-new-tokens", "3",
+    rc, out, err = genloom("continue", "--model", str(zh_dir), "--prompt-file", str(path), "--max-new-tokens", "3",
                            "--no-eos", "--json")
     assert rc == 0, err
     record = json.loads(out)
@@ -80,28 +70,28 @@ def test_cli_prompt_file_cut_inside_a_character(zh_dir, capsys, tmp_path):
     (["--prompt", "x", "--bos", "99999"], "outside the vocabulary"),
     (["--prompt-file", "/nonexistent/p.txt"], "no prompt file"),
 ])
-def test_cli_errors_are_one_line(zh_dir, capsys, argv, message):
-    rc, out, err = run_cli(capsys, "--model", str(zh_dir), *argv)
+def test_cli_errors_are_one_line(zh_dir, genloom, argv, message):
+    rc, out, err = genloom("continue", "--model", str(zh_dir), *argv)
     assert rc == 2 and out == ""
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_cli_missing_model_and_single_partial_token_without_start(zh_dir, capsys):
-    rc, _, err = run_cli(capsys, "--model", "/nonexistent/model", "--prompt", "x")
+def test_cli_missing_model_and_single_partial_token_without_start(zh_dir, genloom):
+    rc, _, err = genloom("continue", "--model", "/nonexistent/model", "--prompt", "x")
     assert rc == 2 and err.count("\n") == 1
-    rc, _, err = run_cli(capsys, "--model", str(zh_dir), "--prompt", "the", "--bos", "none", "--back-off", "1")
+    rc, _, err = genloom("continue", "--model", str(zh_dir), "--prompt", "the", "--bos", "none", "--back-off", "1")
     assert rc == 2 and "single partial token" in err
 
 
 # ---- Hugging Face models: the hf mode and the adapter path ---------------------------------------
 
 
-def test_hf_mode_is_transformers_token_healing(hf_llama_dir, capsys):
+def test_hf_mode_is_transformers_token_healing(hf_llama_dir, genloom):
     import transformers
 
     prompt = "visit http:"
-    rc, out, err = run_cli(capsys, "--model", str(hf_llama_dir), "--prompt", prompt, "--heal", "hf", "--max-new-tokens",
-                           "5", "--no-eos", "--json")
+    rc, out, err = genloom("continue", "--model", str(hf_llama_dir), "--prompt", prompt, "--heal", "hf",
+                           "--max-new-tokens", "5", "--no-eos", "--json")
     assert rc == 0, err
     record = json.loads(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_llama_dir).eval()
@@ -137,10 +127,10 @@ def test_hf_mode_crash_is_a_counted_user_error(hf_llama_dir, monkeypatch):
         hf_continue(model, tok, "visit http:", max_new_tokens=3)
 
 
-def test_exact_healing_is_the_same_on_converted_and_wrapped_hf_models(hf_llama_dir, capsys):
+def test_exact_healing_is_the_same_on_converted_and_wrapped_hf_models(hf_llama_dir, genloom):
     outs = []
     for engine in ("genloom", "hf"):
-        rc, out, err = run_cli(capsys, "--model", str(hf_llama_dir), "--prompt", "visit http:", "--engine", engine,
+        rc, out, err = genloom("continue", "--model", str(hf_llama_dir), "--prompt", "visit http:", "--engine", engine,
                                "--max-new-tokens", "4", "--no-eos", "--json", "--tol", "0")
         assert rc == 0, err
         outs.append(json.loads(out))

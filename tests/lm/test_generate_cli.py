@@ -54,13 +54,14 @@ def test_cli_subprocess_bad_input_exits_2_with_one_line(hf_gpt2_dir, args, messa
 def test_cli_input_file_jsonl_output_and_engines(hf_gpt2_dir, hf_gpt2, tmp_path, capsys):
     _, model, tok = hf_gpt2
     src = tmp_path / "prompts.txt"
-    src.write_text("\n".join(PROMPTS[:2]) + "\n\n" + "\n".join(PROMPTS[2:]) + "\n\n", encoding="utf-8")  # blanks skipped
+    blanks = "\n".join(PROMPTS[:2]) + "\n\n" + "\n".join(PROMPTS[2:]) + "\n\n"  # blank lines are skipped
+    src.write_text(blanks, encoding="utf-8")
     outs = {}
     for engine in ("genloom", "hf"):
         dest = tmp_path / f"out-{engine}.jsonl"
-        rc = main(["generate", "--model", str(hf_gpt2_dir), "--input", str(src), "--strategy", "beam", "--num-beams", "3",
-                   "--num-return-sequences", "2", "--max-new-tokens", "10", "--jsonl", "--output", str(dest),
-                   "--engine", engine])
+        rc = main(["generate", "--model", str(hf_gpt2_dir), "--input", str(src), "--strategy", "beam",
+                   "--num-beams", "3", "--num-return-sequences", "2", "--max-new-tokens", "10", "--jsonl",
+                   "--output", str(dest), "--engine", engine])
         assert rc == 0 and capsys.readouterr().out == ""
         outs[engine] = [json.loads(line) for line in dest.read_text(encoding="utf-8").splitlines()]
     assert outs["genloom"] == outs["hf"]  # converted Transformer == HF model behind HFCausalLM
@@ -143,10 +144,7 @@ def test_engines_pick_the_model_class(hf_gpt2_dir, tmp_path):
     (["--num-return-sequences", "2"], "greedy search returns one sequence per prompt"),
     (["--threads", "0"], "--threads: '0' must be a positive integer"),
 ])
-def test_cli_bad_numbers_are_one_line_before_the_model_loads(tmp_path, capsys, extra, message):
-    try:  # a model path that does not exist: every check comes before loading
-        rc = main(["generate", "--model", str(tmp_path / "no-model"), "--prompt", "hi", *extra])
-    except SystemExit as e:  # a flag argparse rejects
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and message in err, err
+def test_cli_bad_numbers_are_one_line_before_the_model_loads(tmp_path, genloom, extra, message):
+    # a model path that does not exist: every check comes before loading
+    rc, out, err = genloom("generate", "--model", str(tmp_path / "no-model"), "--prompt", "hi", *extra)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and message in err, err

@@ -41,7 +41,8 @@ def _spells(tok, lines: list[str], sequences: list[list[int]]) -> None:
 def test_old_rtf_lm_directory_generates_what_it_did(capsys):
     model, tok = load(OLD)
     assert isinstance(model, RTFLM)
-    lines = _generate(capsys, "--model", str(OLD), "--prompt", "天地", "--prompt", "山水风", "--max-new-tokens", "8")
+    lines = _generate(capsys, "--model", str(OLD), "--prompt", "天地", "--prompt", "山水风",
+                      "--max-new-tokens", "8")
     ids, lengths = tok.encode_batch(["天地", "山水风"])
     direct = loops.greedy(model, input_ids=ids, lengths=lengths, max_new_tokens=8, eos_id=tok.eos_id).sequences
     assert direct == EXPECTED["rtf_lm"]  # what the code that wrote the directory decoded

@@ -7,8 +7,9 @@ returns the logits for the first new token; `step` feeds one token per row and r
 for the next; `select` keeps or reorders rows of the state (beam reordering, dropping finished
 rows). Search loops call `model.start(**inputs, max_new_tokens=N)`: every `start` accepts
 `max_new_tokens` (the most tokens that will be stepped, so a cache can be allocated once) and may
-ignore it. Rows of the returned logits are in the order of the input rows. Search loops in `genloom.decode` see models only through these three methods, so the LSTM's
-(h, c), a Transformer's KV cache and an RTF shift register all live behind the same interface.
+ignore it. Rows of the returned logits are in the order of the input rows. Search loops in
+`genloom.decode` see models only through these three methods, so the LSTM's (h, c), a
+Transformer's KV cache and an RTF shift register all live behind the same interface.
 
 Two helpers read what every caller needs from any model: `model_device` (where its inputs go)
 and `context_length` (the most prompt + new tokens its `start` accepts; a model states it as a
