@@ -4,7 +4,7 @@ The post (bojone/seq2seq `gen_title`) re-runs the whole model, encoder included,
 and the full title prefix at every step; genloom's `RNNSeq2Seq` keeps the LSTM state and the
 encoder memory in its decoding state, so a step is O(1) in the title length and never touches
 the encoder again. Both go through the same `beam_search` (beam 3, the title processors), the
-reference as `genloom.tasks.title.infer.NoCache`, on the first 50 inews test articles in one
+reference as `genloom.models.nocache.NoCache`, on the first 50 inews test articles in one
 batch, with titles of exactly 32 characters (EOS disabled, so both do the same number of steps).
 
 Claims checked: identical titles (also with EOS on, the real decoding) and a speed-up >= 5x.
@@ -33,9 +33,10 @@ import torch
 
 from genloom.decode.loops import beam_search
 from genloom.data import corpus_pairs
+from genloom.models.nocache import NoCache
 from genloom.tasks.title.config import ARCHS, TITLE_FILE, TitleConfig
 from genloom.tasks.title.data import build_tokenizer
-from genloom.tasks.title.infer import NoCache, TitleModel, load_title_model, title_processors
+from genloom.tasks.title.infer import TitleModel, load_title_model, title_processors
 from genloom.train.lm import pad_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "title_decode.json"

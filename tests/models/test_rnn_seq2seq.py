@@ -13,7 +13,8 @@ from genloom.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqState, title_rnn_sm
 from genloom.models.unilm import UniLMSeq2Seq, title_unilm_small
 from genloom.nn.pointer import source_presence, successor_matches
 from genloom.nn.rows import reverse_rows
-from genloom.tasks.title.infer import NoCache, title_processors
+from genloom.models.nocache import NoCache
+from genloom.tasks.title.infer import title_processors
 
 V, PAD, BOS, EOS = 40, 0, 2, 3
 

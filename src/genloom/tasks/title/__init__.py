@@ -8,7 +8,7 @@ Two architectures, one task (`config.ARCHS`):
   Transformer under the prefix mask, optionally pre-trained as a char LM first.
 
 Modules: `config` (TitleConfig, the model builders), `data` (pairs, tokenizer, batches), `train`,
-`infer` (TitleModel: decoding, save / load; NoCache, the post's decoder), `explain` (the
+`infer` (TitleModel: decoding, save / load), `explain` (the
 attention picture), `evaluate`, `baselines` (lead-N, best-sentence, the score table), `cli` and
 `baseline_cli` (the commands).
 
