@@ -1,4 +1,4 @@
-"""Model directories written by earlier code (tests/data/old_models, see its README) still load
+"""Model directories written by earlier code (tests/fixtures/old_models, see its README) still load
 and decode to what that code produced."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from genloom.cli import main
 from genloom.models import load
 
-OLD = Path(__file__).parent / "data" / "old_models"
+OLD = Path(__file__).parent / "fixtures" / "old_models"
 EXPECTED = json.loads((OLD / "expected.json").read_text(encoding="utf-8"))
 
 

@@ -1,4 +1,4 @@
-"""`genloom generate` and `genloom continue` on RTF LMs: the directory of tests/data/old_models/rtf_lm
+"""`genloom generate` and `genloom continue` on RTF LMs: the directory of tests/fixtures/old_models/rtf_lm
 (written by earlier code) and a fresh RTFLM saved by `genloom.models.save` (tests/lm/conftest.py),
 each recognised through `genloom.models.io.MODEL_TYPES`, not taken for a Hugging Face model. The
 printed texts spell exactly the ids the search loops give when called directly on the loaded model;
@@ -18,7 +18,7 @@ from genloom.decode.heal import continue_prompt
 from genloom.models import load
 from genloom.models.rtf_lm import RTFLM
 
-OLD = Path(__file__).parents[1] / "data" / "old_models" / "rtf_lm"
+OLD = Path(__file__).parents[1] / "fixtures" / "old_models" / "rtf_lm"
 EXPECTED = json.loads((OLD.parent / "expected.json").read_text(encoding="utf-8"))
 PROMPTS = ["广州的白云机场很大，白云山也很美。我们今天去", "白云", "the theme"]  # the first: 22 chars > max_len
 

@@ -23,7 +23,7 @@ from genloom.nn.nvae_cells import SpectralRegularizer
 from genloom.tasks.nvae.config import NVAETrainConfig, make_model
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-OLD = Path(__file__).resolve().parents[1] / "data" / "old_models"
+OLD = Path(__file__).resolve().parents[1] / "fixtures" / "old_models"
 
 
 # ----------------------------------------------------------------------------- KL schedule, balance

@@ -24,7 +24,7 @@ backward passes (and DDP's all-reduce, which averages over ranks) the gradients 
 world_size / (tokens of the whole step over all ranks). The step's gradient is therefore that of
 the token-mean loss of everything the step saw, however it was split into micro-batches or ranks:
 two ranks with batch b, one process with 2 micro-batches of b, and one process with batch 2b
-take the same step (tests/test_ddp.py, tests/test_trainer.py).
+take the same step (tests/train/test_ddp.py, tests/train/test_trainer.py).
 
 DDP: run the same script under `torchrun --nproc_per_node N`; `fit` joins the process group
 (gloo on CPU, nccl on GPU), wraps the model in DistributedDataParallel, and only rank 0 writes

@@ -2,7 +2,7 @@
 
 Run as a script (the kill / resume and DDP tests launch it with subprocess or torchrun):
 
-    python tests/train_toy.py RUN_DIR --max-steps 30 --ckpt-every 10 [--resume] [--workers 1]
+    python tests/train/train_toy.py RUN_DIR --max-steps 30 --ckpt-every 10 [--resume] [--workers 1]
 
 It trains `ToyLM` on `toy_dataset()` through `genloom.train.trainer.fit` with a `Loader`, then
 rank 0 writes the final weights to RUN_DIR/final/ (model.safetensors, model_ema.safetensors).
