@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 
 # The main job: the inews cleaning counts, then the default title generator (char BiLSTM seq2seq
 # with the post's prior and pointer-generator copy) trained for 15 minutes with dev-ROUGE model
-# selection, then the test-set table (beside the lead-24 / best-sentence baselines) and samples.
+# selection, then the test-set table (beside the lead-24 / best-sentence baselines) and samples;
+# the table, the run's steps and the machine's load go to benchmarks/results/make_run.json.
 run: install
 	$(BIN)/genloom corpora --stats inews
 	$(BIN)/genloom title train --corpus inews --out $(RUN_DIR) --minutes 15 --force
 	$(BIN)/genloom title eval --model $(RUN_DIR) --split test --samples 10
+	$(BIN)/python benchmarks/make_run.py $(RUN_DIR)
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -28,7 +28,8 @@ from genloom.cliargs import (add_common, add_config_flags, config_from_args, non
                              positive_int, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
 from genloom.errors import UserError
-from genloom.tasks.title.config import ARCHS, TITLE_FILE, TitleConfig
+from genloom.machine import machine
+from genloom.tasks.title.config import ARCHS, TITLE_FILE, TRAIN_RECORD, TitleConfig
 
 # TitleConfig field -> help of its `title train` flag
 TRAIN_FLAGS: dict[str, str] = {
@@ -78,7 +79,7 @@ def _clear_run(out: Path) -> None:
     """Remove what a previous `title train` wrote into `out` (only those files)."""
     for name in ("model", "checkpoints", "pretrain"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("title.json", "config.json", "metrics.jsonl", "curves.png"):
+    for name in (TITLE_FILE, TRAIN_RECORD, "config.json", "metrics.jsonl", "curves.png"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -188,8 +189,10 @@ def run_eval(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     pairs, what = _pairs(args, args.split)
     pairs = pairs[:args.limit] if args.limit else pairs
+    before = machine()
     result = evaluate(tm, pairs, num_beams=args.beams, baselines=not args.no_baselines,
                       progress=not args.quiet)
+    result["machine"] = {"before": before, "after": machine()}
     lines = [f"title eval on {what}: {len(pairs)} pairs", format_table(result["rows"], n=len(pairs)),
              f"repeated 4-gram: {100 * result['repeated_4gram']:.1f}% of generated titles; decoding "
              f"{result['chars_per_s']:.0f} chars/s (beam {result['num_beams']}, "

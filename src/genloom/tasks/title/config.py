@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # torch is imported when a model is built, not when the CLI p
 
 MODEL_SUBDIR = "model"
 TITLE_FILE = "title.json"
+TRAIN_RECORD = "train.json"  # what the training run did (steps, best dev, load)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 stopping, after an optional char-LM pre-training of the UniLM (`genloom.train.lm`).
 
 A run writes into its directory the model (`model/`, `title.json`, see `genloom.tasks.title`), the
-run's own files (metrics.jsonl, curves.png, config.json) and, after pre-training, `pretrain/`.
+run's own files (metrics.jsonl, curves.png, config.json, train.json: steps, best dev ROUGE-L and
+the machine's load when training ended) and, after pre-training, `pretrain/`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from genloom.errors import UserError
+from genloom.files import write_json_atomic
+from genloom.machine import machine
 from genloom.metrics import rouge
-from genloom.tasks.title.config import ARCHS, TitleConfig
+from genloom.tasks.title.config import ARCHS, TRAIN_RECORD, TitleConfig
 from genloom.tasks.title.data import Collate, Pair, PairDataset, build_tokenizer, normalise
 from genloom.tasks.title.infer import TitleModel, decode_sources, save_title_model
 from genloom.train import Loader, TrainConfig, fit
@@ -107,6 +110,11 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
                  task_config=asdict(config))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the model directory keeps the weights
     save_title_model(tm, out, ema=result.ema)
+    write_json_atomic(out / TRAIN_RECORD, {
+        "steps": result.step, "epochs": result.epochs, "stop_reason": result.stop_reason,
+        "best_step": result.best_step, "best_dev_rouge_l": result.best_value,
+        "train_seconds": round(result.elapsed_s, 1), "skipped_steps": result.skipped_steps,
+        "machine_at_end": machine()})  # the 15-minute load average covers a 15-minute run
     if result.ema is not None:
         result.ema.copy_to(model)
     model.eval()
