@@ -159,9 +159,10 @@ class UniLMSeq2Seq(nn.Module):
         copy = self.copy_head(h) if self.copy_head is not None else None
         if tgt_out is None:
             return Seq2SeqOutput(logits, copy)
-        logp = logits if self.head is not None else logits.float().log_softmax(-1)
+        if self.head is None:  # the head gives log-probs; logits: float32 at least, float64 kept
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
         keep = tgt_out != pad  # (B, T)
-        lp = logp.gather(2, tgt_out[:, :, None])[:, :, 0]  # (B, T)
+        lp = logits.gather(2, tgt_out[:, :, None])[:, :, 0]  # (B, T)
         return -(lp * keep).sum() / keep.sum().clamp_min(1)
 
     # ---- decoding protocol ------------------------------------------------------------------------

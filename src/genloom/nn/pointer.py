@@ -142,7 +142,7 @@ class PointerPrior(nn.Module):
         (B, T) and the ids before them prev2 (B, T) (negative: none) -> log-probs (B, T, V)."""
         if self.use_prior:
             logits = (logits + source.prior[:, None, :]) / 2
-        logp = logits.float().log_softmax(-1)  # (B, T, V)
+        logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)  # (B, T, V)
         if not self.use_pointer:
             return logp
         bias = None
