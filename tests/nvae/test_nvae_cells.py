@@ -171,6 +171,117 @@ def test_cells_shapes_and_se_gate() -> None:
     assert ((gate > 0) & (gate < 1)).all()
 
 
+def _randomise(module: nn.Module) -> nn.Module:
+    """float64, eval mode, every BatchNorm's statistics and affine and every weight norm far from
+    their initial values, so no term of a cell's formula is (near) an identity."""
+    torch.manual_seed(7)
+    module.double().eval()
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+        if isinstance(m, WNConv2d) and m.log_weight_norm is not None:
+            m.log_weight_norm.data.normal_(0.0, 0.5)
+    return module
+
+
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode BatchNorm by its formula."""
+    view = (1, -1, 1, 1)
+    return ((x - bn.running_mean.view(view)) / torch.sqrt(bn.running_var.view(view) + bn.eps)
+            * bn.weight.view(view) + bn.bias.view(view))
+
+
+def _wn_conv(x: torch.Tensor, conv: WNConv2d) -> torch.Tensor:
+    """A (weight-normalised) conv by its formula: w = exp(g) * v / (|v| + 1e-5) per output row."""
+    w = conv.weight
+    if conv.log_weight_norm is not None:
+        norm = torch.sqrt((w ** 2).sum(dim=(1, 2, 3), keepdim=True))
+        w = torch.exp(conv.log_weight_norm) * w / (norm + 1e-5)
+    return F.conv2d(x, w, conv.bias, conv.stride, conv.padding, groups=conv.groups)
+
+
+def _se(x: torch.Tensor, se: SE) -> torch.Tensor:
+    """x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2) per channel."""
+    l1, l2 = se.gate[0], se.gate[2]
+    hidden = torch.relu(x.mean(dim=(2, 3)) @ l1.weight.T + l1.bias)
+    return x * torch.sigmoid(hidden @ l2.weight.T + l2.bias)[:, :, None, None]
+
+
+def _swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def test_encoder_cell_equals_its_formula() -> None:
+    """out = x + 0.1 * SE(f(x)), f = (BN, Swish, WN conv3x3) twice; and the stride-2 cell, whose
+    skip is Swish then four 1x1 stride-2 convs on the grids shifted by (0,0), (1,1), (0,1), (1,0)."""
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    cell = _randomise(ResidualCell(8, 8, kind="enc"))
+    (bn1, _), c1 = cell.f[0][0], cell.f[0][1]
+    (bn2, _), c2 = cell.f[1][0], cell.f[1][1]
+    fx = _wn_conv(_swish(_bn(_wn_conv(_swish(_bn(x, bn1)), c1), bn2)), c2)
+    torch.testing.assert_close(cell(x), x + 0.1 * _se(fx, cell.se), rtol=1e-10, atol=1e-12)
+
+    down = _randomise(ResidualCell(8, 16, kind="enc", down=True))
+    (bn1, _), c1 = down.f[0][0], down.f[0][1]
+    (bn2, _), c2 = down.f[1][0], down.f[1][1]
+    fx = _wn_conv(_swish(_bn(_wn_conv(_swish(_bn(x, bn1)), c1), bn2)), c2)
+    s = _swish(x)
+    views = [s, s[:, :, 1:, 1:], s[:, :, :, 1:], s[:, :, 1:, :]]
+    skip = torch.cat([_wn_conv(v, conv) for v, conv in zip(views, down.skip.convs)], dim=1)
+    torch.testing.assert_close(down(x), skip + 0.1 * _se(fx, down.se), rtol=1e-10, atol=1e-12)
+
+
+def test_decoder_cell_equals_its_formula() -> None:
+    """out = skip(x) + 0.1 * SE(f(x)), f = BN, 1x1 expand, BN-Swish, depthwise 5x5, BN-Swish, 1x1,
+    BN; the upsampling cell first doubles H, W (nearest) and its skip is bilinear x2 + WN 1x1."""
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    for up in (False, True):
+        cell = _randomise(ResidualCell(8, 4 if up else 8, kind="dec", up=up))
+        f = list(cell.f)
+        h = F.interpolate(x, scale_factor=2, mode="nearest") if up else x
+        if up:
+            f = f[1:]
+        h = _wn_conv(_bn(h, f[0]), f[1])
+        h = _wn_conv(_swish(_bn(h, f[2][0])), f[3])
+        h = _bn(_wn_conv(_swish(_bn(h, f[4][0])), f[5]), f[6])
+        skip = _wn_conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
+                        cell.skip.conv) if up else x
+        torch.testing.assert_close(cell(x), skip + 0.1 * _se(h, cell.se), rtol=1e-10, atol=1e-12)
+
+
+def test_each_groups_kl_is_the_closed_form_between_its_posterior_and_prior(monkeypatch) -> None:
+    """The model's per-group KL (B, one per latent group) against torch's closed-form
+    KL(q || p) of the very posterior and prior each group used; the top group's prior is N(0, 1)."""
+    import genloom.models.nvae as nvae_module
+
+    seen = []
+    real = nvae_module.residual_posterior
+
+    def spy(prior, d_mu, d_log_sigma):
+        q, dm, dl = real(prior, d_mu, d_log_sigma)
+        seen.append((prior, q))
+        return q, dm, dl
+
+    monkeypatch.setattr(nvae_module, "residual_posterior", spy)
+    torch.manual_seed(3)
+    model = NVAE(nvae_tiny()).double().eval()
+    for p in model.parameters():  # far from the init, so every group's q differs from its prior
+        p.data.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(3, 1, 16, 16, dtype=torch.float64)
+    out = model(x)
+    assert len(seen) == len(out.kl) == len(model.scale_of_group) >= 2
+    top_prior = seen[0][0]
+    assert torch.equal(top_prior.loc, torch.zeros_like(top_prior.loc))
+    assert torch.equal(top_prior.scale, torch.ones_like(top_prior.scale))
+    for (prior, q), kl in zip(seen, out.kl):
+        ref = torch.distributions.kl_divergence(q, prior).sum(dim=(1, 2, 3))  # (B,)
+        assert kl.shape == (3,) and (ref > 1e-3).all()
+        torch.testing.assert_close(kl, ref, rtol=1e-9, atol=1e-9)
+
+
 def test_bn_gamma_penalty_is_sum_of_max_abs_gamma() -> None:
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(2))
     with torch.no_grad():

@@ -79,3 +79,18 @@ def test_cli_user_errors(tiny_run, tmp_path: Path, capsys: pytest.CaptureFixture
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
     assert "cannot read the weights" in _error(capsys, ["nvae", "eval", str(cut), "--data", "shapes"])
     assert "must be a positive integer" in _error(capsys, ["nvae", "eval", str(cut), "--k", "0"])
+
+
+def test_cli_train_and_eval_on_the_real_fashion_mnist_sample(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """The real-data path end to end, on every machine: 28x28 idx images from a directory (the
+    shipped Fashion-MNIST sample), trained on its train split and scored on its test split."""
+    sample = str(Path(__file__).resolve().parents[1] / "fixtures" / "fashion_mnist_sample")
+    out = tmp_path / "fm"
+    assert cli_main([*TRAIN[:2], "--data", sample, *TRAIN[4:], "--out", str(out), "--steps", "2"]) == 0
+    res = tmp_path / "nll.json"
+    assert cli_main(["nvae", "eval", str(out), "--data", sample, "--k", "2", "--limit", "8",
+                     "--json", str(res), "--quiet"]) == 0
+    got = json.loads(res.read_text())
+    assert got["images"] == 8 and math.isfinite(got["nll_nats"]) and got["nll_nats"] > 0
+    assert got["bpd"] == pytest.approx(got["nll_nats"] / (math.log(2) * 28 * 28))

@@ -1,5 +1,6 @@
-"""Image data: the idx reader, the image sets `genloom corpora` lists, Fashion-MNIST when
-installed, the built-in shapes and dynamic binarisation."""
+"""Image data: the idx reader, the image sets `genloom corpora` lists, the real Fashion-MNIST sample
+shipped in tests/fixtures (and the whole set where the Debian package is installed), the built-in
+shapes and dynamic binarisation."""
 
 from __future__ import annotations
 
@@ -73,11 +74,23 @@ def test_missing_fashion_mnist_names_the_install_command(monkeypatch: pytest.Mon
         load_fashion_mnist("train")
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
-def test_real_fashion_mnist_test_split() -> None:
-    x, y = load_fashion_mnist("test")
-    assert x.shape == (10000, 1, 28, 28) and sorted(y.unique().tolist()) == list(range(10))
-    assert torch.bincount(y).tolist() == [1000] * 10
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "fashion_mnist_sample"
+
+
+@pytest.mark.parametrize("split,prefix,pixel_sum", [("train", "train", 17600730), ("test", "t10k", 17257326)])
+def test_real_fashion_mnist_sample(split: str, prefix: str, pixel_sum: int) -> None:
+    """The shipped sample of the real set (30 images per class, see its README) goes through the
+    same reader as the installed package; where the package is installed, the sample is exactly
+    its first 30 images of each class."""
+    x, y = load_fashion_mnist(split, directory=SAMPLE)
+    assert x.shape == (300, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [30] * 10 and int(x.long().sum()) == pixel_sum
+    assert load_images(SAMPLE, split, limit=7).shape == (7, 1, 28, 28)
+    if FASHION_MNIST_DIR.is_dir():  # the whole set: 10 balanced classes, the sample its prefix
+        full_x, full_y = load_fashion_mnist(split)
+        assert torch.bincount(full_y).tolist() == [len(full_y) // 10] * 10
+        keep = torch.cat([torch.nonzero(full_y == c).flatten()[:30] for c in range(10)]).sort().values
+        assert torch.equal(full_x[keep], x) and torch.equal(full_y[keep], y)
 
 
 def test_tiny_shapes_and_dynamic_binarisation() -> None:
