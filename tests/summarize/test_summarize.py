@@ -10,8 +10,8 @@ from genloom.cli import main
 from genloom.data import load_corpus
 from genloom.errors import UserError
 from genloom.tasks.summarize.config import SummarizeConfig
-from genloom.tasks.summarize.convert import split_clauses
-from genloom.tasks.summarize.evaluate import evaluate
+from genloom.tasks.summarize.convert import extraction_labels, split_clauses
+from genloom.tasks.summarize.evaluate import evaluate, score
 from genloom.tasks.summarize.pipeline import (Summarizer, best_clause_text, extracted_text, extraction_recall,
                                               select_clauses, truncate_text, with_oracle)
 from genloom.tasks.summarize.train import train
@@ -94,8 +94,23 @@ def test_evaluate_reports_rows_and_recall(pipeline):
     for row in res["rows"].values():
         assert set(row) == {"rouge-1", "rouge-2", "rouge-l", "cail"} and all(0 <= v <= 100 for v in row.values())
     assert 0 <= res["extraction"]["threshold"]["recall"] <= 100 and len(res["predictions"]) == 4
-    # sources extracted once and passed in give the same evaluation
+    # every row is the score of its own texts: the generator's summaries, and (recomputed here
+    # from the extractor's probabilities) the most probable clause onwards, cut to the length
+    refs = [r for _, r in pairs]
     prepared = summ.sources([d for d, _ in pairs])
+    assert res["predictions"] == [r["summary"] for r in summ.generate(prepared)]
+    assert res["rows"]["summarizer"] == score(res["predictions"], refs)
+    extracts = []
+    for p in prepared:
+        best = max(range(len(p["clauses"])), key=lambda i: (float(p["probs"][i]), -i))
+        extracts.append("".join(p["clauses"][best:])[:summ.summary_length])
+    assert extracts != res["predictions"]  # so the two rows cannot be swapped unnoticed
+    assert res["rows"]["extract only"] == score(extracts, refs)
+    gold = [extraction_labels(p["clauses"], r) for p, r in zip(prepared, refs)]
+    hit = sum(len(set(p["chosen"]) & set(g)) for p, g in zip(prepared, gold))
+    n_gold = sum(len(g) for g in gold)
+    assert n_gold > 0 and res["extraction"]["window"]["recall"] == pytest.approx(100 * hit / n_gold)
+    # sources extracted once and passed in give the same evaluation
     again = evaluate(summ, pairs, prepared=prepared)
     assert again["rows"] == res["rows"] and again["predictions"] == res["predictions"]
     with pytest.raises(UserError, match="3 prepared sources for 4 pairs"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from genloom.cli import main
+from genloom.tasks.title.baselines import score_row
 from genloom.tasks.title.config import TitleConfig
 from genloom.tasks.title.data import PairDataset, hold_out, normalise
 from genloom.tasks.title.infer import load_title_model
@@ -134,7 +135,51 @@ def test_saved_model_reloads_to_the_same_titles_and_weights(model_dir):
     assert any(not torch.equal(sa[k], raw.model.state_dict()[k]) for k in sa)  # EMA is default
     arts = [p["content"] for p in _pairs(4, seed=9)]
     assert a.generate(arts) == b.generate(arts)
-    assert a.generate(arts, num_beams=1) == [t for t in a.generate(arts, num_beams=1)]
+
+
+def test_greedy_titles_equal_argmax_over_full_forwards(model_dir):
+    """num_beams=1 against a brute force: re-run the whole model on the source and the title so
+    far, take the best allowed character (pad / unk / bos banned; the n-gram ban off), stop at eos
+    or max_title_len."""
+    tm = load_title_model(model_dir)
+    tok, cfg = tm.tokenizer, tm.config
+    arts = [p["content"] for p in _pairs(3, seed=21)]
+    got = tm.generate(arts, num_beams=1, no_repeat_ngram=0)
+    for art, title in zip(arts, got):
+        src = torch.tensor([tok.encode(normalise(art)[:cfg.max_source_len])])
+        prefix = [tok.bos_id]
+        with torch.no_grad():
+            for _ in range(cfg.max_title_len):
+                scores = tm.model(src, torch.tensor([prefix]))[0, -1].clone()  # (V,)
+                scores[[tok.pad_id, tok.unk_id, tok.bos_id]] = -float("inf")
+                nxt = int(scores.argmax())
+                if nxt == tok.eos_id:
+                    break
+                prefix.append(nxt)
+        assert title == tok.decode(prefix[1:])
+
+
+def test_trained_model_in_memory_equals_the_saved_one_and_its_recorded_dev_score(tmp_path):
+    """What `train` returns is what it saved (the selected weights, EMA), and the dev ROUGE-L it
+    recorded for the selected step is the score of the saved model's greedy dev titles."""
+    from genloom.metrics import rouge
+    from genloom.tasks.title.train import train
+
+    pairs = [(p["content"], p["title"]) for p in _pairs(40, seed=17)]
+    cfg = TitleConfig(minutes=5, max_epochs=2, batch_size=8, max_source_len=40, max_title_len=9,
+                      dev_size=6, model=json.loads(TINY))
+    tm, result = train(cfg, train_pairs=pairs[:34], dev_pairs=pairs[34:], out_dir=tmp_path,
+                       progress=False, log=lambda s: None)
+    again = load_title_model(tmp_path)
+    mem, disk = tm.model.state_dict(), again.model.state_dict()
+    assert mem.keys() == disk.keys() and all(torch.equal(mem[k], disk[k]) for k in mem)
+    arts, refs = [a for a, _ in pairs[34:]], [t for _, t in pairs[34:]]
+    assert tm.generate(arts) == again.generate(arts)
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["steps"] == result.step and record["best_step"] == result.best_step
+    greedy_dev = again.generate(arts, num_beams=1)
+    assert record["best_dev_rouge_l"] == pytest.approx(
+        rouge([t or "∅" for t in greedy_dev], refs, level="char")["rouge-l"], abs=1e-9)
 
 
 def test_eval_prints_table_with_baselines_and_writes_it(model_dir, tmp_path, capsys):
@@ -150,7 +195,35 @@ def test_eval_prints_table_with_baselines_and_writes_it(model_dir, tmp_path, cap
     saved = json.loads((tmp_path / "eval-test.json").read_text())
     assert set(saved["rows"]) == {"rnn (beam 3)", "lead-24", "best-sentence"}
     assert len(saved["predictions"]) == 12
+    # the answers are known: every title is content[2:9] and a content is one sentence, so lead-24
+    # holds the whole title in min(L, 24) characters and best-sentence in L; ROUGE-N F1 of a
+    # prediction that contains the reference is 2 * |ref n-grams| / (|pred n-grams| + |ref n-grams|)
+    lens = [len(p["content"]) for p in _pairs(12, seed=11)]
+
+    def contained(pred_lens):
+        return {"rouge-1": 100 * sum(14 / (n + 7) for n in pred_lens) / 12,
+                "rouge-2": 100 * sum(12 / (n - 1 + 6) for n in pred_lens) / 12,
+                "rouge-l": 100 * sum(14 / (n + 7) for n in pred_lens) / 12}
+
+    for row, pred_lens in (("lead-24", [min(n, 24) for n in lens]), ("best-sentence", lens)):
+        for metric, value in contained(pred_lens).items():
+            assert saved["rows"][row][metric] == pytest.approx(value, abs=1e-9), (row, metric)
+    refs = [p["title"] for p in _pairs(12, seed=11)]
+    assert saved["references"] == refs
+    assert saved["rows"]["rnn (beam 3)"] == score_row([p or "∅" for p in saved["predictions"]], refs)
     assert (tmp_path / "eval-test.txt").read_text().strip() == out.strip()
+
+
+def test_eval_of_a_model_that_outputs_the_reference_scores_100(model_dir, monkeypatch):
+    """A model whose every title is the reference scores 100 on each metric, BLEU included."""
+    from genloom.tasks.title.evaluate import evaluate
+
+    tm = load_title_model(model_dir)
+    pairs = [(p["content"], p["title"]) for p in _pairs(5, seed=12)]
+    gold = dict(pairs)
+    monkeypatch.setattr(tm, "generate", lambda arts, **kw: [gold[a] for a in arts])
+    row = evaluate(tm, pairs, baselines=False)["rows"]["rnn (beam 3)"]
+    assert row == pytest.approx({"rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0, "bleu": 100.0})
 
 
 def test_explain_writes_a_png(model_dir, tmp_path, capsys, monkeypatch):
