@@ -12,11 +12,13 @@ from __future__ import annotations
 import codecs
 import math
 import random
+import warnings
 
 import pytest
 import torch
 
 from genloom.decode.heal import (
+    ApproximateHealingWarning,
     HealProcessor,
     PostProcessor,
     back_off,
@@ -24,6 +26,7 @@ from genloom.decode.heal import (
     heal_prompt,
     healed_logprobs,
     split_utf8,
+    tol_bound,
 )
 from genloom.decode.heal_tree import VocabIndex, build_tree, prefix_logprob
 from genloom.decode.loops import beam_search, greedy, sample
@@ -487,3 +490,23 @@ def test_tree_on_a_transformer_cache_equals_full_forward_brute_force():
             w[v] = p[v] * z(ctx + [v], r[len(b):])
     assert out.sequences[0][0] == int(w.argmax())
     assert b"".join(index.token_bytes[i] for i in out.sequences[0]).startswith(r)
+
+
+def test_exact_healing_warns_when_max_rows_prunes_past_tol():
+    """A level cut at max_rows leaves the tree pruned past tol: heal_prompt warns, the result says
+    so (`approximate`, `tree.rows_capped`), and the bound it reports is still certified."""
+    model = TrigramLM(7, scale=3.0)
+    prompt = b"c ab  abc\n    " + BAI
+    with pytest.warns(ApproximateHealingWarning, match=r"max_rows=1, certified total-variation bound"):
+        cut = heal_prompt(model, TOK, prompt, bos_id=BOS, tol=1e-6, max_rows=1, index=INDEX)
+    assert cut.approximate and cut.tree.rows_capped > 0 and cut.tree.bound > tol_bound(1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ApproximateHealingWarning)
+        wide = heal_prompt(model, TOK, prompt, bos_id=BOS, tol=1e-6, max_rows=10_000, index=INDEX)
+        exact = heal_prompt(model, TOK, prompt, bos_id=BOS, tol=0.0, max_rows=10_000, index=INDEX)
+    assert not wide.approximate and wide.tree.rows_capped == 0 and wide.tree.bound <= tol_bound(1e-6)
+    assert exact.tree.bound == 0.0 and not exact.approximate
+    z, zc = math.exp(exact.tree.log_z), math.exp(cut.tree.log_z)
+    assert zc < z and (z - zc) / zc <= cut.tree.bound * (1 + 1e-9)
+    post = heal_prompt(model, TOK, prompt, bos_id=BOS, mode="post", index=INDEX)
+    assert not post.approximate  # only exact healing builds a tree

@@ -136,3 +136,18 @@ def test_exact_healing_is_the_same_on_converted_and_wrapped_hf_models(hf_llama_d
         outs.append(json.loads(out))
     assert outs[0]["token_ids"] == outs[1]["token_ids"] and outs[0]["removed"] == ":"
     assert outs[0]["tv_bound"] == 0.0
+
+
+def test_cli_reports_healing_pruned_past_tol(zh_dir, genloom):
+    """--max-rows too small for the tree: one warning line on stderr, and the JSON says the
+    continuation is approximate with its certified bound; with room, neither."""
+    argv = ["continue", "--model", str(zh_dir), "--prompt", "the theme of these thes", "--max-new-tokens", "2",
+            "--no-eos", "--json", "--tol", "0"]
+    rc, out, err = genloom(*argv, "--max-rows", "1")
+    assert rc == 0, err
+    record = json.loads(out)
+    assert record["approximate"] is True and record["tol"] == 0.0 and record["tv_bound"] > 0
+    assert err.count("\n") == 1 and err.startswith("genloom: warning: exact healing is approximate")
+    rc, out, err = genloom(*argv)
+    record = json.loads(out)
+    assert rc == 0 and err == "" and record["approximate"] is False and record["tv_bound"] == 0.0

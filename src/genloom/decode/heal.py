@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,17 @@ class PostProcessor:
         return out.log_softmax(dim=-1)
 
 
+class ApproximateHealingWarning(UserWarning):
+    """Exact healing ran on a tree pruned past its `tol`: a level reached `max_rows`, so the
+    continuation is drawn within the tree's certified bound (total variation) of the exact
+    distribution, not within tol. Raise max_rows (or accept the bound the result reports)."""
+
+
+def tol_bound(tol: float) -> float:
+    """The most a tree pruned by the tol budget alone can be off: tol / (1 - tol) (heal_tree.py)."""
+    return tol / (1 - tol) if tol < 1 else math.inf
+
+
 @dataclass
 class HealedPrompt:
     """The result of the prompt step: what to start the model on and which processors to use."""
@@ -149,6 +161,12 @@ class HealedPrompt:
     removed: bytes  # r: the bytes the continuation must start with (b"" = unconstrained)
     processors: list[LogitsProcessor] = field(default_factory=list)  # give these to the search loop
     tree: PrefixTree | None = None  # exact: the evaluated tree (tree.bound: certified TV bound)
+    tol: float = 0.0  # exact: the pruning budget the tree was built with
+
+    @property
+    def approximate(self) -> bool:
+        """exact only: the tree was pruned past `tol` (a level hit max_rows); its `bound` says how far."""
+        return self.tree is not None and self.tree.bound > tol_bound(self.tol) * (1 + 1e-9)
 
     def continuation_bytes(self, token_bytes: Sequence[bytes]) -> bytes:
         """The bytes after the prompt, from the generated tokens' bytes (r stripped off)."""
@@ -210,6 +228,9 @@ def heal_prompt(
         index: the vocabulary index (built from the tokenizer when not given; build it once).
     Returns:
         `HealedPrompt`: start the model on `context`, pass `processors` to the search loop.
+    Warns:
+        `ApproximateHealingWarning` when the exact tree had to be pruned past `tol` (a level
+        reached `max_rows`); `HealedPrompt.approximate` and `tree.bound` say so afterwards too.
     """
     if mode not in MODES or mode == "hf":
         raise UserError(f"heal_prompt mode must be one of exact, post, none; got {mode!r}")
@@ -240,7 +261,14 @@ def heal_prompt(
             processors = [HealProcessor(tree)]
     if not context:
         raise UserError("the prompt has no tokens to start from: give the model a start token (bos_id)")
-    return HealedPrompt(mode=mode, prompt=data, context=context, removed=removed, processors=processors, tree=tree)
+    healed = HealedPrompt(mode=mode, prompt=data, context=context, removed=removed, processors=processors,
+                          tree=tree, tol=tol)
+    if healed.approximate:
+        warnings.warn(ApproximateHealingWarning(
+            f"exact healing is approximate: {tree.rows_capped} tokenization paths were cut at max_rows="
+            f"{max_rows}, certified total-variation bound {tree.bound:.3g} > tol {tol:g}; raise max_rows"),
+            stacklevel=2)
+    return healed
 
 
 @dataclass

@@ -134,6 +134,7 @@ class PrefixTree:
     index: VocabIndex  # the vocabulary the sets were drawn from
     log_pruned: float  # log M: summed probability of the unexpanded paths
     model_calls: int  # one prefill plus one batched step per level
+    rows_capped: int = 0  # children pruned because a level reached max_rows (not by the tol budget)
     root_logp: Tensor | None = None  # (V,) float64 log p(. | context); None when no model call was needed
     _allowed: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
@@ -341,6 +342,7 @@ def _prune(tree: PrefixTree, candidates: list[tuple[float, float, int, int, int]
         start += 1
     drop = candidates[:start]
     over = max(0, len(candidates) - start - max_rows)
+    tree.rows_capped += over
     for c in candidates[start:start + over]:
         tree.log_pruned = _logaddexp(tree.log_pruned, c[0])
     drop += candidates[start:start + over]

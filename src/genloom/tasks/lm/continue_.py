@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def _record(c: Any, args: argparse.Namespace) -> dict[str, Any]:
               "removed": None if healed is None else healed.removed.decode("utf-8", errors="replace"),
               "removed_hex": None if healed is None else healed.removed.hex(),
               "context_tokens": None if healed is None else len(healed.context),
-              "tv_bound": None if healed is None or healed.tree is None else healed.tree.bound}
+              "tv_bound": None if healed is None or healed.tree is None else healed.tree.bound,
+              "tol": args.tol if args.heal == "exact" else None,
+              "approximate": None if healed is None or args.heal != "exact" else healed.approximate}
     if c.text is None:
         record["hf_output"] = c.full_text
     return record
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from genloom.cliargs import set_threads
-    from genloom.decode.heal import continue_prompt, encode_prompt
+    from genloom.decode.heal import ApproximateHealingWarning, continue_prompt, encode_prompt
     from genloom.decode.heal_tree import VocabIndex
     from genloom.tasks.lm.load import is_genloom_dir, load_model
 
@@ -96,12 +99,19 @@ def run(args: argparse.Namespace) -> int:
         n = len(encode_prompt(tokenizer, index, prompt)[1])
         if args.back_off > n:
             raise UserError(f"--back-off {args.back_off} is more than the prompt's {n} tokens")
-    results = continue_prompt(
-        model, tokenizer, prompt, mode=args.heal, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
-        eos_id=None if args.no_eos else tokenizer.eos_id, num_beams=args.num_beams or 4,
-        num_samples=args.num_samples or 1, generator=torch.Generator().manual_seed(args.seed),
-        bos_id=start_token(tokenizer, args.bos, hf=hf), back_off_tokens=args.back_off, tol=args.tol,
-        max_rows=args.max_rows, index=index)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ApproximateHealingWarning)
+        results = continue_prompt(
+            model, tokenizer, prompt, mode=args.heal, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
+            eos_id=None if args.no_eos else tokenizer.eos_id, num_beams=args.num_beams or 4,
+            num_samples=args.num_samples or 1, generator=torch.Generator().manual_seed(args.seed),
+            bos_id=start_token(tokenizer, args.bos, hf=hf), back_off_tokens=args.back_off, tol=args.tol,
+            max_rows=args.max_rows, index=index)
+    for w in caught:  # one line each; other warnings go on as they came
+        if issubclass(w.category, ApproximateHealingWarning):
+            print(f"genloom: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for c in results:
         if args.json:
             sys.stdout.write(json.dumps(_record(c, args), ensure_ascii=False) + "\n")
