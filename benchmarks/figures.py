@@ -1,0 +1,218 @@
+"""Where the README's figures come from: each quoted figure, the committed result file and keys it
+is formatted from, and the load the file recorded while it was measured.
+
+    python benchmarks/figures.py        # the table: README figure -> file and key -> load
+
+tests/test_readme_figures.py formats every entry from its file and checks the README holds the
+result word for word, so a figure cannot drift from its result file, and checks that the README
+states each file's recorded load beside its table.
+
+Load: the 1- and 5-minute load averages a result file recorded (before / after its run, in
+whichever of the spellings the benchmarks used); `loaded` when the larger is above the CPU count.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@dataclass(frozen=True)
+class Figure:
+    text: str  # the README text, a format string over the values (e.g. "{:.2f} / {:.2f}")
+    file: str  # benchmarks/results/<file>
+    keys: tuple  # paths into the JSON: "a/b/0" (list items by index), or tuples of parts
+    scale: float = 1.0  # the value is multiplied by this first (shares as percent: 100)
+
+    def values(self) -> list[float]:
+        data = read(self.file)
+        return [lookup(data, k) * self.scale for k in self.keys]
+
+
+def read(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def lookup(data: Any, key: str | tuple[str, ...]) -> Any:
+    """A "/"-separated path into the JSON, or a tuple of its parts (for names holding a "/")."""
+    for part in (key.split("/") if isinstance(key, str) else key):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def _load_pairs(machine: dict[str, Any]) -> list[list[float]]:
+    pairs = []
+    for name in ("load_avg_before", "loadavg_before", "load_average_before", "load_avg_start",
+                 "load_avg_after", "loadavg_after", "load_average_after"):
+        if name in machine:
+            pairs.append(machine[name][:2])
+    return pairs
+
+
+def load(name: str) -> dict[str, Any]:
+    """{"cpus", "samples": [[1-min, 5-min], ...] (before, after), "max", "loaded"} of a result file."""
+    data = read(name)
+    if name == "make_run.json":  # title train's record at its end, title eval's before / after
+        machines = [data["train"]["machine_at_end"], *data["eval_machine"].values()]
+        samples = [m["loadavg"][:2] for m in machines]
+        cpus = machines[0]["cpus"]
+    else:
+        machine = {**data, **data.get("machine", {})}
+        samples = _load_pairs(machine)
+        for variant in data.get("variants", {}).values():  # title.json: each variant's start / end
+            samples += [pair[:2] for pair in variant.get("load_avg", [])]
+        cpus = machine.get("cpus") or machine.get("cores")
+    if not samples:
+        return {"cpus": cpus, "samples": [], "max": None, "loaded": None}
+    top = max(max(s) for s in samples)
+    return {"cpus": cpus, "samples": [[round(x, 2) for x in s] for s in samples], "max": round(top, 2),
+            "loaded": top > cpus}
+
+
+def load_text(name: str) -> str:
+    """How the README states a file's load: "load 1.97 / 1.82 -> 1.91 / 1.82 (quiet)" (1- / 5-minute
+    averages before -> after), the range of the 1-minute figure for files of many runs."""
+    info = load(name)
+    if info["loaded"] is None:
+        return "load not recorded"
+    if len(info["samples"]) > 3:  # many runs in one file: the range
+        ones = [a for a, _ in info["samples"]]
+        return f"load {min(ones):.2f}-{max(ones):.2f}, at most {info['max']:.2f} ({'loaded' if info['loaded'] else 'quiet'})"
+    seq = " -> ".join(f"{a:.2f} / {b:.2f}" for a, b in info["samples"])
+    return f"load {seq} ({'loaded' if info['loaded'] else 'quiet'})"
+
+
+P = 100.0  # shares quoted as percent
+FIGURES: list[Figure] = [
+    # the main table
+    Figure("{:.2f} / {:.2f}", "make_run.json", ("rows/lead-24/rouge-l", "rows/best-sentence/rouge-l")),
+    Figure("SmolLM2-135M greedy {:.2f}, beam-4 {:.2f}, sampling {:.2f} ({:.1f} ms/token decode at batch 1, "
+           "HF {:.1f})", "decode_vs_hf.json",
+           ("results/smollm2/greedy_b1/ratio_hf_over_genloom/of_medians",
+            "results/smollm2/beam4_b1/ratio_hf_over_genloom/of_medians",
+            "results/smollm2/sample_b1/ratio_hf_over_genloom/of_medians",
+            "results/smollm2/greedy_b1/genloom/decode_ms_per_token/median",
+            "results/smollm2/greedy_b1/hf/ms_per_token/median")),
+    Figure("small GPT-2 (4x256) greedy {:.2f}, beam-4 {:.2f}", "decode_vs_hf.json",
+           ("results/small_gpt2/greedy_b1/ratio_hf_over_genloom/of_medians",
+            "results/small_gpt2/beam4_b1/ratio_hf_over_genloom/of_medians")),
+    Figure("`HFCausalLM` {:.2f}-{:.2f} on SmolLM2 (greedy batch 1 / 8, beam-4, sampling), {:.2f}-{:.2f} on the "
+           "small GPT-2", "decode_vs_hf.json",
+           ("results/smollm2/greedy_b8/ratio_hf_over_hf_adapter/of_medians",
+            "results/smollm2/beam4_b1/ratio_hf_over_hf_adapter/of_medians",
+            "results/small_gpt2/greedy_b8/ratio_hf_over_hf_adapter/of_medians",
+            "results/small_gpt2/greedy_b1/ratio_hf_over_hf_adapter/of_medians")),
+    Figure("{:.2f}x the memory-bandwidth floor of {:.1f} ms/token", "decode_vs_hf.json",
+           ("targets/checks/3/value", "results/smollm2/bandwidth_floor_ms_per_token")),
+    Figure("genloom {:.0f} MiB, HF {:.0f} MiB", "decode_vs_hf.json",
+           ("results/smollm2/peak_rss_greedy_b8/genloom/peak_mib", "results/smollm2/peak_rss_greedy_b8/hf/peak_mib")),
+    Figure("char ROUGE-1/2/L {:.2f} / {:.2f} / **{:.2f}**, BLEU {:.2f}, repeated 4-gram {:.1f}%, {:.0f} chars/s",
+           "make_run.json", ("rows/rnn (beam 3)/rouge-1", "rows/rnn (beam 3)/rouge-2", "rows/rnn (beam 3)/rouge-l",
+                             "rows/rnn (beam 3)/bleu", "repeated_4gram", "chars_per_s")),
+    Figure("early-stopped after {:.0f} steps / {:.1f} min", "make_run.json", ("train/steps", "train/train_seconds"),
+           scale=1.0),
+    Figure("identical titles, {:.2f} s vs {:.1f} s ({:.1f}x)", "title_decode.json",
+           ("seconds/cached/median", "seconds/no_cache/median", "speedup_median")),
+    Figure("kernel at n = 2048 takes {:.2f}x the time at n = 16; {:.0f}x faster than an S4D Vandermonde kernel",
+           "rtf.json", (("targets", "[median] kernel n=2048 / n=16 <= 1.5", "value"),
+                        ("targets", "[median] S4D Vandermonde / RTF kernel at n=1024 >= 10", "value"))),
+    Figure("{:.1f}-{:.1f}x faster than causal SDPA for L = 4096-16384 (crossover L = {:.0f}); per-token generation "
+           "at context 4096 {:.2f}x faster", "rtf.json",
+           (("targets", "[median] SDPA / RTF layer > 1 for every L >= 4096", "value", "0"),
+            ("targets", "[median] SDPA / RTF layer > 1 for every L >= 4096", "value", "2"),
+            "layer_vs_attention/crossover_L", ("targets", "[median] KV-cache / RTF per-token time at context 4096 > 1", "value"))),
+    Figure("RTF {:.1f} vs attention {:.1f}", "rtf_lm.json", ("runs/rtf/dev_ppl", "runs/attention/dev_ppl")),
+    Figure("none {:.2f} / {:.1f}%, post {:.2f} / {:.1f}%, **exact {:.2f} / {:.1f}%**, HF `token_healing` n/a / "
+           "{:.1f}% ({:.0f} crashes)", "heal.json",
+           ("english/logprob_gold8/none/mean", "english/greedy_word_match/none", "english/logprob_gold8/post/mean",
+            "english/greedy_word_match/post", "english/logprob_gold8/exact/mean", "english/greedy_word_match/exact",
+            "english/greedy_word_match/hf", "english/hf_crashes")),
+    Figure("exact greedy costs {:.2f}x plain", "heal.json", ("english/time_ratio_exact_over_none/median",)),
+    Figure("tol {:.0e}, max_rows {:.0f}; the largest certified bound of the English trees is {:.2f}", "heal.json",
+           ("settings/tol", "settings/max_rows", "english/max_certified_bound")),
+    Figure("none {:.2f} / {:.1f}%, post {:.2f} / {:.1f}%, exact {:.2f} / {:.1f}%", "heal.json",
+           ("chinese/logprob_gold8/none/mean", "chinese/greedy_word_match/none", "chinese/logprob_gold8/post/mean",
+            "chinese/greedy_word_match/post", "chinese/logprob_gold8/exact/mean", "chinese/greedy_word_match/exact")),
+    Figure("largest certified bound {:.1e}", "heal.json", ("chinese/max_certified_bound",)),
+    # title ablation
+    Figure("| rnn: prior + copy (default) | {:.2f} | {:.2f} | **{:.2f}** | {:.2f} | {:.1f} | {:.0f} |", "title.json",
+           ("rows/rnn/rouge-1", "rows/rnn/rouge-2", "rows/rnn/rouge-l", "rows/rnn/bleu", "rows/rnn/train_minutes",
+            "rows/rnn/chars_per_s")),
+    Figure("| unilm: prior + copy, from scratch | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "title.json",
+           ("rows/unilm/rouge-1", "rows/unilm/rouge-2", "rows/unilm/rouge-l", "rows/unilm/bleu")),
+    Figure("| rnn, no copy (the post's model) | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "title.json",
+           ("rows/rnn-no-copy/rouge-1", "rows/rnn-no-copy/rouge-2", "rows/rnn-no-copy/rouge-l",
+            "rows/rnn-no-copy/bleu")),
+    # search
+    Figure("| CGMH (`genloom search keywords`) | {:.0f}% | {:.2f} / {:.2f} | {:.0f}% | {:.0f}% | {:.2f} / {:.2f} |",
+           "search.json", ("keywords_zh/methods/cgmh/coverage", "keywords_zh/methods/cgmh/nll_eval_lm/median",
+                           "keywords_zh/methods/cgmh/nll_target_lm/median",
+                           "keywords_zh/methods/cgmh/repeated_ngram_rate", "keywords_en/methods/cgmh/coverage",
+                           "keywords_en/methods/cgmh/nll_eval_lm/median",
+                           "keywords_en/methods/cgmh/nll_target_lm/median"), scale=1.0),
+    Figure("{:.1f}% fully restored, {:.1f}% of the clean sentences changed", "search.json",
+           ("correction_zh/restored", "correction_zh/clean_changed"), scale=P),
+    # condition
+    Figure("judge with **{:.1f}%** held-out accuracy", "condition.json", ("reference/judge_test_accuracy",), scale=P),
+    Figure("| **CLN** | **1** | **1.15** | **{:.1f}%** | **{:.3f}** | {:.1f} | {:.1f}% |", "condition.json",
+           ("comparison/cln guidance 1/controllability", "comparison/cln guidance 1/distinct_2",
+            "comparison/cln guidance 1/perplexity", "comparison/cln guidance 1/copied_20")),
+    # summarize
+    Figure("| (a) truncate, then generate | {:.2f} | {:.2f} | **{:.2f}** | {:.2f} |", "summarize.json",
+           tuple(f"rows/(a) truncate, then generate/scores/{m}" for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
+    Figure("| (c) extract, then generate | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "summarize.json",
+           tuple(f"rows/(c) extract, then generate/scores/{m}" for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
+    Figure("| (c) with oracle extraction at test (upper bound, uses the references) | {:.2f} | {:.2f} | {:.2f} | "
+           "{:.2f} |", "summarize.json",
+           tuple(f"rows/(c) with oracle extraction at test (upper bound)/scores/{m}"
+                 for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
+    # NVAE
+    Figure("| {:,.0f} | {:.3f} | **{:.2f} +- {:.2f}** | {:.4f} | {:.0f} |", "nvae.json",
+           ("models/nvae/steps", "models/nvae/seconds_per_step/median", "models/nvae/iw_nll/nll_nats",
+            "models/nvae/iw_nll/nll_stderr", "models/nvae/iw_nll/bpd", "models/nvae/nan_skipped")),
+    Figure("| {:,.0f} | {:.3f} | {:.2f} +- {:.2f} | {:.4f} | {:.0f} |", "nvae.json",
+           ("models/vae/steps", "models/vae/seconds_per_step/median", "models/vae/iw_nll/nll_nats",
+            "models/vae/iw_nll/nll_stderr", "models/vae/iw_nll/bpd", "models/vae/nan_skipped")),
+    Figure("the difference is {:.3f} +- {:.3f} nats, and the NVAE scores better on {:.0f}% of the images", "nvae.json",
+           ("summary/paired_difference/mean_nats", "summary/paired_difference/stderr_nats",
+            "summary/paired_difference/nvae_better_share"), scale=1.0),
+]
+# shares quoted as percent inside otherwise unscaled figures
+PERCENT_KEYS = {"english/greedy_word_match", "chinese/greedy_word_match", "repeated_4gram", "coverage",
+                "repeated_ngram_rate", "controllability", "copied_20", "nvae_better_share"}
+
+
+def values(fig: Figure) -> list[float]:
+    """The figure's values, shares turned into percent where the README quotes a percent."""
+    out = []
+    for key, v in zip(fig.keys, fig.values()):
+        if fig.scale == 1.0 and isinstance(key, str) and any(p in key for p in PERCENT_KEYS):
+            v *= 100
+        if key == "train/train_seconds":
+            v /= 60
+        out.append(v)
+    return out
+
+
+def rendered(fig: Figure) -> str:
+    return fig.text.format(*values(fig))
+
+
+def main() -> int:
+    for fig in FIGURES:
+        keys = ", ".join(k if isinstance(k, str) else "/".join(k) for k in fig.keys)
+        print(f"{rendered(fig)}\n    <- {fig.file}: {keys}\n    {load_text(fig.file)}")
+    missing = [rendered(f) for f in FIGURES if rendered(f) not in README.read_text(encoding="utf-8")]
+    for text in missing:
+        print(f"not in the README: {text}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
