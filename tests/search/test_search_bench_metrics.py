@@ -1,0 +1,42 @@
+"""The figures benchmarks/search.py reports, against hand counts and a brute force: keyword
+coverage, and the NLL per token (EOS counted) of padded batches against each text scored alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from genloom.decode.targets import CausalLMScorer
+from genloom.models import Transformer, TransformerConfig
+from genloom.tokenizers import CharTokenizer
+
+spec = importlib.util.spec_from_file_location("benchmark_search",
+                                              Path(__file__).resolve().parents[2] / "benchmarks" / "search.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench
+spec.loader.exec_module(bench)
+
+
+def test_coverage_by_hand():
+    assert bench.covered("广州的白云机场", ["白云", "机场"], "zh")
+    assert not bench.covered("广州的白云机场", ["白云", "上海"], "zh")
+    assert bench.covered("Open the File now", ["file", "OPEN"], "en")  # English ignores case
+    assert not bench.covered("白云", ["白云", "白云机"], "zh")
+
+
+def test_nll_per_token_equals_each_text_scored_alone():
+    texts = ["白云机场很大", "白云", "今天天气很好，我们去机场"]
+    tok = CharTokenizer.train(texts)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                          max_len=32, init_std=0.5)).eval()
+    got = bench.nll_per_token(CausalLMScorer(model, bos_id=tok.bos_id, eos_id=tok.eos_id), tok, texts)
+    for text, value in zip(texts, got):
+        ids = [tok.bos_id, *tok.encode(text), tok.eos_id]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids[:-1]]))[0].log_softmax(-1)  # (L + 1, V)
+        want = -float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum()) / (len(ids) - 1)
+        assert abs(value - want) <= 1e-5 * max(1.0, abs(want))
