@@ -140,38 +140,6 @@ FIGURES: list[Figure] = [
            ("chinese/logprob_gold8/none/mean", "chinese/greedy_word_match/none", "chinese/logprob_gold8/post/mean",
             "chinese/greedy_word_match/post", "chinese/logprob_gold8/exact/mean", "chinese/greedy_word_match/exact")),
     Figure("largest certified bound {:.1e}", "heal.json", ("chinese/max_certified_bound",)),
-    # title ablation
-    Figure("| rnn: prior + copy (default) | {:.2f} | {:.2f} | **{:.2f}** | {:.2f} | {:.1f} | {:.0f} |", "title.json",
-           ("rows/rnn/rouge-1", "rows/rnn/rouge-2", "rows/rnn/rouge-l", "rows/rnn/bleu", "rows/rnn/train_minutes",
-            "rows/rnn/chars_per_s")),
-    Figure("| unilm: prior + copy, from scratch | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "title.json",
-           ("rows/unilm/rouge-1", "rows/unilm/rouge-2", "rows/unilm/rouge-l", "rows/unilm/bleu")),
-    Figure("| rnn, no copy (the post's model) | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "title.json",
-           ("rows/rnn-no-copy/rouge-1", "rows/rnn-no-copy/rouge-2", "rows/rnn-no-copy/rouge-l",
-            "rows/rnn-no-copy/bleu")),
-    # search
-    Figure("| CGMH (`genloom search keywords`) | {:.0f}% | {:.2f} / {:.2f} | {:.0f}% | {:.0f}% | {:.2f} / {:.2f} |",
-           "search.json", ("keywords_zh/methods/cgmh/coverage", "keywords_zh/methods/cgmh/nll_eval_lm/median",
-                           "keywords_zh/methods/cgmh/nll_target_lm/median",
-                           "keywords_zh/methods/cgmh/repeated_ngram_rate", "keywords_en/methods/cgmh/coverage",
-                           "keywords_en/methods/cgmh/nll_eval_lm/median",
-                           "keywords_en/methods/cgmh/nll_target_lm/median"), scale=1.0),
-    Figure("{:.1f}% fully restored, {:.1f}% of the clean sentences changed", "search.json",
-           ("correction_zh/restored", "correction_zh/clean_changed"), scale=P),
-    # condition
-    Figure("judge with **{:.1f}%** held-out accuracy", "condition.json", ("reference/judge_test_accuracy",), scale=P),
-    Figure("| **CLN** | **1** | **1.15** | **{:.1f}%** | **{:.3f}** | {:.1f} | {:.1f}% |", "condition.json",
-           ("comparison/cln guidance 1/controllability", "comparison/cln guidance 1/distinct_2",
-            "comparison/cln guidance 1/perplexity", "comparison/cln guidance 1/copied_20")),
-    # summarize
-    Figure("| (a) truncate, then generate | {:.2f} | {:.2f} | **{:.2f}** | {:.2f} |", "summarize.json",
-           tuple(f"rows/(a) truncate, then generate/scores/{m}" for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
-    Figure("| (c) extract, then generate | {:.2f} | {:.2f} | {:.2f} | {:.2f} |", "summarize.json",
-           tuple(f"rows/(c) extract, then generate/scores/{m}" for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
-    Figure("| (c) with oracle extraction at test (upper bound, uses the references) | {:.2f} | {:.2f} | {:.2f} | "
-           "{:.2f} |", "summarize.json",
-           tuple(f"rows/(c) with oracle extraction at test (upper bound)/scores/{m}"
-                 for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))),
     # NVAE
     Figure("| {:,.0f} | {:.3f} | **{:.2f} +- {:.2f}** | {:.4f} | {:.0f} |", "nvae.json",
            ("models/nvae/steps", "models/nvae/seconds_per_step/median", "models/nvae/iw_nll/nll_nats",
@@ -183,6 +151,66 @@ FIGURES: list[Figure] = [
            ("summary/paired_difference/mean_nats", "summary/paired_difference/stderr_nats",
             "summary/paired_difference/nvae_better_share"), scale=1.0),
 ]
+
+
+def _rows() -> list[Figure]:
+    """Every row of the README's result tables (title ablation, keywords to sentence, conditional
+    generation, SPACES, the extraction rankers), one figure per row."""
+    out = []
+    title = [("lead-24 (extractive)", "lead-24", False), ("best source sentence (oracle)", "best-sentence", False),
+             ("rnn: prior + copy (default)", "rnn", True), ("rnn, no prior", "rnn-no-prior", True),
+             ("rnn, no copy (the post's model)", "rnn-no-copy", True),
+             ("rnn, no prior, no copy", "rnn-no-prior-no-copy", True),
+             ("unilm: prior + copy, from scratch", "unilm", True), ("unilm, no copy", "unilm-no-copy", True),
+             ("unilm + 5 min char-LM pre-training", "unilm-pretrained", True)]
+    for label, key, trained in title:
+        rl = "**{:.2f}**" if key == "rnn" else "{:.2f}"
+        tail = " {:.1f} | {:.0f} | {:.1f}% |" if trained else " - | - | - |"
+        fields = ["rouge-1", "rouge-2", "rouge-l", "bleu"] + (["train_minutes", "chars_per_s", "repeated_4gram"]
+                                                               if trained else [])
+        out.append(Figure(f"| {label} | {{:.2f}} | {{:.2f}} | {rl} | {{:.2f}} |{tail}", "title.json",
+                          tuple(f"rows/{key}/{f}" for f in fields)))
+    for label, key in (("sample with the keywords as prompt", "sample"),
+                       ("grid beam search forcing the keywords", "beam"), ("same, no repeated 3-grams", "beam-norep3"),
+                       ("CGMH (`genloom search keywords`)", "cgmh")):
+        keys = tuple(f"keywords_{lang}/methods/{key}/{f}" for lang in ("zh", "en")
+                     for f in ("coverage", "nll_eval_lm/median", "nll_target_lm/median", "repeated_ngram_rate"))
+        out.append(Figure(f"| {label} | {{:.0f}}% | {{:.2f}} / {{:.2f}} | {{:.0f}}% | {{:.0f}}% | {{:.2f}} / {{:.2f}} | "
+                          f"{{:.0f}}% |", "search.json", keys))
+    fields = ("controllability", "distinct_2", "perplexity", "copied_20")
+    for label, w, t, file, key in (("CLN", 0, 1, "condition_t1.json", "cln"),
+                                   ("label-token prefix", 0, 1, "condition_t1.json", "prefix"),
+                                   ("CLN", 1, 1, "condition_t1.json", "cln guidance 1"),
+                                   ("label-token prefix", 1, 1, "condition_t1.json", "prefix guidance 1"),
+                                   ("CLN", 3, 1, "condition_t1.json", "cln guidance 3"),
+                                   ("label-token prefix", 1, 1.15, "condition.json", "prefix guidance 1"),
+                                   ("CLN", 0, 1.15, "condition.json", "cln")):
+        out.append(Figure(f"| {label} | {w} | {t} | {{:.1f}}% | {{:.2f}} | {{:.1f}} | {{:.1f}}% |", file,
+                          tuple(f"comparison/{key}/{f}" for f in fields)))
+    out.append(Figure("| **CLN** | **1** | **1.15** | **{:.1f}%** | **{:.3f}** | {:.1f} | {:.1f}% |", "condition.json",
+                      tuple(f"comparison/cln guidance 1/{f}" for f in fields)))
+    for label, key in (("(a) truncate, then generate", None), ("(b) extract only", None),
+                       ("(c) extract, then generate", None), ("(c) decoded without the copy constraint", None),
+                       ("(d) (c) without the B/I/O copy", "(d) (c) without copy"),
+                       ("(e) (c) without Sparse Softmax", "(e) (c) without sparse softmax"),
+                       ("(c0) (c) without pointer and prior (the post's model)",
+                        "(c) without pointer and prior (the post's model)"),
+                       ("(c) with oracle extraction at test (upper bound, uses the references)",
+                        "(c) with oracle extraction at test (upper bound)")):
+        rl = "**{:.2f}**" if label.startswith("(a)") else "{:.2f}"
+        out.append(Figure(f"| {label} | {{:.2f}} | {{:.2f}} | {rl} | {{:.2f}} |", "summarize.json",
+                          tuple(f"rows/{key or label}/scores/{m}" for m in ("rouge-1", "rouge-2", "rouge-l", "cail"))))
+    for label, key in (("lead (what truncation reads)", "lead"), ("tf-idf salience", "salience"),
+                       ("salience + position", "salience+lead"), ("the trained k-fold extractor", "extractor"),
+                       ("draft-guided (a draft title from the lead)", "draft-guided"),
+                       ("oracle (uses the reference)", "oracle (uses the reference)")):
+        out.append(Figure(f"| {label} | {{:.1f}}% | {{:.1f}}% | {{:.1f}}% |", "summarize_extract_baselines.json",
+                          tuple(f"windows/64/rows/{key}/{f}"
+                                for f in ("window_recall", "title_chars_covered", "title_bigrams_covered"))))
+    return out
+
+
+FIGURES += _rows()
 # shares quoted as percent inside otherwise unscaled figures
 PERCENT_KEYS = {"english/greedy_word_match", "chinese/greedy_word_match", "repeated_4gram", "coverage",
                 "repeated_ngram_rate", "controllability", "copied_20", "nvae_better_share"}
@@ -208,7 +236,8 @@ def main() -> int:
     for fig in FIGURES:
         keys = ", ".join(k if isinstance(k, str) else "/".join(k) for k in fig.keys)
         print(f"{rendered(fig)}\n    <- {fig.file}: {keys}\n    {load_text(fig.file)}")
-    missing = [rendered(f) for f in FIGURES if rendered(f) not in README.read_text(encoding="utf-8")]
+    readme = " ".join(README.read_text(encoding="utf-8").split())  # line breaks do not count
+    missing = [rendered(f) for f in FIGURES if " ".join(rendered(f).split()) not in readme]
     for text in missing:
         print(f"not in the README: {text}", file=sys.stderr)
     return 1 if missing else 0
