@@ -56,6 +56,9 @@ def test_extraction_recall_by_hand():
     r = extraction_recall([[1, 2], [0]], [[2, 3], [0]])
     assert r["recall"] == pytest.approx(100 * 2 / 3) and r["precision"] == pytest.approx(100 * 2 / 3)
     assert extraction_recall([[]], [[]])["recall"] == 0.0
+    # selected and aligned counts differ: 1 hit of 3 aligned, of 1 selected (recall != precision)
+    r = extraction_recall([[4]], [[4, 5, 6]])
+    assert (r["recall"], r["precision"], r["aligned"], r["selected"]) == (pytest.approx(100 / 3), 100.0, 3, 1)
 
 
 def test_config_errors():

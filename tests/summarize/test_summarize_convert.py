@@ -69,6 +69,8 @@ def test_char_score_by_hand():
     # 我们去公园 vs 去公园看花: unigram F 3/5, bigram F 2/4, LCS F 3/5
     assert char_score("我们去公园", "去公园看花") == pytest.approx(0.2 * 60 + 0.4 * 50 + 0.4 * 60)
     assert char_score("", "去公园") == 0.0
+    # reversed: unigram F 100, no bigram, LCS 1 of 4 (F 25): the three weights are told apart
+    assert char_score("甲乙丙丁", "丁丙乙甲") == pytest.approx(0.2 * 100 + 0.4 * 0 + 0.4 * 25)
     r = rouge_per_pair(["甲乙丙"], ["乙丙丁"], level="char")[0]
     want = 0.2 * r["rouge-1"] + 0.4 * r["rouge-2"] + 0.4 * r["rouge-l"]
     assert char_score("甲乙丙", "乙丙丁") == pytest.approx(want)

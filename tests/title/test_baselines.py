@@ -82,3 +82,32 @@ def test_score_row_and_user_file_cli(tmp_path, capsys):
     assert saved["rows"]["lead-5"] == pytest.approx(
         score_row(["北京天安门", "股市大涨。"], ["天安门广场今天开放", "成交量创新高"]))
     assert [p.name for p in out.parent.iterdir()] == ["table.json"]  # no temp file left behind
+
+
+def _bleu_by_hand(preds: list[str], refs: list[str]) -> float:
+    """Corpus BLEU over characters: clipped n-gram precisions (n = 1..4) summed over the corpus,
+    their geometric mean, times the brevity penalty exp(1 - r / c) when the predictions are
+    shorter than the references."""
+    import math
+    from collections import Counter
+
+    matched, total = [0] * 4, [0] * 4
+    for p, r in zip(preds, refs):
+        for n in range(1, 5):
+            pg = Counter(tuple(p[i:i + n]) for i in range(len(p) - n + 1))
+            rg = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+            matched[n - 1] += sum(min(c, rg[g]) for g, c in pg.items())
+            total[n - 1] += sum(pg.values())
+    c, r = sum(map(len, preds)), sum(map(len, refs))
+    bp = 1.0 if c > r else math.exp(1 - r / c)
+    return 100 * bp * math.exp(sum(math.log(m / t) for m, t in zip(matched, total)) / 4)
+
+
+def test_score_row_bleu_is_predictions_against_references_by_hand():
+    # predictions shorter than their references: BLEU is not symmetric, so swapped arguments
+    # (or the wrong brevity penalty) change the figure
+    preds = ["今天天气很好", "市政府召开新闻发布会"]
+    refs = ["今天天气很好我们去公园", "市政府召开新闻发布会介绍经济"]
+    row = score_row(preds, refs)
+    assert row["bleu"] == pytest.approx(_bleu_by_hand(preds, refs), abs=1e-6)
+    assert row["bleu"] != pytest.approx(_bleu_by_hand(refs, preds), abs=1e-3)
