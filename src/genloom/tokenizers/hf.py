@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from genloom.errors import UserError
+from genloom.files import write_atomic
 from genloom.tokenizers.base import (
     MANIFEST,
     Tokenizer,
@@ -198,8 +199,8 @@ class HFTokenizer(Tokenizer):
         tmp = Path(tempfile.mkdtemp(prefix=".hf-tokenizer.", dir=path))
         try:
             names = [Path(f).name for f in self._tok.save_pretrained(str(tmp))]
-            for name in sorted(set(names)):
-                os.replace(tmp / name, path / name)
+            for name in sorted(set(names)):  # each file through the one atomic writer (fsync, rename)
+                write_atomic(path / name, (tmp / name).read_bytes(), what="tokenizer file")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         write_manifest(path, self.kind, files=sorted(set(names)))
