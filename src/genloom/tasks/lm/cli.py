@@ -12,7 +12,7 @@ from typing import Any
 
 from genloom.cliargs import add_common, finite_float, nonneg_int, positive_float, positive_int, probability
 from genloom.errors import UserError
-from genloom.tasks.lm.load import ENGINES
+from genloom.tasks.lm.load import ENGINES, QUANTS
 
 MODEL_HELP = "genloom model directory, or Hugging Face name (smollm2-135m) / directory / .gguf"
 STRATEGIES = ("greedy", "beam", "sample")
@@ -24,6 +24,12 @@ def _only_with(args: argparse.Namespace, flags: dict[str, str], condition: bool,
     for dest, flag in flags.items():
         if getattr(args, dest) is not None and not condition:
             raise UserError(f"{flag} applies to {what} only")
+
+
+def _quant_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once into the "
+                   "model cache ($GENLOOM_CACHE, default ~/.cache/genloom) with llama.cpp's quantizer "
+                   "(default: the file as it is)")
 
 
 # ---- genloom generate ----------------------------------------------------------------------------
@@ -62,7 +68,8 @@ def _generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", action="store_true", help="left-truncate prompts too long for the context")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="Hugging Face models: convert to genloom's Transformer (genloom), run them as they are "
-                        "(hf), or convert when the architecture allows (auto)")
+                        "(hf), or convert when the architecture allows (auto); GGUF models on llama.cpp (llamacpp)")
+    _quant_flag(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, index, output}")
     p.add_argument("--output", metavar="FILE", help="write the results to this file instead of stdout")
@@ -95,8 +102,10 @@ def _continue_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=positive_int, default=128, help="exact: most tokenization paths stepped at once")
     p.add_argument("--bos", default="auto", help="start token before the prompt: auto, none or an id")
     p.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-text token")
-    p.add_argument("--engine", choices=("genloom", "hf"), default="genloom",
-                   help="Hugging Face models: convert to genloom's Transformer, or run them as they are")
+    p.add_argument("--engine", choices=("genloom", "hf", "llamacpp"), default="genloom",
+                   help="Hugging Face models: convert to genloom's Transformer, or run them as they are; "
+                        "GGUF models on llama.cpp (llamacpp)")
+    _quant_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per continuation")
     p.set_defaults(func=_run_continue)
 

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if args.heal == "hf" and not hf:
         raise UserError("--heal hf runs transformers' token healing: it needs a Hugging Face model")
     set_threads(args.threads)
-    model, tokenizer = load_model(args.model, engine="hf" if args.heal == "hf" else args.engine)
+    if args.heal == "hf" and args.engine == "llamacpp":
+        raise UserError("--heal hf runs transformers' token healing: it cannot run on --engine llamacpp")
+    model, tokenizer = load_model(args.model, engine="hf" if args.heal == "hf" else args.engine, quant=args.quant)
     index = None if args.heal == "hf" else VocabIndex.from_tokenizer(tokenizer)
     if args.back_off is not None:
         n = len(encode_prompt(tokenizer, index, prompt)[1])

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output, what="--output")
     set_threads(args.threads)
-    model, tokenizer = load_model(args.model, engine=args.engine)
+    model, tokenizer = load_model(args.model, engine=args.engine, quant=args.quant)
     if args.stream:
         for prompt in prompts:
             for piece in generate_stream(model, tokenizer, prompt, **options):

@@ -4,7 +4,9 @@
 `genloom.models.io.MODEL_TYPES`: a Transformer, an RTF LM, any family `models.load` rebuilds) or a
 Hugging Face model: the name "smollm2-135m", a local model directory or a .gguf file. A Hugging
 Face model runs converted into genloom's own Transformer (`genloom.models.convert`, the faster
-path) or unconverted through `HFCausalLM`, by `engine`. Nothing is downloaded.
+path) or unconverted through `HFCausalLM`, by `engine`. A GGUF model (or "smollm2-135m") runs on
+llama.cpp with `engine="llamacpp"` (`genloom.models.llamacpp`), optionally requantized by `quant`.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 from genloom.errors import UserError
 
 # how a Hugging Face model runs: converted to genloom's Transformer, wrapped as it is, or
-# converted when its architecture is supported (GPT-2, Llama family) and wrapped otherwise
-ENGINES = ("auto", "genloom", "hf")
+# converted when its architecture is supported (GPT-2, Llama family) and wrapped otherwise; a
+# GGUF model can also run on llama.cpp
+ENGINES = ("auto", "genloom", "hf", "llamacpp")
+QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1")  # the keys of genloom.models.llamacpp.QUANTS (no torch import here)
 
 
 def is_genloom_dir(source: str | Path) -> bool:
@@ -36,18 +40,30 @@ def _no_tokenizer(source: str) -> UserError:
     return UserError(f"{source} has no tokenizer files: a model needs one to read prompts")
 
 
-def load_model(source: str, *, engine: str = "auto") -> tuple[Any, Any]:
-    """(Decodable, tokenizer) from a genloom model directory or a Hugging Face model.
+def load_model(source: str, *, engine: str = "auto", quant: str | None = None,
+               threads: int | None = None) -> tuple[Any, Any]:
+    """(Decodable, tokenizer) from a genloom model directory, a Hugging Face model or a GGUF.
 
     Args:
         source: a genloom model directory, "smollm2-135m", a Hugging Face directory or a .gguf.
-        engine: Hugging Face models only: "genloom" (convert), "hf" (wrap in HFCausalLM) or
-            "auto" (convert GPT-2 / Llama-family models, wrap the rest).
+        engine: Hugging Face models: "genloom" (convert), "hf" (wrap in HFCausalLM) or "auto"
+            (convert GPT-2 / Llama-family models, wrap the rest); GGUF models also "llamacpp".
+        quant: llamacpp only: requantize the GGUF (f32, f16, q8_0, q4_0, q4_1) into the cache.
+        threads: llamacpp only: llama.cpp's thread count (default: torch's).
     Raises:
         UserError: an unknown engine, an unreadable model, or no tokenizer files.
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if quant is not None and engine != "llamacpp":
+        raise UserError("--quant applies to --engine llamacpp only")
+    if engine == "llamacpp":
+        if is_genloom_dir(source):
+            raise UserError(f"{source} is a genloom model directory: --engine llamacpp runs GGUF models "
+                            "(a .gguf file, a directory holding one, or smollm2-135m)")
+        from genloom.models.llamacpp import load_llamacpp
+
+        return load_llamacpp(source, quant=quant, threads=threads)
     if is_genloom_dir(source):
         from genloom.models import io
 

@@ -17,6 +17,7 @@ from genloom.errors import UserError
 
 LANGS = ("zh", "en")
 PROPOSALS = ("mlm", "lm")
+EN_ENGINES = ("genloom", "llamacpp")  # the English LM converted to genloom's Transformer, or on llama.cpp
 
 
 @dataclass
@@ -67,16 +68,25 @@ def chinese_backend(models: str, *, proposal: str = "mlm") -> Backend:
                    lm_backward=CausalLMScorer(m.backward, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True))
 
 
-def english_backend(lm: str = "smollm2-135m") -> Backend:
-    """A Hugging Face causal LM (name, directory or .gguf) as target and proposal."""
-    from transformers.utils import logging as hf_logging
-
+def english_backend(lm: str = "smollm2-135m", *, engine: str = "genloom", quant: str | None = None) -> Backend:
+    """A Hugging Face causal LM (name, directory or .gguf) as target and proposal, converted to
+    genloom's Transformer (engine "genloom") or, a GGUF, on llama.cpp ("llamacpp", `quant`)."""
     from genloom.decode.mcmc_edits import LMSlots
     from genloom.decode.targets import CausalLMScorer
-    from genloom.models.hf import from_hf
 
-    hf_logging.disable_progress_bar()
-    model, tok = from_hf(lm)
+    if engine not in EN_ENGINES:
+        raise UserError(f"unknown engine {engine!r} (choose from {', '.join(EN_ENGINES)})")
+    if engine == "llamacpp":
+        from genloom.models.llamacpp import load_llamacpp
+
+        model, tok = load_llamacpp(lm, quant=quant)
+    else:
+        from transformers.utils import logging as hf_logging
+
+        from genloom.models.hf import from_hf
+
+        hf_logging.disable_progress_bar()
+        model, tok = from_hf(lm)
     if tok is None:
         raise UserError(f"{lm} has no tokenizer files")
     boundary = tok.token_to_id("<|endoftext|>")
@@ -89,8 +99,11 @@ def english_backend(lm: str = "smollm2-135m") -> Backend:
                    pad_id=boundary)
 
 
-def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str = "smollm2-135m") -> Backend:
+def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str = "smollm2-135m",
+                 engine: str = "genloom", quant: str | None = None) -> Backend:
     """Load the models of `lang` (module docstring) and wire targets and slot models."""
     if lang not in LANGS:
         raise UserError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    return chinese_backend(models, proposal=proposal) if lang == "zh" else english_backend(lm)
+    if lang == "zh":
+        return chinese_backend(models, proposal=proposal)
+    return english_backend(lm, engine=engine, quant=quant)

@@ -32,7 +32,8 @@ from genloom.decode.mcmc import SCHEDULES
 from genloom.decode.mcmc_edits import WEIGHTINGS
 from genloom.errors import UserError
 from genloom.files import check_writable, write_atomic
-from genloom.tasks.search.backend import LANGS, PROPOSALS, Backend, load_backend
+from genloom.tasks.lm.load import QUANTS
+from genloom.tasks.search.backend import EN_ENGINES, LANGS, PROPOSALS, Backend, load_backend
 from genloom.tasks.search.infer import (CorrectConfig, GibbsConfig, KeywordsConfig, correct_texts,
                                         default_keywords_config, gibbs_texts, keywords_search)
 from genloom.tasks.search.models import SearchModelsConfig, train_search_models
@@ -72,7 +73,12 @@ def _read_lines(path: str) -> list[str]:
 
 def _backend(args: argparse.Namespace, proposal: str) -> Backend:
     set_threads(args.threads)
-    return load_backend(args.lang, models=args.models, proposal=proposal, lm=args.lm)
+    if args.quant is not None and args.engine != "llamacpp":
+        raise UserError("--quant applies to --engine llamacpp only")
+    if args.engine != "genloom" and args.lang != "en":
+        raise UserError("--engine applies to --lang en only (the Chinese models are genloom's own)")
+    return load_backend(args.lang, models=args.models, proposal=proposal, lm=args.lm, engine=args.engine,
+                        quant=args.quant)
 
 
 def _generator(args: argparse.Namespace) -> torch.Generator:
@@ -149,6 +155,9 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     p.add_argument("--models", default="models/search", metavar="DIR",
                    help="directory of the Chinese models, written by `genloom search train-models`")
     p.add_argument("--lm", default="smollm2-135m", help="English: a local Hugging Face causal LM (name, dir, .gguf)")
+    p.add_argument("--engine", choices=EN_ENGINES, default="genloom",
+                   help="English: run --lm converted to genloom's Transformer, or (a GGUF) on llama.cpp")
+    p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once (llama.cpp's quantizer)")
     if proposal:
         p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
                        help="Chinese candidates: masked LM or fwd x bwd LM")
