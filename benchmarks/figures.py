@@ -155,7 +155,7 @@ FIGURES: list[Figure] = [
 
 def _rows() -> list[Figure]:
     """Every row of the README's result tables (title ablation, keywords to sentence, conditional
-    generation, SPACES, the extraction rankers), one figure per row."""
+    generation, SPACES, the extraction rankers, CPU engines), one figure per row."""
     out = []
     title = [("lead-24 (extractive)", "lead-24", False), ("best source sentence (oracle)", "best-sentence", False),
              ("rnn: prior + copy (default)", "rnn", True), ("rnn, no prior", "rnn-no-prior", True),
@@ -207,6 +207,54 @@ def _rows() -> list[Figure]:
         out.append(Figure(f"| {label} | {{:.1f}}% | {{:.1f}}% | {{:.1f}}% |", "summarize_extract_baselines.json",
                           tuple(f"windows/64/rows/{key}/{f}"
                                 for f in ("window_recall", "title_chars_covered", "title_bigrams_covered"))))
+    out += _engine_rows()
+    return out
+
+
+def _engine_rows() -> list[Figure]:
+    """The CPU engines table (benchmarks/engines.py): one figure per engine."""
+    out = []
+    speed = ("ms_per_token/greedy_b1/{n}", "tokens_per_s/greedy_b1/{n}")
+    loops = ("ms_per_token/greedy_b8/{n}", "ms_per_token/beam4_b1/{n}")
+    rows = [("HF `generate()`, fp32", "hf", True, False), ("genloom Transformer, fp32", "genloom", True, True)]
+    rows += [(f"genloom over llama.cpp, {q}", f"genloom-llamacpp-{q}", True, True) for q in ("f32", "f16", "q8_0", "q4_1")]
+    rows += [(f"llama.cpp's own loop, {q}", f"llamacpp-{q}", False, False) for q in ("f32", "f16", "q8_0", "q4_1")]
+    for label, n, ours, compared in rows:
+        keys = [*speed, *(loops if ours else ()), "ms_per_token/sample_b1/{n}", "prefill_ms/{n}"]
+        text = f"| {label} | {{:.1f}} | {{:.1f}} | " + ("{:.1f} | {:.1f} | " if ours else "- | - | ") + "{:.1f} | {:.0f} | "
+        if n == "hf":
+            text += "reference | reference | - |"
+        else:
+            keys.append("greedy_equal_hf_of_64/{n}")
+            text += "{:.0f} | "
+            if compared:
+                keys += ["delta_nll_vs_hf/{n}", "exact_healing_over_plain/{n}/median"]
+                text += "{:+.1e} | {:.2f} |"
+            else:
+                text += "- | - |"
+        out.append(Figure(text, "engines.json", tuple(k.format(n=n) for k in keys)))
+    out.append(Figure("genloom's loops over llama.cpp take {:.2f} / {:.2f} / {:.2f} / {:.2f}x the time of llama.cpp's "
+                      "own loop (f32 / f16 / q8_0 / q4_1)", "engines.json",
+                      tuple(f"ratios/genloom_llamacpp_over_raw/{q}" for q in ("f32", "f16", "q8_0", "q4_1"))))
+    out.append(Figure("HF fp32 takes {:.2f}x the time of genloom over llama.cpp q8_0; genloom's own fp32 Transformer "
+                      "takes {:.2f}x the time of llama.cpp f32", "engines.json",
+                      ("ratios/hf_over_genloom_llamacpp_q8_0", "ratios/genloom_torch_over_llamacpp_f32")))
+    out.append(Figure("greedy equal to HF `generate()` on {:.0f} / {:.0f} prompts x 64 tokens, beam-4 equal to HF's "
+                      "best on {:.0f} / {:.0f}, exact healing equal to the torch model's on {:.0f} / {:.0f} cut prompts, "
+                      "largest logit difference {:.1e}", "engines.json",
+                      ("acceptance/greedy_equal_hf", "acceptance/prompts", "acceptance/beam4_equal_hf_best",
+                       "acceptance/prompts", "acceptance/exact_healing_equal_torch", "acceptance/heal_prompts",
+                       "acceptance/max_abs_logit_diff_vs_hf")))
+    out.append(Figure("CTranslate2 fp32 / int8 {:.1f} / {:.1f} ms/token (greedy tokens equal to HF's: {:.0f} / {:.0f} "
+                      "of 64), OpenVINO GenAI on the q4_1 GGUF {:.1f}, beside HF {:.1f} and genloom over llama.cpp "
+                      "q8_0 {:.1f} in the same run", "engines.json",
+                      ("peers/ms_per_token/ct2-fp32", "peers/ms_per_token/ct2-int8", "peers/greedy_equal_hf_of_64/ct2-fp32",
+                       "peers/greedy_equal_hf_of_64/ct2-int8", "peers/ms_per_token/openvino-q4_1", "peers/ms_per_token/hf",
+                       "peers/ms_per_token/genloom-llamacpp-q8_0")))
+    out.append(Figure("HF {:.0f} MiB, genloom {:.0f}, genloom over llama.cpp f32 / q8_0 {:.0f} / {:.0f}, llama.cpp's own "
+                      "loop f32 / q8_0 {:.0f} / {:.0f}", "engines.json",
+                      tuple(f"peak_rss/{n}/peak_mib" for n in ("hf", "genloom", "genloom-llamacpp-f32",
+                                                                 "genloom-llamacpp-q8_0", "llamacpp-f32", "llamacpp-q8_0"))))
     return out
 
 

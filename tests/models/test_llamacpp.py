@@ -291,6 +291,24 @@ def test_cli_generate_and_continue_on_llamacpp(tiny, tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == "genloom: error: --quant applies to --engine llamacpp only"
 
 
+def test_search_runs_on_llamacpp_as_on_the_torch_model(tiny, capsys):
+    """CGMH keywords and correction on the English backend: llama.cpp gives what the converted model gives."""
+    from genloom.cli import main
+
+    _, _, _, _, path = tiny
+    outs = {}
+    for engine in ("genloom", "llamacpp"):
+        capsys.readouterr()
+        assert main(["search", "keywords", "--lang", "en", "--lm", str(path), "--engine", engine, "--keywords",
+                     "river,stone", "-n", "2", "--steps", "12", "--max-len", "10", "--min-len", "3",
+                     "--threads", "1"]) == 0
+        outs[engine] = capsys.readouterr().out
+    assert outs["genloom"] == outs["llamacpp"] and len(outs["llamacpp"].splitlines()) == 2
+    assert all("river" in t and "stone" in t for t in outs["llamacpp"].splitlines())
+    assert main(["search", "keywords", "--lang", "zh", "--engine", "llamacpp", "--keywords", "北京"]) == 2
+    assert capsys.readouterr().err == "genloom: error: --engine applies to --lang en only (the Chinese models are genloom's own)\n"
+
+
 def test_missing_llama_cpp_python_is_one_line(tiny, tmp_path):
     """With llama_cpp unimportable, the engine says how to install it (one line, exit 2)."""
     _, _, _, _, path = tiny
@@ -302,3 +320,97 @@ def test_missing_llama_cpp_python_is_one_line(tiny, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "genloom: error: the llama.cpp engine needs llama-cpp-python: pip install 'genloom[llamacpp]' "
         "(builds llama-cpp-python from source; see the README)"]
+
+
+# ---- SmolLM2-135M, the real model: llama.cpp at f32 against Hugging Face ------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_f32(tmp_path_factory):
+    """(LlamaCppLM on the f32 requantization, its tokenizer, HF model, converted Transformer, HF tokenizer)."""
+    from genloom.models.hf import convert, load_hf
+
+    old = os.environ.get("GENLOOM_CACHE")
+    os.environ["GENLOOM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        model, tok = load_llamacpp("smollm2-135m", quant="f32", threads=1)
+    finally:
+        if old is None:
+            del os.environ["GENLOOM_CACHE"]
+        else:
+            os.environ["GENLOOM_CACHE"] = old
+    hf, hf_tok = load_hf("smollm2-135m")
+    return model, tok, hf, convert(hf), hf_tok
+
+
+@pytest.mark.slow
+def test_smollm2_f32_logits_greedy_and_beam_equal_hf(smollm2_f32):
+    from test_hf_interop import PROMPTS
+
+    model, tok, hf, ours, hf_tok = smollm2_f32
+    assert model.kv_f32 and model.ftype == QUANTS["f32"]
+    text = "The quick brown fox jumps over the lazy dog. Meanwhile, in a small village by the sea, the fishermen"
+    ids = torch.tensor([tok.encode(text)])
+    assert ids[0].tolist() == hf_tok.encode(text)
+    with torch.inference_mode():
+        assert (model(ids) - hf(ids).logits).abs().max() <= 1e-3
+    batch, lengths = _batch(tok, PROMPTS)
+    kw = dict(max_new_tokens=64, eos_id=tok.eos_id, input_ids=batch, lengths=lengths)
+    # the converted Transformer equals HF generate on these prompts (test_hf_interop); llama.cpp equals it
+    assert loops.greedy(model, **kw).sequences == loops.greedy(ours, **kw).sequences
+    few = dict(kw, max_new_tokens=24, input_ids=batch[:4], lengths=lengths[:4])
+    beam = dict(num_beams=4, length_penalty=1.0, early_stopping=False)
+    assert loops.beam_search(model, **beam, **few).sequences == loops.beam_search(ours, **beam, **few).sequences
+
+
+@pytest.mark.slow
+def test_smollm2_f32_exact_healing_equals_the_torch_model(smollm2_f32):
+    from genloom.decode.heal import continue_prompt
+
+    model, tok, _, ours, hf_tok = smollm2_f32
+    for prompt in ["import num", "The capital of Fra", "def fibonacci(n):\n    ret", "Photosynthesis is the proc"]:
+        a = continue_prompt(model, tok, prompt, mode="exact", max_new_tokens=8, eos_id=tok.eos_id)[0]
+        b = continue_prompt(ours, hf_tok, prompt, mode="exact", max_new_tokens=8, eos_id=hf_tok.eos_id)[0]
+        assert a.text == b.text, prompt
+    assert a.text and not a.text.startswith(" ")
+
+
+def test_start_reuses_the_cached_prefix_and_stays_exact(tiny):
+    """A start after a decode keeps the shared prefix's cells (fewer tokens prefilled) and its logits,
+    steps and selects still equal the reference; reset() or reuse_prefix=False prefill it all."""
+    model, tok, ref, _, path = tiny
+    base = tok.encode("The quick brown fox jumps over the lazy dog and then")
+    logits, state = model.start(input_ids=torch.tensor([base]), max_new_tokens=4)
+    state = model.select(state, torch.tensor([0, 0, 0]))
+    logits, state = model.step(torch.tensor([5, 6, 7]), state)
+    calls = []
+    decode = model._gen.decode
+    model._gen.decode = lambda tokens, *a: calls.append(len(tokens)) or decode(tokens, *a)
+    try:
+        rows = [base + [6, 9, 10], base[:4] + [11], base + [6, 9, 10]]  # shares 12+1, 4 (too few), 12+1
+        ids, lengths = torch.full((3, len(rows[0])), 2), torch.tensor([len(r) for r in rows])
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+        logits, state = model.start(input_ids=ids, lengths=lengths, max_new_tokens=4)
+    finally:
+        model._gen.decode = decode
+    assert calls == [2 + 5]  # row 0: its last 2 tokens; row 1: all 5; row 2: copied from row 0
+    with torch.inference_mode():
+        expect = torch.stack([ref(torch.tensor([r]))[0, -1] for r in rows])
+    assert (logits.double() - expect).abs().max() < 1e-3
+    state = model.select(state, torch.tensor([2, 1]))
+    logits, state = model.step(torch.tensor([12, 13]), state)
+    with torch.inference_mode():
+        expect = torch.stack([ref(torch.tensor([r + [t]]))[0, -1] for r, t in ((rows[2], 12), (rows[1], 13))])
+    assert (logits.double() - expect).abs().max() < 1e-3
+    model.reset()
+    with pytest.raises(RuntimeError, match="stale"):
+        model.step(torch.tensor([1, 1]), state)
+    cold = LlamaCppLM(path, threads=1, reuse_prefix=False)
+    _, s = cold.start(input_ids=torch.tensor([base]), max_new_tokens=2)
+    cold.step(torch.tensor([5]), s)
+    calls.clear()
+    decode = cold._gen.decode
+    cold._gen.decode = lambda tokens, *a: calls.append(len(tokens)) or decode(tokens, *a)
+    cold.start(input_ids=torch.tensor([base + [5, 8]]), max_new_tokens=2)
+    assert calls == [len(base) + 2]

@@ -15,6 +15,10 @@ share a prefix), so
 - `model(ids)` returns the logits at every position (B, T, V), in a second context, so scoring
   (`decode.targets.CausalLMScorer`, the MCMC targets) never disturbs a decode in flight.
 
+`start` keeps the cells of the previous decode's rows that begin a new prompt (the longest shared
+prefix, as llama.cpp's server does), so exact healing's tree and the continuation after it
+prefill the prompt once; `reset()` or `reuse_prefix=False` turn that off.
+
 The context grows when the cache runs out of cells: a bigger one is made and every row's tokens
 (the state keeps them) are prefilled again. llama.cpp's KV cache lives in the context, not in the
 state, so a state is valid only until the next call: using an older one raises (the decoding
@@ -47,6 +51,7 @@ from genloom.tokenizers.gguf import GGUFHandle, GGUFTokenizer, check_gguf, llama
 QUANTS = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3}
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: rows one context holds at once
 BATCH = 512  # tokens per llama_decode call (longer prefills are split)
+MIN_REUSE = 8  # shortest shared prefix `start` keeps from the previous decode
 
 
 class _NoSlot(Exception):
@@ -126,6 +131,7 @@ class _Context:
         self.ctx = lc.llama_init_from_model(handle.model, p)
         if not self.ctx:
             raise UserError(f"llama.cpp could not make a context of {cells} cells for {handle.path}")
+        self.handle = handle  # the model must outlive its contexts
         self.cells = cells
         self.mem = lc.llama_get_memory(self.ctx)
         self.vocab_size = int(lc.llama_vocab_n_tokens(handle.vocab))
@@ -168,8 +174,9 @@ class _Context:
     def seq_rm(self, seq: int) -> None:
         self.lc.llama_memory_seq_rm(self.mem, seq, -1, -1)
 
-    def seq_cp(self, src: int, dst: int) -> None:
-        self.lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Give `dst` the cells of `src` at positions [p0, p1) (-1: open ends)."""
+        self.lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
     def __del__(self) -> None:
         lc = getattr(self, "lc", None)
@@ -200,10 +207,14 @@ class LlamaCppLM:
         threads: llama.cpp threads (default: torch's thread count, which `--threads` sets).
         kv_f32: keep the KV cache in f32 (default: when the weights are all f32, so f32 decoding
             matches a float32 reference; llama.cpp's usual f16 cache otherwise).
+        reuse_prefix: `start` keeps the cache cells of the previous decode's rows that begin a new
+            prompt (its longest shared prefix of at least MIN_REUSE tokens) and prefills only the
+            rest, as llama.cpp's own server does; exact healing's tree and the continuation after
+            it then prefill the prompt once. `reset()` drops what is kept.
     """
 
     def __init__(self, source: str | os.PathLike[str] | GGUFHandle, *, threads: int | None = None,
-                 kv_f32: bool | None = None) -> None:
+                 kv_f32: bool | None = None, reuse_prefix: bool = True) -> None:
         self.handle = source if isinstance(source, GGUFHandle) else open_gguf(resolve_gguf(source))
         lc = self._lc = llama_cpp()
         self.vocab_size = int(lc.llama_vocab_n_tokens(self.handle.vocab))
@@ -212,9 +223,18 @@ class LlamaCppLM:
         self.description = ctypes_text(lambda buf, n: lc.llama_model_desc(self.handle.model, buf, n))
         self.ftype = int(lc.llama_model_ftype(self.handle.model))  # llama_ftype: 0 = all f32
         self.kv_f32 = self.ftype == 0 if kv_f32 is None else kv_f32
+        self.reuse_prefix = reuse_prefix
         self._gen: _Context | None = None
         self._score: _Context | None = None
         self._epoch = 0
+        self._live: LlamaState | None = None  # the newest state: what the cache holds now
+
+    def reset(self) -> None:
+        """Forget the cache (the next `start` prefills everything)."""
+        self._live = None
+        self._epoch += 1  # states in flight are stale
+        if self._gen is not None:
+            self._gen.clear()
 
     def eval(self) -> LlamaCppLM:  # scorers call model.eval(); nothing to switch
         return self
@@ -241,21 +261,25 @@ class LlamaCppLM:
                                "state returned by the last start / step / select)")
         self._epoch += 1
         state.epoch = self._epoch
+        self._live = state
 
-    def _prefill(self, ctx: _Context, rows: Sequence[Sequence[int]], seqs: Sequence[int], *, outputs: bool) -> np.ndarray:
-        """Each row into its sequence (identical rows once, then copied); last-token logits per row."""
+    def _prefill(self, ctx: _Context, rows: Sequence[Sequence[int]], seqs: Sequence[int], *, outputs: bool,
+                 skip: Sequence[int] | None = None) -> np.ndarray:
+        """Each row into its sequence from position skip[r] on (the cells before are there already;
+        identical rows once, then copied); last-token logits per row."""
+        skip = skip or [0] * len(rows)
         first: dict[tuple[int, ...], int] = {}
         order = []  # the row whose prefill (and logits) each row shares
         for r, row in enumerate(rows):
             order.append(first.setdefault(tuple(row), r))
         uniq = sorted(set(order))
-        tokens = [t for r in uniq for t in rows[r]]
-        positions = [p for r in uniq for p in range(len(rows[r]))]
-        ids = [seqs[r] for r in uniq for _ in rows[r]]
-        want = [outputs and p == len(rows[r]) - 1 for r in uniq for p in range(len(rows[r]))]
+        tokens = [t for r in uniq for t in rows[r][skip[r]:]]
+        positions = [p for r in uniq for p in range(skip[r], len(rows[r]))]
+        ids = [seqs[r] for r in uniq for _ in range(skip[r], len(rows[r]))]
+        want = [outputs and p == len(rows[r]) - 1 for r in uniq for p in range(skip[r], len(rows[r]))]
         logits = ctx.decode(tokens, positions, ids, want)
         for r, src in enumerate(order):
-            if src != r:
+            if src != r:  # (a repeated row got no cells from a reuse: `_reuse` skips it)
                 ctx.seq_cp(seqs[src], seqs[r])
         if not outputs:
             return logits
@@ -281,17 +305,53 @@ class LlamaCppLM:
         if b > MAX_SEQUENCES:
             raise UserError(f"llama.cpp decodes at most {MAX_SEQUENCES} rows at once, got {b}")
         rows = [r[:n] for r, n in zip(ids.tolist(), lengths.tolist())]
+        prev, old = self._live, self._gen
+        ctx = self._context("_gen", sum(map(len, rows)) + max(b, 4) * max(max_new_tokens, 1) + 1)
         state = LlamaState(seqs=list(range(b)), history=rows, epoch=self._epoch)
         self._fresh(state)
-        ctx = self._context("_gen", sum(map(len, rows)) + max(b, 4) * max(max_new_tokens, 1) + 1)
-        ctx.clear()
-        try:
-            logits = self._prefill(ctx, rows, state.seqs, outputs=True)
-        except _NoSlot:  # too small for the prompts: one size up, from scratch
-            ctx = self._context("_gen", 2 * ctx.cells)
+        skip = None
+        if self.reuse_prefix and prev is not None and ctx is old:
+            state.seqs, skip = self._reuse(ctx, prev, rows)
+        else:
             ctx.clear()
-            logits = self._prefill(ctx, rows, state.seqs, outputs=True)
+        try:
+            logits = self._prefill(ctx, rows, state.seqs, outputs=True, skip=skip)
+        except _NoSlot:  # full: from scratch in this cache, else in one twice its size
+            state.seqs = list(range(b))
+            ctx.clear()
+            try:
+                logits = self._prefill(ctx, rows, state.seqs, outputs=True)
+            except _NoSlot:
+                ctx = self._context("_gen", 2 * ctx.cells)
+                ctx.clear()
+                logits = self._prefill(ctx, rows, state.seqs, outputs=True)
         return torch.from_numpy(logits), state  # (B, V)
+
+    def _reuse(self, ctx: _Context, prev: LlamaState, rows: list[list[int]]) -> tuple[list[int], list[int]]:
+        """Sequences for the new rows holding the longest prefix each shares with a row of `prev`
+        (at least MIN_REUSE tokens, and never a row's last token, whose logits are needed), the old
+        sequences removed; returns (sequence ids, tokens already in place per row)."""
+        free = [s for s in range(MAX_SEQUENCES) if s not in set(prev.seqs)]
+        if len(rows) > len(free) or len(rows) * len(prev.history) > 4096:  # too many pairs to compare
+            ctx.clear()
+            return list(range(len(rows))), [0] * len(rows)
+        seqs, skip, seen = free[: len(rows)], [], set()
+        for r, row in enumerate(rows):
+            best, src = 0, None
+            if tuple(row) not in seen:  # a repeated row is copied from its first copy by _prefill
+                for p, hist in enumerate(prev.history):
+                    n = len(os.path.commonprefix([row[:-1], hist]))
+                    if n > best:
+                        best, src = n, p
+            seen.add(tuple(row))
+            if best >= MIN_REUSE:
+                ctx.seq_cp(prev.seqs[src], seqs[r], 0, best)
+                skip.append(best)
+            else:
+                skip.append(0)
+        for s in prev.seqs:
+            ctx.seq_rm(s)
+        return seqs, skip
 
     def step(self, tokens: Tensor, state: LlamaState) -> tuple[Tensor, LlamaState]:
         """tokens (B,) -> (logits (B, V) for the next token, state)."""
@@ -331,7 +391,8 @@ class LlamaCppLM:
                 placed.add(r)
                 seqs.append(state.seqs[r])
                 history.append(state.history[r])
-        return LlamaState(seqs=seqs, history=history, epoch=state.epoch)
+        self._live = LlamaState(seqs=seqs, history=history, epoch=state.epoch)
+        return self._live
 
     def __call__(self, input_ids: Tensor) -> Tensor:
         """Logits at every position: input_ids (B, T) -> (B, T, V) float32 (rows scored independently)."""
