@@ -175,13 +175,9 @@ NEW_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(smollm2_hf):
     """(HF model, converted Transformer, tokenizer, right-padded ids, lengths, left-padded ids, mask)."""
-    from genloom.models.hf import load_hf
-
-    torch.manual_seed(0)
-    hf, tok = load_hf("smollm2-135m")
-    ours = convert(hf)
+    hf, ours, tok = smollm2_hf
     rows = [tok.encode(p) for p in PROMPTS]
     right, _ = padded_batch(rows, "right")
     left, mask = padded_batch(rows, "left")

@@ -205,6 +205,18 @@ def test_greedy_beam_and_sampling_equal_the_reference(tiny):
     assert drawn[0] == drawn[1]
 
 
+def test_guidance_on_llamacpp_equals_guidance_on_the_reference(tiny):
+    """Classifier-free guidance against another prompt (rows merged into one llama.cpp batch)."""
+    from genloom.decode.guidance import Guided
+
+    model, tok, ref, _, _ = tiny
+    ids, lengths = _batch(tok, ["A happy story: the", "A sad story: the"])
+    contrast = [{"input_ids": ids.flip(0), "lengths": lengths.flip(0)}]
+    kw = dict(max_new_tokens=12, eos_id=tok.eos_id, input_ids=ids, lengths=lengths)
+    got = [loops.greedy(Guided(m, contrast, 1.5), **kw).sequences for m in (model, ref)]
+    assert got[0] == got[1] and got[0] != loops.greedy(ref, **kw).sequences
+
+
 def test_the_cache_grows_when_rows_outgrow_it(tiny):
     """128 rows stepped 40 times need more cells than start reserves; results still equal."""
     model, tok, ref, _, _ = tiny
@@ -326,10 +338,8 @@ def test_missing_llama_cpp_python_is_one_line(tiny, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_f32(tmp_path_factory):
+def smollm2_f32(tmp_path_factory, smollm2_hf):
     """(LlamaCppLM on the f32 requantization, its tokenizer, HF model, converted Transformer, HF tokenizer)."""
-    from genloom.models.hf import convert, load_hf
-
     old = os.environ.get("GENLOOM_CACHE")
     os.environ["GENLOOM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     try:
@@ -339,8 +349,8 @@ def smollm2_f32(tmp_path_factory):
             del os.environ["GENLOOM_CACHE"]
         else:
             os.environ["GENLOOM_CACHE"] = old
-    hf, hf_tok = load_hf("smollm2-135m")
-    return model, tok, hf, convert(hf), hf_tok
+    hf, ours, hf_tok = smollm2_hf
+    return model, tok, hf, ours, hf_tok
 
 
 @pytest.mark.slow
@@ -354,7 +364,7 @@ def test_smollm2_f32_logits_greedy_and_beam_equal_hf(smollm2_f32):
     assert ids[0].tolist() == hf_tok.encode(text)
     with torch.inference_mode():
         assert (model(ids) - hf(ids).logits).abs().max() <= 1e-3
-    batch, lengths = _batch(tok, PROMPTS)
+    batch, lengths = _batch(tok, PROMPTS[:10])  # all 20: benchmarks/engines.py (acceptance section)
     kw = dict(max_new_tokens=64, eos_id=tok.eos_id, input_ids=batch, lengths=lengths)
     # the converted Transformer equals HF generate on these prompts (test_hf_interop); llama.cpp equals it
     assert loops.greedy(model, **kw).sequences == loops.greedy(ours, **kw).sequences

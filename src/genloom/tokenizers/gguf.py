@@ -93,7 +93,8 @@ def open_gguf(path: str | os.PathLike[str], *, vocab_only: bool = False) -> GGUF
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise UserError(f"llama.cpp cannot load {path}: a truncated or corrupt GGUF, or an architecture "
-                        "this llama.cpp does not know")
+                        "this llama.cpp does not know; replace the file (a --quant file in the cache is "
+                        "made again once deleted)")
     return GGUFHandle(path=path, model=model, vocab=lc.llama_model_get_vocab(model), vocab_only=vocab_only)
 
 
