@@ -53,6 +53,7 @@ from genloom.decode.heal import continue_prompt  # noqa: E402
 from genloom.decode.heal_tree import VocabIndex  # noqa: E402
 from genloom.decode.loops import beam_search, greedy, sample  # noqa: E402
 from genloom.decode.processors import TopK, TopP  # noqa: E402
+from genloom.files import write_atomic  # noqa: E402
 from genloom.machine import machine  # noqa: E402
 from genloom.models.hf import convert, load_hf  # noqa: E402
 from genloom.models.llamacpp import LlamaCppLM, quantized, resolve_gguf  # noqa: E402
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                        "new_tokens": NEW, "prefill_tokens": PREFILL_TOKENS, "quants": list(QUANTS),
                        "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                                     if ln.startswith("model name")), "")}
-    out["machine_before"] = out.get("machine_before", before) if set(args.only) != set(SECTIONS) else before
+    out.setdefault("machine_before", before)  # a rerun of some sections keeps the first run's
     out["machine_after"] = machine()
     out["cpus"] = os.cpu_count()  # and the load averages where benchmarks/figures.py reads them
     out["load_avg_before"], out["load_avg_after"] = out["machine_before"]["loadavg"], out["machine_after"]["loadavg"]
@@ -456,10 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     out["ratios"] = ratios(out)
     out["not_measured"] = ["ONNX Runtime GenAI"]
     print("ratios:", json.dumps(out["ratios"], indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_atomic(args.out, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from genloom.errors import UserError
+from genloom.files import write_with
 from genloom.models.prompts import check_prompts
 from genloom.tokenizers.gguf import GGUFHandle, GGUFTokenizer, check_gguf, llama_cpp, open_gguf
 
@@ -88,7 +89,8 @@ def quantized(path: str | os.PathLike[str], quant: str, *, threads: int | None =
     """`path` requantized to `quant` by llama.cpp (once; later calls reuse the cached file).
 
     The cache file is named after the source's resolved path, size and modification time, and is
-    written beside its final name then renamed, so an interrupted run leaves no half file."""
+    written through `files.write_with` (temporary name, fsync, rename), so an interrupted run
+    leaves no half file."""
     if quant not in QUANTS:
         raise UserError(f"unknown quant {quant!r} (choose from {', '.join(QUANTS)})")
     src = check_gguf(path).resolve()
@@ -97,22 +99,15 @@ def quantized(path: str | os.PathLike[str], quant: str, *, threads: int | None =
     out = cache_root() / "gguf" / f"{src.stem}.{key}.{quant}.gguf"
     if out.is_file():
         return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the model cache {out.parent}: {e.strerror} (set GENLOOM_CACHE)") from None
     lc = llama_cpp()
     params = lc.llama_model_quantize_default_params()
     params.ftype, params.allow_requantize = QUANTS[quant], True
     params.nthread = threads or torch.get_num_threads()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        if lc.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0 or not tmp.is_file():
+
+    def write(tmp: Path) -> None:
+        if lc.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
             raise UserError(f"llama.cpp could not quantize {src} to {quant}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_with(out, write, what="quantized model (set GENLOOM_CACHE to put the cache elsewhere)")
 
 
 class _Context:
@@ -331,7 +326,8 @@ class LlamaCppLM:
         """Sequences for the new rows holding the longest prefix each shares with a row of `prev`
         (at least MIN_REUSE tokens, and never a row's last token, whose logits are needed), the old
         sequences removed; returns (sequence ids, tokens already in place per row)."""
-        free = [s for s in range(MAX_SEQUENCES) if s not in set(prev.seqs)]
+        old = set(prev.seqs)
+        free = [s for s in range(MAX_SEQUENCES) if s not in old]
         if len(rows) > len(free) or len(rows) * len(prev.history) > 4096:  # too many pairs to compare
             ctx.clear()
             return list(range(len(rows))), [0] * len(rows)

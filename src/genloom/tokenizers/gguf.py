@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,9 +144,6 @@ class GGUFTokenizer(Tokenizer):
             n = self._lc.llama_tokenize(self.handle.vocab, data, len(data), self._buffer, len(self._buffer),
                                         False, False)
         return self._wrap(list(self._buffer[:n]), add_bos, add_eos)
-
-    def encode_many(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
 
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         ids = as_id_list(ids)

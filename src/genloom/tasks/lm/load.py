@@ -40,16 +40,15 @@ def _no_tokenizer(source: str) -> UserError:
     return UserError(f"{source} has no tokenizer files: a model needs one to read prompts")
 
 
-def load_model(source: str, *, engine: str = "auto", quant: str | None = None,
-               threads: int | None = None) -> tuple[Any, Any]:
+def load_model(source: str, *, engine: str = "auto", quant: str | None = None) -> tuple[Any, Any]:
     """(Decodable, tokenizer) from a genloom model directory, a Hugging Face model or a GGUF.
 
     Args:
         source: a genloom model directory, "smollm2-135m", a Hugging Face directory or a .gguf.
         engine: Hugging Face models: "genloom" (convert), "hf" (wrap in HFCausalLM) or "auto"
             (convert GPT-2 / Llama-family models, wrap the rest); GGUF models also "llamacpp".
-        quant: llamacpp only: requantize the GGUF (f32, f16, q8_0, q4_0, q4_1) into the cache.
-        threads: llamacpp only: llama.cpp's thread count (default: torch's).
+        quant: llamacpp only: requantize the GGUF (f32, f16, q8_0, q4_0, q4_1) into the cache
+            (llama.cpp runs on torch's thread count, which `--threads` sets).
     Raises:
         UserError: an unknown engine, an unreadable model, or no tokenizer files.
     """
@@ -63,7 +62,7 @@ def load_model(source: str, *, engine: str = "auto", quant: str | None = None,
                             "(a .gguf file, a directory holding one, or smollm2-135m)")
         from genloom.models.llamacpp import load_llamacpp
 
-        return load_llamacpp(source, quant=quant, threads=threads)
+        return load_llamacpp(source, quant=quant)
     if is_genloom_dir(source):
         from genloom.models import io
 
