@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "condition": ("genloom.tasks.condition.cli", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
     "summarize": ("genloom.tasks.summarize.cli", "extract-then-generate summaries of long documents (SPACES)"),
     "search": ("genloom.tasks.search.cli", "keywords-to-sentence, Gibbs sampling, typo correction by MCMC search"),
+    "serve": ("genloom.serve.cli", "an OpenAI-compatible HTTP server with token healing and a playground"),
 }
 
 

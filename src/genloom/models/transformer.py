@@ -447,3 +447,61 @@ class Transformer(nn.Module):
             key_valid=None if state.key_valid is None else state.key_valid[index],
             segment=state.segment, condition=None if state.condition is None else state.condition[index],
             plan=state.plan, hidden=None if state.hidden is None else state.hidden[index])
+
+    @torch.inference_mode()
+    def join(self, states: Sequence[TransformerState]) -> TransformerState:
+        """Stack the rows of several decoding states (of this model) into one, for continuous
+        batching: a request prefilled on its own joins the rows already decoding.
+
+        Every state's filled columns are moved right so that all rows write their next token into
+        the same column; the columns put in front of a row are padding (masked, its offset grows,
+        its positions unchanged), so each row decodes exactly as it did alone. Columns that are
+        padding in every row of a state are dropped first, so the width is the longest row's own
+        history, however long the batch has been running. The capacity is the most any state still
+        had room for. States passed in must not be used again.
+
+        Raises:
+            ValueError: a mixer without a time axis (RTF), or states of different segments.
+        """
+        states = list(states)
+        if not states:
+            raise ValueError("join() needs at least one state")
+        if len(states) == 1:
+            return states[0]
+        if self._time_axis is None:
+            raise ValueError("join() needs a mixer whose state grows with time (attention)")
+        if len({s.segment for s in states}) != 1:
+            raise ValueError("join() got states of different segments")
+        if len({s.condition is None for s in states}) != 1:
+            raise ValueError("join() got states with and without a condition")
+        axis = 2 + self._time_axis  # the time axis of a (B, L, *state) buffer
+        # columns [0, drop) are padding in every row of a state: dropped
+        drops = [0 if s.offsets is None else int(s.offsets.min()) for s in states]
+        width = max(s.length - d for s, d in zip(states, drops))  # the new filled length
+        capacity = width + max(s.capacity - s.length for s in states)
+        rows = sum(s.rows for s in states)
+        first = states[0].buffer
+        buffer = first.new_zeros(rows, *first.shape[1:axis], capacity, *first.shape[axis + 1:])  # (B, L, *state)
+        offsets = torch.zeros(rows, dtype=torch.long, device=first.device)  # (B,)
+        key_valid = torch.ones(rows, capacity, dtype=torch.bool, device=first.device)  # (B, S)
+        r = 0
+        for s, drop in zip(states, drops):
+            n = s.length - drop  # columns kept
+            shift = width - n  # padding put in front
+            src = s.buffer[: s.rows].narrow(axis, drop, n)
+            buffer[r : r + s.rows].narrow(axis, shift, n).copy_(src)
+            own = torch.zeros(s.rows, dtype=torch.long, device=first.device) if s.offsets is None else s.offsets - drop
+            offsets[r : r + s.rows] = own + shift
+            key_valid[r : r + s.rows, :shift] = False
+            if s.key_valid is not None:
+                key_valid[r : r + s.rows, shift:width] = s.key_valid[:, drop : s.length]
+            r += s.rows
+        padded = bool(offsets.any())
+        hidden = [s.hidden for s in states]
+        return TransformerState(
+            buffer=buffer, layers=[buffer[:, i] for i in range(len(self.blocks))], rows=rows, length=width,
+            capacity=capacity, offsets=offsets if padded else None, key_valid=key_valid if padded else None,
+            segment=states[0].segment,
+            condition=None if states[0].condition is None else torch.cat([s.condition for s in states]),
+            plan=next((s.plan for s in states if s.plan is not None), None),
+            hidden=None if any(h is None for h in hidden) else torch.cat(hidden))
