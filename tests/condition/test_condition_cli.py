@@ -65,13 +65,20 @@ def test_force_is_needed_to_replace_a_model(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds another model (transformer)" in err and "--force" in err and "\n" not in err.strip()
     assert (other / "config.json").read_bytes() == before and not (other / "condition.json").exists()
-    assert main(["condition", "train", "--arch", "plain", "--data", data, "--out", str(other), "--force", *small]) == 0
-    meta = json.loads((other / "condition.json").read_text())
-    assert meta["kind"] == "plain" and json.loads((other / "config.json").read_text())["vocab_size"] != 10
-    # a condition model is not silently retrained over either
-    assert main(["condition", "train", "--arch", "cln", "--data", data, "--out", str(other), *small]) == 2
+    # another kind of model is refused with --force too, and left as it was
+    assert main(["condition", "train", "--arch", "plain", "--data", data, "--out", str(other), "--force", *small]) == 2
+    err = capsys.readouterr().err
+    assert "holds another model (transformer)" in err and "with or without --force" in err
+    assert (other / "config.json").read_bytes() == before and sorted(p.name for p in other.iterdir()) == [
+        "config.json", "model.safetensors"]
+    mine = tmp_path / "mine"
+    assert main(["condition", "train", "--arch", "plain", "--data", data, "--out", str(mine), *small]) == 0
+    # a condition model is not silently retrained over either; --force replaces it
+    assert main(["condition", "train", "--arch", "cln", "--data", data, "--out", str(mine), *small]) == 2
     assert "already holds a condition 'plain' model" in capsys.readouterr().err
-    assert json.loads((other / "condition.json").read_text())["kind"] == "plain"
+    assert json.loads((mine / "condition.json").read_text())["kind"] == "plain"
+    assert main(["condition", "train", "--arch", "cln", "--data", data, "--out", str(mine), "--force", *small]) == 0
+    assert json.loads((mine / "condition.json").read_text())["kind"] == "cln"
 
 
 @pytest.mark.parametrize("flags,message", [

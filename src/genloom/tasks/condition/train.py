@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genloom.errors import UserError
-from genloom.files import atomic_directory, check_writable, write_json_atomic
+from genloom.files import write_json_atomic
 from genloom.models import save
 from genloom.models.judge import CharCNNJudge, JudgeConfig, classify
-from genloom.tasks.condition.config import GENERATORS, META_FILE, LMSpec, build_lm, occupant
+from genloom.tasks.condition.config import GENERATORS, META_FILE, LMSpec, build_lm
 from genloom.tasks.condition.data import ConditionData, Split, class_means
 from genloom.tokenizers import CharTokenizer
-from genloom.train import Loader, TrainConfig, fit
+from genloom.train import Loader, TrainConfig, fit, outdir
+from genloom.train.outdir import untrained
 from genloom.train.lm import next_token_loss, pad_rows
 
 PAD_ID = 0  # CharTokenizer's <pad>: what rows are padded with and the loss ignores
@@ -78,29 +79,20 @@ def mean_loss(model: torch.nn.Module, items: list[tuple[list[int], Any]], *, bat
 
 # ---- the output directory -----------------------------------------------------------------------
 def check_out(out: str | Path, *, force: bool = False, resume: bool = False) -> bool:
-    """Raise a one-line `UserError` unless a run may write a model to `out`. An empty or new
-    `out` (or, with `resume`, the run to continue) is written in place, so a killed run can be
-    resumed; one that holds anything else (a model, another task's files) is refused unless
-    `force`. Returns True when `out` is to be replaced whole."""
-    out = Path(out)
-    taken = occupant(out)
-    if resume or taken is None:
-        check_writable(out / META_FILE, what="--out")
-        return False
-    if not force or not out.is_dir():
-        raise UserError(taken + ("; pass --force to replace it" if out.is_dir() else ""))
-    return True
+    """Raise a one-line `UserError` unless a run may write a model to `out`
+    (`genloom.train.outdir.check_out`: new or empty, or with `resume` the stopped run, is written
+    in place, so a killed run can be resumed; a condition model or run is replaced only with
+    `force`; another kind of model or anything else is never written over). Returns True when
+    `out` is to be replaced whole."""
+    return outdir.check_out(out, kind="condition", force=force, resume=resume)
 
 
 @contextmanager
 def output_directory(out: str | Path, *, force: bool = False, resume: bool = False) -> Iterator[Path]:
     """The directory a run writes into (`check_out`): `out` itself, or, when it is replaced, a new
     directory beside it that takes its place only once the block ends without error."""
-    if not check_out(out, force=force, resume=resume):
-        yield Path(out)
-        return
-    with atomic_directory(out, replace=True, what="--out") as tmp:
-        yield tmp
+    with outdir.output_directory(out, kind="condition", force=force, resume=resume) as where:
+        yield where
 
 
 def _budget(steps: int | None, minutes: float | None, **kw: Any) -> TrainConfig:
@@ -164,6 +156,7 @@ def train_generator(kind: str, data: ConditionData, out: str | Path, *, spec: LM
     with output_directory(out, force=force, resume=resume) as where:
         result = fit(model, lm_loss, loader, config=config, run_dir=where / "run", resume=resume,
                      eval_fn=evaluate if dev_rows else None, task_config={"kind": kind, **asdict(spec)})
+        untrained(result)
         seconds, eval_seconds = _loop_seconds(where / "run" / "metrics.jsonl")
         meta = {"kind": kind, "labels": list(data.label_names), "source": data.source, "spec": asdict(spec),
                 "label_base": tokenizer.vocab_size if kind == "prefix" else None,
@@ -220,6 +213,7 @@ def train_judge(data: ConditionData, out: str | Path, *, steps: int | None = Non
         result = fit(model, _judge_loss, loader, config=cfg, run_dir=where / "run",
                      eval_fn=(lambda m: {"accuracy": judge_accuracy(m, tokenizer, dev)}) if dev.texts else None,
                      task_config={"kind": "judge", **asdict(config)})
+        untrained(result)
         seconds = time.perf_counter() - started
         model.eval()
         meta = {"kind": "judge", "labels": list(data.label_names), "source": data.source, "train_seconds": seconds,

@@ -12,7 +12,6 @@ model/ folder.
 from __future__ import annotations
 
 import argparse
-import shutil
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,6 @@ from genloom.tasks.nvae.config import MODEL_KINDS, PRESETS, NVAETrainConfig, res
 from genloom.tasks.nvae.evaluate import iw_nll
 from genloom.tasks.nvae.sample import reconstruction_grid, sample_grid
 from genloom.tasks.nvae.train import eval_set, train
-from genloom.train.checkpoint import list_checkpoints
 
 DATA_HELP = f"fashion-mnist (Debian package), {BUILTIN} (built in) or a folder of idx files"
 # NVAETrainConfig fields that are flags of the same name: help, checked type
@@ -76,16 +74,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(NVAETrainConfig, args, binarize=args.bits == "binary",
                            progress=not args.quiet,
                            ema_decay=None if args.no_ema else args.ema_decay)
-    out = Path(args.out)
-    if args.force and args.resume:
-        raise UserError("--force starts the run over and --resume continues it: pass one")
-    if not args.resume and (list_checkpoints(out / "checkpoints") or (out / "model").is_dir()):
-        if not args.force:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it, --force to "
-                            "replace it, or choose another --out")
-        for old in ("checkpoints", "model"):
-            shutil.rmtree(out / old, ignore_errors=True)
-    result = train(cfg, out, resume=args.resume)
+    result = train(cfg, args.out, resume=args.resume, force=args.force)  # checks --out first
     model = result.model
     x = eval_set(replace(cfg, eval_images=32), next(model.parameters()).device)
     with result.ema.applied(model) if result.ema else nullcontext():

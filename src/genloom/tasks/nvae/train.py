@@ -35,6 +35,7 @@ from genloom.nn.nvae_cells import SpectralRegularizer
 from genloom.tasks.nvae.config import NVAETrainConfig, check, make_model, resolve_device
 from genloom.train.checkpoint import latest_checkpoint
 from genloom.train.ema import EMA
+from genloom.train import outdir
 from genloom.train.trainer import TrainConfig, fit
 
 
@@ -111,13 +112,17 @@ def _check_resumable(ckpt_dir: Path) -> None:
                         "start a new run (its model/ still loads)")
 
 
-def train(cfg: NVAETrainConfig, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
-    """Train a model as `cfg` says, writing the run directory (module docstring)."""
+def train(cfg: NVAETrainConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False) -> TrainResult:
+    """Train a model as `cfg` says, writing the run directory (module docstring). What `run_dir`
+    may hold is `genloom.train.outdir`'s rule: new or empty; with `resume` the stopped run, continued
+    in place; with `force` an nvae run, replaced only when the new one is complete; never
+    another command's model."""
     check(cfg)
     device = resolve_device(cfg.device)
-    run_dir = Path(run_dir)
+    final = Path(run_dir)
+    outdir.check_out(final, kind="nvae", force=force, resume=resume)
     if resume:
-        _check_resumable(run_dir / "checkpoints")
+        _check_resumable(final / "checkpoints")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     train_images = load_images(cfg.data, "train", limit=cfg.train_limit)
@@ -133,15 +138,17 @@ def train(cfg: NVAETrainConfig, run_dir: str | Path, *, resume: bool = False) ->
         return {"nelbo": value, "bpd": bits_per_dim(value, dims)}
 
     stream = batches(train_images, batch_size=cfg.batch_size, binarize=cfg.binarize, seed=cfg.seed)
-    result = fit(
-        model, objective, stream, config=loop_config(cfg, device), run_dir=run_dir,
-        eval_fn=evaluate, resume=resume,
-        task_config={**asdict(cfg), "model_config": asdict(model.config),
-                     "parameters": count_parameters(model)},
-        optimizer_fn=lambda params: torch.optim.Adamax(params, lr=cfg.lr, eps=cfg.adamax_eps,
-                                                       weight_decay=cfg.weight_decay),
-        lr_fn=lambda fraction: lr_at(fraction, cfg) / cfg.lr, on_step=objective.at)
-    with atomic_directory(run_dir / "model", replace=True) as tmp:
-        save(model, None, tmp, ema=result.ema.averaged() if result.ema is not None else None)
+    with outdir.output_directory(final, kind="nvae", force=force, resume=resume) as where:
+        result = fit(
+            model, objective, stream, config=loop_config(cfg, device), run_dir=where,
+            eval_fn=evaluate, resume=resume,
+            task_config={"writer": "nvae", **asdict(cfg), "model_config": asdict(model.config),
+                         "parameters": count_parameters(model)},
+            optimizer_fn=lambda params: torch.optim.Adamax(params, lr=cfg.lr, eps=cfg.adamax_eps,
+                                                           weight_decay=cfg.weight_decay),
+            lr_fn=lambda fraction: lr_at(fraction, cfg) / cfg.lr, on_step=objective.at)
+        outdir.untrained(result)
+        with atomic_directory(where / "model", replace=True) as tmp:
+            save(model, None, tmp, ema=result.ema.averaged() if result.ema is not None else None)
     return TrainResult(model, result.ema, result.step, result.elapsed_s, result.skipped_steps,
-                       result.last_metrics.get("nelbo"), run_dir)
+                       result.last_metrics.get("nelbo"), final)

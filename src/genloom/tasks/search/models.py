@@ -39,6 +39,7 @@ from torch import nn
 from genloom.errors import UserError
 from genloom.files import atomic_directory
 from genloom.tasks.search.data import chinese_sentences, chinese_tokenizer, mask_id_of, stdlib_sentences
+from genloom.train import outdir
 from genloom.train.lm import (CausalLMObjective, MaskedLMCollate, PadRows, TokenWindows, causal_lm_loss,
                               masked_lm_loss)
 
@@ -156,7 +157,9 @@ def train_one(name: str, config: SearchModelsConfig, texts: dict[str, list[str]]
     with atomic_directory(out / "runs" / name, replace=config.force, what="run directory") as run_dir, \
             atomic_directory(out / name, replace=config.force, what="model directory") as model_dir:
         result = fit(trained, loss_fn, loader, config=train_cfg, run_dir=run_dir,
-                     eval_fn=evaluate if dev_batches else None, task_config={"model": name, **asdict(config)})
+                     eval_fn=evaluate if dev_batches else None,
+                     task_config={"writer": "search", "model": name, **asdict(config)})
+        outdir.untrained(result)
         averaged = result.ema.averaged() if result.ema is not None else None
         if averaged is not None and trained is not model:  # the objective holds the LM as `lm`
             averaged = {k.removeprefix("lm."): v for k, v in averaged.items()}
@@ -175,6 +178,7 @@ def train_search_models(config: SearchModelsConfig) -> dict[str, Path]:
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)} (choose from {', '.join(SPECS)})")
     out = Path(config.out)
+    outdir.refuse_other(out, kind="search")  # another command's model, --force or not
     for name in config.models if not config.force else ():  # before any work is spent
         if (out / "runs" / name).is_dir():
             raise UserError(f"{out / 'runs' / name} holds an earlier run: pick another --out, or pass --force")

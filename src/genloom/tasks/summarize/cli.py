@@ -22,7 +22,7 @@ from genloom.cliargs import (add_common, add_config_flags, config_from_args, pos
                              probability, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
 from genloom.errors import UserError
-from genloom.tasks.summarize.config import CONFIG_FILE, MODES, SummarizeConfig
+from genloom.tasks.summarize.config import MODES, SummarizeConfig
 
 # SummarizeConfig field -> help of its `summarize train` flag
 TRAIN_FLAGS: dict[str, str] = {
@@ -88,9 +88,10 @@ def _write(path: str, text: str) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from genloom.tasks.summarize.train import train
 
+    from genloom.train.outdir import check_out
+
     out = Path(args.out)
-    if (out / CONFIG_FILE).exists() and not args.force:
-        raise UserError(f"{out} already holds a summarizer; pass --force to replace it or choose another --out")
+    check_out(out, kind="summarize", force=args.force, resumable=False)  # before anything is read
     config = config_from_args(SummarizeConfig, args, sparse_k=args.sparse_k or None, minutes=args.minutes or None)
     set_threads(args.threads)
     pairs, what = _pairs(args, "train")
@@ -101,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     if len(pairs) < config.folds:
         raise UserError(f"only {len(pairs)} training documents of at least {min_chars} characters in {what}")
     print(f"summarize: training on {len(pairs)} documents of {what} with >= {min_chars} characters", file=sys.stderr)
-    summarizer = train(config, pairs, out=out, progress=not args.quiet)
+    summarizer = train(config, pairs, out=out, progress=not args.quiet, force=args.force)
     print(f"summarize: saved to {out} ({json.dumps(summarizer.info)})", file=sys.stderr)
     return 0
 

@@ -27,6 +27,7 @@ from genloom.tasks.summarize.seq2seq import Seq2SeqCollate, Seq2SeqData, seq2seq
 from genloom.tokenizers import CharTokenizer
 from genloom.train import Loader, TrainConfig, fit
 from genloom.train.lm import pretrain_causal_lm
+from genloom.train.outdir import output_directory, untrained
 
 
 @dataclass
@@ -116,20 +117,29 @@ def from_pretrained(config: SummarizeConfig) -> tuple[UniLMSeq2Seq, Any]:
 
 # ---- the seq2seq ---------------------------------------------------------------------------------------
 def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str | Path,
-          extraction: TrainingExtraction | None = None, progress: bool = True) -> Summarizer:
+          extraction: TrainingExtraction | None = None, progress: bool = True, force: bool = True) -> Summarizer:
     """Train a summarizer on (document, summary) pairs and save it to `out` (module docstring).
 
     Args:
         config: the settings.
         pairs: training (document, summary) pairs.
-        out: the summarizer directory (created; an earlier run's files there are replaced).
+        out: the summarizer directory: new, empty, or (with `force`) an earlier summarizer or
+            summarize run, replaced only once the new summarizer is complete; another kind of
+            model is never written over (`genloom.train.outdir`).
         extraction: the extraction side of an earlier `prepare_extraction` on the same pairs, to
             reuse (pipeline mode); None computes it.
+        force: replace what `out` holds (the library's default; `summarize train` asks --force).
     """
     if not pairs:
         raise UserError("no training pairs")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_directory(out, kind="summarize", force=force, resumable=False) as where:
+        _train_in(config, pairs, Path(where), Path(out), extraction=extraction, progress=progress)
+    return Summarizer.load(out)
+
+
+def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Path, final: Path, *,
+              extraction: TrainingExtraction | None, progress: bool) -> None:
+    """`train` in the directory `out` that `output_directory` gave it (`final` once in place)."""
     started = time.perf_counter()
     docs = [clauses_of(text, config.max_clauses) for text, _ in pairs]
     targets = [" ".join(summary.split())[: config.max_target_len] for _, summary in pairs]
@@ -159,8 +169,10 @@ def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str
         sources = [(truncate_text(clauses, config.window),) for clauses in docs]
     if config.init is None and (config.pretrain_minutes > 0 or config.pretrain_steps):
         pretrain(config, pairs, out=out / "pretrained", progress=progress)
-        config = replace(config, init=str(out / "pretrained"))
-    if config.init is not None:
+        model, tokenizer = from_pretrained(replace(config, init=str(out / "pretrained")))
+        config = replace(config, init=str(final / "pretrained"))  # where it is once `out` is in place
+        info["init"] = config.init
+    elif config.init is not None:
         model, tokenizer = from_pretrained(config)
         info["init"] = config.init
     else:
@@ -178,11 +190,11 @@ def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str
                       max_steps=config.steps, max_minutes=config.minutes, ema_decay=config.ema_decay,
                       ema_warmup=True, seed=config.seed, device="cpu", progress=progress, log_every=10)
     t0 = time.perf_counter()
-    result = fit(model, partial(seq2seq_loss, copy_weight=config.copy_weight), loader, config=cfg, run_dir=run_dir, task_config=asdict(config))
+    result = fit(model, partial(seq2seq_loss, copy_weight=config.copy_weight), loader, config=cfg, run_dir=run_dir,
+                 task_config={"writer": "summarize", **asdict(config)})
+    untrained(result)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     info.update({"seq2seq_steps": result.step, "seq2seq_seconds": round(time.perf_counter() - t0, 1),
                  "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": tokenizer.vocab_size})
     ema = result.ema.averaged() if result.ema is not None else None
-    summarizer = Summarizer(config, model, tokenizer, info=info, extractor=extractor)
-    summarizer.save(out, ema=ema)
-    return Summarizer.load(out)
+    Summarizer(config, model, tokenizer, info=info, extractor=extractor).save(out, ema=ema)

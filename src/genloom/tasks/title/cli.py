@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -29,7 +28,7 @@ from genloom.cliargs import (add_common, add_config_flags, config_from_args, non
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
 from genloom.errors import UserError
 from genloom.machine import machine
-from genloom.tasks.title.config import ARCHS, TITLE_FILE, TRAIN_RECORD, TitleConfig
+from genloom.tasks.title.config import ARCHS, TitleConfig
 
 # TitleConfig field -> help of its `title train` flag
 TRAIN_FLAGS: dict[str, str] = {
@@ -75,26 +74,15 @@ def _model_overrides(text: str | None) -> dict[str, Any] | None:
     return obj
 
 
-def _clear_run(out: Path) -> None:
-    """Remove what a previous `title train` wrote into `out` (only those files)."""
-    for name in ("model", "checkpoints", "pretrain"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (TITLE_FILE, TRAIN_RECORD, "config.json", "metrics.jsonl", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from genloom.data import chinese_lm_texts, read_pairs
     from genloom.tasks.title.data import hold_out
     from genloom.tasks.title.train import train
+    from genloom.train.outdir import check_out
 
     out = Path(args.out)
-    if (out / TITLE_FILE).exists() and not args.force:
-        raise UserError(f"{out} already holds a title model; pass --force to replace it or "
-                        f"choose another --out")
+    check_out(out, kind="title", force=args.force, resume=args.resume)  # before anything is read
     config = config_from_args(TitleConfig, args, model=_model_overrides(args.model_json))
-    if args.force:
-        _clear_run(out)
     set_threads(args.threads)
     train_pairs, what = _pairs(args, "train")
     if args.data is not None and args.dev_data is not None:
@@ -107,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train(config, train_pairs=train_pairs, dev_pairs=dev_pairs, out_dir=out,
           progress=not args.quiet, log=lambda s: print(s, file=sys.stderr, flush=True),
-          lm_texts=lambda: chinese_lm_texts("train"))
+          lm_texts=lambda: chinese_lm_texts("train"), force=args.force, resume=args.resume)
     print(f"title: trained in {(time.perf_counter() - t0) / 60:.1f} minutes -> {out}", flush=True)
     return 0
 
@@ -240,6 +228,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
                data=True, corpus="inews")
     add_pair_flags(t)
     t.add_argument("--dev-data", default=None, metavar="FILE", help="dev pairs for --data")
+    t.add_argument("--resume", action="store_true", help="continue a stopped run in --out (same flags and data)")
     add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
                      types_={name: positive_int for name in _POSITIVE})
     t.add_argument("--lr", type=positive_float, default=None,

@@ -3,6 +3,7 @@ architectures it builds (`ARCHS`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,16 +53,24 @@ class TitleConfig:
             raise UserError(f"--arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
         if self.lr is None:
             self.lr = ARCH_LR[self.arch]
-        if self.lr <= 0:
+        if not 0 < self.lr < math.inf:
             raise UserError(f"--lr must be positive, got {self.lr}")
         for name in ("max_source_len", "max_title_len", "min_count", "batch_size", "dev_size",
                      "num_beams"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.minutes <= 0:
+        if not 0 < self.minutes < math.inf:  # NaN fails too: a run that would never stop
             raise UserError(f"--minutes must be positive, got {self.minutes}")
-        if self.pretrain_minutes < 0:
+        if not 0 <= self.pretrain_minutes < math.inf:
             raise UserError(f"--pretrain-minutes must be >= 0, got {self.pretrain_minutes}")
+        for name in ("max_epochs", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.eval_every < 0:
+            raise UserError(f"--warmup-steps and --eval-every must be >= 0, got {self.warmup_steps} and "
+                            f"{self.eval_every}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise UserError(f"the EMA decay must be in [0, 1), got {self.ema_decay}")
         if self.pretrain_minutes > 0 and self.arch != "unilm":
             raise UserError("--pretrain-minutes needs --arch unilm (the RNN has no LM to pre-train)")
         if self.no_repeat_ngram < 0:

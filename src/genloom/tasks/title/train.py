@@ -3,11 +3,18 @@ stopping, after an optional char-LM pre-training of the UniLM (`genloom.train.lm
 
 A run writes into its directory the model (`model/`, `title.json`, see `genloom.tasks.title`), the
 run's own files (metrics.jsonl, curves.png, config.json, train.json: steps, best dev ROUGE-L and
-the machine's load when training ended) and, after pre-training, `pretrain/`.
+the machine's load when training ended) and, after pre-training, `pretrain/`. Until the model is
+saved the directory also holds `checkpoints/` (one per evaluation): a run that was stopped
+continues with `resume=True` (`title train --resume`) and gives the losses of an uninterrupted
+run. What the directory may already hold is `genloom.train.outdir`'s rule: another command's
+model is never written over, and with `force` the old title model is replaced only by a complete
+new one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -25,6 +32,8 @@ from genloom.tasks.title.config import ARCHS, TRAIN_RECORD, TitleConfig
 from genloom.tasks.title.data import Collate, Pair, PairDataset, build_tokenizer, normalise
 from genloom.tasks.title.infer import TitleModel, decode_sources, save_title_model
 from genloom.train import Loader, TrainConfig, fit
+from genloom.train.checkpoint import latest_checkpoint
+from genloom.train.outdir import output_directory, untrained
 from genloom.train.lm import pretrain_causal_lm
 
 
@@ -54,32 +63,80 @@ def _dev_eval(tm: TitleModel, dev: Sequence[Pair]) -> Callable[[nn.Module], dict
     return evaluate
 
 
+def _fingerprint(pairs: Sequence[Pair]) -> str:
+    """BLAKE2b of the pairs, recorded in the run's config.json so --resume refuses other data."""
+    h = hashlib.blake2b(digest_size=16)
+    for article, title in pairs:
+        h.update(article.encode("utf-8", "surrogatepass") + b"\x00" + title.encode("utf-8", "surrogatepass") + b"\x01")
+    return h.hexdigest()
+
+
+def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
+    """--resume: the settings and data must be those the stopped run was started with."""
+    old = _json_file(run_dir / "config.json").get("task", {})
+    differ = sorted(k for k in set(old) | set(task) if old.get(k) != task.get(k))
+    if differ:
+        raise UserError(f"--resume needs the settings and data of the stopped run in {run_dir}; these differ: "
+                        f"{', '.join(differ[:5])}")
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequence[Pair],
           out_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print,
-          lm_texts: Callable[[], list[str]] | None = None) -> tuple[TitleModel, Any]:
+          lm_texts: Callable[[], list[str]] | None = None, force: bool = False,
+          resume: bool = False) -> tuple[TitleModel, Any]:
     """Train a title model and save it under `out_dir`.
 
     Args:
         config: resolved settings.
         train_pairs, dev_pairs: (article, title) pairs; dev selects the checkpoint by ROUGE-L.
-        out_dir: new or empty-of-checkpoints directory for the run and the model.
+        out_dir: the run and model directory (`genloom.train.outdir.output_directory` says what it
+            may hold: new or empty; this command's model or run with `force`, replaced only once
+            the new model is complete; this command's stopped run with `resume`).
         progress: tqdm bars.
         log: where one-line notes (truncation warnings, phases) go.
         lm_texts: the pre-training texts (unilm with pretrain_minutes > 0); called only then.
+        force: replace the title model or run `out_dir` holds.
+        resume: continue the stopped run in `out_dir` from its last checkpoint (same settings and
+            data; checked), retracing the uninterrupted run's losses.
 
     Returns:
         (the trained TitleModel with the selected weights, the FitResult).
     """
-    out = Path(out_dir)
+    dev_pairs = list(dev_pairs)[:config.dev_size]
+    task = {"writer": "title", **asdict(config), "train_data": _fingerprint(train_pairs),
+            "dev_data": _fingerprint(dev_pairs)}
+    with output_directory(out_dir, kind="title", force=force, resume=resume) as out:
+        if resume:
+            _check_same_run(out, task)
+        tm, result = _train_in(config, task, train_pairs, dev_pairs, out, progress=progress, log=log,
+                               lm_texts=lm_texts, resume=resume)
+    best = "none" if result.best_value is None else f"{result.best_value:.2f}"
+    log(f"title: stopped after {result.step} steps ({result.stop_reason}); best dev ROUGE-L "
+        f"{best} at step {result.best_step}; saved to {out_dir}")
+    return tm, result
+
+
+def _train_in(config: TitleConfig, task: dict[str, Any], train_pairs: Sequence[Pair], dev_pairs: list[Pair],
+              out: Path, *, progress: bool, log: Callable[[str], None],
+              lm_texts: Callable[[], list[str]] | None, resume: bool) -> tuple[TitleModel, Any]:
+    """`train` in the directory `out` that `output_directory` gave it."""
     torch.manual_seed(config.seed)
     pretrain = config.arch == "unilm" and config.pretrain_minutes > 0
+    resume_fit = resume and latest_checkpoint(out / "checkpoints") is not None
     texts = lm_texts() if pretrain and lm_texts is not None else []
     if pretrain and not texts:
         raise UserError("pre-training needs texts (chinese_lm_texts)")
     tokenizer = build_tokenizer([t for p in train_pairs for t in p] + texts,
                                 min_count=config.min_count)
     model = ARCHS[config.arch](config, tokenizer)
-    dev_pairs = list(dev_pairs)[:config.dev_size]
     tm = TitleModel(model, tokenizer, config)
     data = PairDataset(train_pairs, tokenizer, max_source_len=config.max_source_len,
                        max_title_len=config.max_title_len)
@@ -88,7 +145,10 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
         log(warning)
     log(f"title: {config.arch} model, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{tokenizer.vocab_size} characters, {len(data)} training pairs, {len(dev_pairs)} dev pairs")
-    if pretrain:
+    if resume:
+        log(f"title: resuming from {latest_checkpoint(out / 'checkpoints') or 'the start (no checkpoint yet)'}")
+    if pretrain and not resume_fit:  # a resumed fine-tuning starts from its checkpoint's weights
+        shutil.rmtree(out / "pretrain", ignore_errors=True)  # a stopped pre-training starts over
         log(f"title: pre-training the char LM for {config.pretrain_minutes:g} minutes "
             f"on {len(texts):,} texts")
         pretrain_lm(model, tokenizer, texts, minutes=config.pretrain_minutes, run_dir=out / "pretrain",
@@ -107,18 +167,16 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
         return net(batch["src"], batch["tgt_in"], batch["tgt_out"]), n
 
     result = fit(model, loss_fn, loader, config=tcfg, run_dir=out, eval_fn=_dev_eval(tm, dev_pairs),
-                 task_config=asdict(config))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the model directory keeps the weights
+                 task_config=task, resume=resume_fit)
+    untrained(result)
     save_title_model(tm, out, ema=result.ema)
     write_json_atomic(out / TRAIN_RECORD, {
         "steps": result.step, "epochs": result.epochs, "stop_reason": result.stop_reason,
         "best_step": result.best_step, "best_dev_rouge_l": result.best_value,
         "train_seconds": round(result.elapsed_s, 1), "skipped_steps": result.skipped_steps,
         "machine_at_end": machine()})  # the 15-minute load average covers a 15-minute run
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the model directory keeps the weights
     if result.ema is not None:
         result.ema.copy_to(model)
     model.eval()
-    best = "none" if result.best_value is None else f"{result.best_value:.2f}"
-    log(f"title: stopped after {result.step} steps ({result.stop_reason}); best dev ROUGE-L "
-        f"{best} at step {result.best_step}; saved to {out}")
     return tm, result
