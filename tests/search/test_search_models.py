@@ -88,3 +88,54 @@ def test_force_replaces_a_model_and_its_run(tmp_path, sentences):
     assert (tmp_path / "eval-zh" / "model.safetensors").read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval-zh", "runs"]  # no temporary directories left
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["eval-zh"]
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_losses_and_weights(tmp_path, sentences, monkeypatch):
+    """A train-models run interrupted after its first checkpoint (KeyboardInterrupt, as Ctrl-C) is
+    continued by resume=True: the same metrics (but the clock) and the same saved weights as an
+    uninterrupted run; a model already saved is kept, and a plain rerun points to --resume."""
+    from safetensors.torch import load_file
+
+    import genloom.tasks.search.models as search_models
+
+    tok = chinese_tokenizer(sentences, 200)
+    texts = {"train": sentences * 4, "dev": sentences[:4]}
+    cfg = SearchModelsConfig(steps=8, minutes=5.0, batch_size=4, progress=False, eval_sentences=4, lr=3e-3)
+    train_one("forward", dataclasses.replace(cfg, out=str(tmp_path / "whole")), texts, tok)
+
+    real, calls = search_models.causal_lm_loss, {"n": 0}
+
+    def interrupted(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the forward of step 6 (steps and the dev evaluations at steps 2 and 4 counted)
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
+    monkeypatch.setattr(search_models, "causal_lm_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_one("forward", cut, texts, tok)
+    monkeypatch.setattr(search_models, "causal_lm_loss", real)
+    assert not (tmp_path / "cut" / "forward").exists()
+    assert (tmp_path / "cut" / "runs" / "forward" / "checkpoints" / "step-00000004").is_dir()
+    with pytest.raises(UserError, match="--resume to continue it"):
+        train_one("forward", cut, texts, tok)
+    with pytest.raises(UserError, match="these differ: lr"):
+        train_one("forward", dataclasses.replace(cut, resume=True, lr=1e-3), texts, tok)
+    train_one("forward", dataclasses.replace(cut, resume=True), texts, tok)
+
+    def records(root):
+        lines = (root / "runs" / "forward" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in ("time", "tokens_per_s")} for x in lines]
+
+    assert records(tmp_path / "whole") == records(tmp_path / "cut") and len(records(tmp_path / "cut")) >= 4
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = load_file(tmp_path / "whole" / "forward" / name), load_file(tmp_path / "cut" / "forward" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resuming the whole set keeps the saved model and trains nothing
+    before = (tmp_path / "cut" / "forward" / "model.safetensors").read_bytes()
+    done = train_search_models(dataclasses.replace(cut, resume=True, models=("forward",)))
+    assert done == {"forward": tmp_path / "cut" / "forward"}
+    assert (tmp_path / "cut" / "forward" / "model.safetensors").read_bytes() == before
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_search_models(dataclasses.replace(cut, out=str(tmp_path / "none"), resume=True, models=("forward",)))

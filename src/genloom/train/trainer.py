@@ -244,7 +244,8 @@ def fit(
     if resume and latest is None:
         raise UserError(f"nothing to resume: no checkpoint in {ckpt_dir}")
     if not resume and list_checkpoints(ckpt_dir):
-        raise UserError(f"{run_dir} already holds checkpoints: resume, or pick a new run dir")
+        raise UserError(f"{run_dir} already holds checkpoints: continue them with --resume (resume=True), "
+                        "or choose another --out")
 
     # --- model, optimizer, schedule, EMA -------------------------------------------------------
     torch.manual_seed(cfg.seed + info.rank)

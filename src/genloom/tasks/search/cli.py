@@ -224,5 +224,6 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
                                              "minutes": "wall-clock cap per model"},
                      types_={"steps": positive_int, "minutes": positive_float})
     t.add_argument("--only", help="comma-separated subset of mlm,forward,backward,eval-zh,eval-en")
+    t.add_argument("--resume", action="store_true", help="continue stopped runs under --out (models already saved are kept)")
     t.set_defaults(func=run_train)
     return p

@@ -22,14 +22,18 @@ number of optimizer steps (warm-up then cosine decay, EMA weights saved as the d
 wall-clock cap per model as a safety net; the defaults take about 5-8 CPU-minutes per model on
 one core, far more wall time on a busy machine. The run's metrics.jsonl and curves.png (under
 `--out`/runs/NAME) have the losses; they are small models, trained briefly, and read as such.
-A model directory and its run directory are built under temporary names and renamed into place
-when the model is saved; an earlier run is replaced only with `force`.
+A model directory is built under a temporary name and renamed into place when the model is saved;
+its run directory is written in place, so a stopped run continues from its last checkpoint with
+`resume` (`--resume`; models already saved are kept). An earlier run is replaced only with
+`force`, and then both directories are built beside the old ones, which they replace only once
+the new model is saved.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from genloom.errors import UserError
 from genloom.files import atomic_directory
 from genloom.tasks.search.data import chinese_sentences, chinese_tokenizer, mask_id_of, stdlib_sentences
 from genloom.train import outdir
+from genloom.train.checkpoint import latest_checkpoint
 from genloom.train.lm import (CausalLMObjective, MaskedLMCollate, PadRows, TokenWindows, causal_lm_loss,
                               masked_lm_loss)
 
@@ -66,6 +71,7 @@ class SearchModelsConfig:
     eval_sentences: int = 512  # dev sentences for the evaluation loss
     progress: bool = True  # show the training bar
     force: bool = False  # replace the models and runs already under `out`
+    resume: bool = False  # continue stopped runs from their last checkpoint; models already saved are kept
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in config.json
 
 
@@ -120,8 +126,8 @@ def _reversed(text: str) -> str:
 def train_one(name: str, config: SearchModelsConfig, texts: dict[str, list[str]], tokenizer: Any) -> Path:
     """Train model `name` on `texts` ({"train", "dev"}) and save it under config.out/name (its run
     under config.out/runs/name)."""
-    from genloom.models import Transformer, save
-    from genloom.train import Loader, TrainConfig, fit
+    from genloom.models import Transformer
+    from genloom.train import Loader, TrainConfig
 
     spec = SPECS[name]
     rows = {split: TokenWindows(t, tokenizer, _WHOLE, add_bos=True, add_eos=True,
@@ -154,17 +160,56 @@ def train_one(name: str, config: SearchModelsConfig, texts: dict[str, list[str]]
                             eval_every=max(1, steps // 4), seed=seed, device="cpu", progress=config.progress,
                             log_every=20)
     out = Path(config.out)
-    with atomic_directory(out / "runs" / name, replace=config.force, what="run directory") as run_dir, \
-            atomic_directory(out / name, replace=config.force, what="model directory") as model_dir:
-        result = fit(trained, loss_fn, loader, config=train_cfg, run_dir=run_dir,
-                     eval_fn=evaluate if dev_batches else None,
-                     task_config={"writer": "search", "model": name, **asdict(config)})
-        outdir.untrained(result)
-        averaged = result.ema.averaged() if result.ema is not None else None
-        if averaged is not None and trained is not model:  # the objective holds the LM as `lm`
-            averaged = {k.removeprefix("lm."): v for k, v in averaged.items()}
-        save(model, tokenizer, model_dir, ema=averaged)
-    return out / name
+    run_path, model_path = out / "runs" / name, out / name
+    task = {"writer": "search", "model": name, **asdict(config)}
+    if config.force:  # both built beside the old ones, which are replaced only once the new model is saved
+        with atomic_directory(run_path, replace=True, what="run directory") as run_dir, \
+                atomic_directory(model_path, replace=True, what="model directory") as model_dir:
+            _fit_and_save(trained, model, tokenizer, loss_fn, loader, train_cfg, run_dir, model_dir,
+                          evaluate if dev_batches else None, task, resume=False)
+        return model_path
+    resume = config.resume and latest_checkpoint(run_path / "checkpoints") is not None
+    if resume:
+        _check_same_run(run_path, task)
+    elif run_path.is_dir() and any(run_path.iterdir()):
+        raise UserError(f"{run_path} holds an earlier run: pass --resume to continue it, --force to replace it, "
+                        "or pick another --out")
+    run_path.mkdir(parents=True, exist_ok=True)  # in place, so that a stopped run can be resumed
+    with atomic_directory(model_path, what="model directory") as model_dir:
+        _fit_and_save(trained, model, tokenizer, loss_fn, loader, train_cfg, run_path, model_dir,
+                      evaluate if dev_batches else None, task, resume=resume)
+    return model_path
+
+
+def _fit_and_save(trained: nn.Module, model: nn.Module, tokenizer: Any, loss_fn: Callable, loader: Any,
+                  train_cfg: Any, run_dir: Path, model_dir: Path, eval_fn: Any, task: dict[str, Any], *,
+                  resume: bool) -> None:
+    """`train_one`'s training (continued from run_dir's last checkpoint with `resume`) and save."""
+    from genloom.models import save
+    from genloom.train import fit
+
+    result = fit(trained, loss_fn, loader, config=train_cfg, run_dir=run_dir, eval_fn=eval_fn, task_config=task,
+                 resume=resume)
+    outdir.untrained(result)
+    averaged = result.ema.averaged() if result.ema is not None else None
+    if averaged is not None and trained is not model:  # the objective holds the LM as `lm`
+        averaged = {k.removeprefix("lm."): v for k, v in averaged.items()}
+    save(model, tokenizer, model_dir, ema=averaged)
+
+
+_NOT_SETTINGS = ("force", "resume", "progress", "models", "out", "extra")  # may differ in a resumed run
+
+
+def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
+    """--resume: the settings must be those the stopped run was started with."""
+    try:
+        old = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("task", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise UserError(f"cannot resume {run_dir}: its config.json is missing or unreadable") from None
+    differ = sorted(k for k in set(old) | set(task) if k not in _NOT_SETTINGS and old.get(k) != task.get(k))
+    if differ:
+        raise UserError(f"--resume needs the settings of the stopped run in {run_dir}; these differ: "
+                        f"{', '.join(differ[:5])}")
 
 
 def train_search_models(config: SearchModelsConfig) -> dict[str, Path]:
@@ -178,13 +223,21 @@ def train_search_models(config: SearchModelsConfig) -> dict[str, Path]:
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)} (choose from {', '.join(SPECS)})")
     out = Path(config.out)
+    if config.force and config.resume:
+        raise UserError("--force starts the runs over and --resume continues them: pass one")
     outdir.refuse_other(out, kind="search")  # another command's model, --force or not
-    for name in config.models if not config.force else ():  # before any work is spent
+    for name in config.models if not (config.force or config.resume) else ():  # before any work is spent
         if (out / "runs" / name).is_dir():
-            raise UserError(f"{out / 'runs' / name} holds an earlier run: pick another --out, or pass --force")
+            raise UserError(f"{out / 'runs' / name} holds an earlier run: pass --resume to continue it, --force to "
+                            "replace it, or pick another --out")
         if (out / name).is_dir() and any((out / name).iterdir()):
             raise UserError(f"{out / name} already holds a model: pick another --out, or pass --force")
-    done: dict[str, Path] = {}
+    kept = [m for m in config.models if (out / m / "config.json").is_file()] if config.resume else []
+    if config.resume and not kept and not any(latest_checkpoint(out / "runs" / m / "checkpoints")
+                                              for m in config.models):
+        raise UserError(f"nothing to resume: {out} holds no stopped search train-models run")
+    config = replace(config, models=tuple(m for m in config.models if m not in kept))  # --resume keeps them
+    done: dict[str, Path] = {m: out / m for m in kept}
     if any(SPECS[m].lang == "zh" for m in config.models):
         zh = {s: chinese_sentences(s, min_chars=config.min_chars, max_chars=config.max_chars) for s in ("train", "dev")}
         tokenizer = chinese_tokenizer(zh["train"], config.vocab_size)
