@@ -95,6 +95,12 @@ def start_server(model, tok, *, name: str = "tiny", api_key: str | None = None, 
     return Running(create_app(served), served)
 
 
+@pytest.fixture(scope="session")
+def serve():
+    """`serve(model, tokenizer, **limits) -> Running` (stop it when done)."""
+    return start_server
+
+
 @pytest.fixture(scope="module")
 def server(tiny):
     running = start_server(*tiny, max_prompt_tokens=64, max_tokens=64)

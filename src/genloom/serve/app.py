@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -134,7 +134,7 @@ def settings_for(served: Served, req: CompletionRequest | ChatRequest, *, is_cha
                     "top_p": None if req.top_p in (None, 1.0) else req.top_p, "top_k": req.top_k, "min_p": req.min_p}
     elif req.top_k is not None or req.min_p is not None:
         raise ApiError(400, "top_k and min_p apply to sampling (temperature > 0, no beams)", param="top_k")
-    stop_ids = chat.end_of_turn_ids(engine.tokenizer) if is_chat else frozenset(
+    stop_ids = frozenset() if req.ignore_eos else chat.end_of_turn_ids(engine.tokenizer) if is_chat else frozenset(
         {engine.tokenizer.eos_id} - {None})
     try:
         opts = validate_options(dict(
@@ -340,14 +340,15 @@ def create_app(served: Served) -> FastAPI:
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         return ApiError(500, f"internal error: {type(exc).__name__}").response()
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if served.api_key and request.url.path.startswith("/v1/"):
+    async def auth(request: Request) -> None:
+        """--api-key: every /v1 route needs 'Authorization: Bearer KEY' (a dependency, not an HTTP
+        middleware: Starlette's BaseHTTPMiddleware cancels streams whose client reads slowly)."""
+        if served.api_key:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {served.api_key}".encode()):
-                return ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)",
-                                code="invalid_api_key").response()
-        return await call_next(request)
+                raise ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)", code="invalid_api_key")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
     def check_model(name: str | None) -> None:
         if name is not None and name != served.name:
@@ -358,7 +359,7 @@ def create_app(served: Served) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": served.name, **served.engine.load()}
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": served.created,
                                             "owned_by": "genloom", "context_length": served.context}]}
@@ -370,14 +371,14 @@ def create_app(served: Served) -> FastAPI:
             raise ApiError(404, "no playground page is installed")
         return FileResponse(page)
 
-    @app.post("/v1/completions")
+    @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
         settings = settings_for(served, body, is_chat=False)
         prompts = completion_prompts(served, body, settings)
         return await respond(request, Run(served, prompts, settings), body, is_chat=False)
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body.model)
         settings = settings_for(served, body, is_chat=True)
@@ -487,4 +488,5 @@ def create_app(served: Served) -> FastAPI:
             if not run.done():
                 run.cancel()
 
+    app.include_router(v1)
     return app

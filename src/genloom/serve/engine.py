@@ -391,7 +391,8 @@ class Engine:
             top = None
             if s.logprobs:
                 values, ids = torch.topk(scores - norm[:, None], min(s.logprobs, scores.shape[-1]), dim=-1)
-                top = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+                top = [[(t, lp) for t, lp in zip(i, v) if lp != float("-inf")]  # removed tokens are no alternatives
+                       for i, v in zip(ids.tolist(), values.tolist())]
             fill = min(s.stop_ids) if s.stop_ids else 0
             toks = tokens.tolist()
             for r, (row, tok) in enumerate(zip(job.rows, toks)):

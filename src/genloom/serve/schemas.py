@@ -5,7 +5,7 @@ temperature 1, top_p 1, n 1); fields nobody defines are ignored, as OpenAI ignor
 genloom's own fields: `heal` ("exact" | "post" | "none"; default exact for completions, none for
 chat), `tol` / `max_rows` (exact healing's pruning), `top_k`, `min_p`, `repetition_penalty`,
 `no_repeat_ngram_size`, `num_beams` (beam search; `best_of` is read as the beam width),
-`min_tokens`. Fields OpenAI defines that genloom does not implement (`suffix`, `echo`,
+`min_tokens`, `ignore_eos` (vLLM's). Fields OpenAI defines that genloom does not implement (`suffix`, `echo`,
 `logit_bias`, presence / frequency penalties other than 0) are refused with a 400 naming them,
 rather than silently ignored.
 """
@@ -48,6 +48,7 @@ class _Common(BaseModel):
     no_repeat_ngram_size: int | None = Field(default=None, ge=1)
     num_beams: int | None = Field(default=None, ge=1, le=64)
     min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False  # vLLM's: decode max_tokens tokens whatever the model says
     tol: float = Field(default=1e-6, ge=0.0, lt=1.0)
     max_rows: int = Field(default=128, ge=1, le=4096)
 
