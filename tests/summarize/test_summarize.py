@@ -183,3 +183,51 @@ def test_cli_eval_and_train_refuses_to_overwrite(pipeline, tmp_path, capsys):
     assert "already holds a summarizer" in capsys.readouterr().err
     assert main(["summarize", "eval", "--model", str(model), "--min-chars", "100000"]) == 2
     assert "no documents" in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_seq2seq(tmp_path, monkeypatch, capsys):
+    """`train(resume=True)` after an interruption in the seq2seq phase: the saved encoder is used
+    again (not retrained), the seq2seq continues from its checkpoint, and the run logs the losses
+    and saves the weights of an uninterrupted one; other settings are refused."""
+    from safetensors.torch import load_file
+
+    import genloom.tasks.summarize.train as summarize_train
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(summarize_train, "CKPT_EVERY", 4)
+    cfg, pairs = replace(TINY, steps=12), _pairs("train", 12)
+    train(cfg, pairs, out=tmp_path / "whole", progress=False)
+
+    real, calls = summarize_train.seq2seq_loss, {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 7, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(summarize_train, "seq2seq_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, pairs, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(summarize_train, "seq2seq_loss", real)
+    cut = tmp_path / "cut"
+    assert (cut / "runs" / "seq2seq" / "checkpoints" / "step-00000004").is_dir() and not (cut / "summarize.json").exists()
+    encoder = {p.name: p.stat().st_mtime_ns for p in (cut / "encoder").iterdir()}
+    capsys.readouterr()
+    assert main(["summarize", "train", "--out", str(cut), "--limit", "4"]) == 2  # a plain rerun points to --resume
+    assert "unfinished summarize run; pass --resume to continue it" in capsys.readouterr().err
+    with pytest.raises(UserError, match="these differ: lr"):
+        train(replace(cfg, lr=cfg.lr * 2), pairs, out=cut, progress=False, resume=True)
+
+    train(cfg, pairs, out=cut, progress=False, resume=True)
+
+    def records(root):
+        lines = (root / "runs" / "seq2seq" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in ("time", "tokens_per_s")} for x in lines]
+
+    assert records(tmp_path / "whole") == records(cut) and [r["event"] for r in records(cut)] == ["train", "end"]
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = load_file(tmp_path / "whole" / "seq2seq" / name), load_file(cut / "seq2seq" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {p.name: p.stat().st_mtime_ns for p in (cut / "encoder").iterdir()} == encoder
+    assert not (cut / "summarize-run.json").exists()

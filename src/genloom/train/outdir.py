@@ -123,7 +123,7 @@ def occupant(directory: str | Path) -> Occupant | None:
         return Occupant("search", True, WORDS["search"])
     if (d / "runs").is_dir() and any(_stem(p.name) in SEARCH_MODELS for p in (d / "runs").iterdir()):
         return Occupant("search", False, "an unfinished search train-models run")
-    if (d / "encoder").is_dir() or (d / "runs" / "seq2seq").is_dir() or (d / "runs" / "extractor").is_dir():
+    if any((d / p).exists() for p in ("summarize-run.json", "encoder", "runs/seq2seq", "runs/extractor")):
         return Occupant("summarize", False, "an unfinished summarize run")
     if (d / "run" / "config.json").is_file():
         return Occupant("condition", False, "an unfinished condition run")

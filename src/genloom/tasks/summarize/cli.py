@@ -91,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     from genloom.train.outdir import check_out
 
     out = Path(args.out)
-    check_out(out, kind="summarize", force=args.force, resumable=False)  # before anything is read
+    check_out(out, kind="summarize", force=args.force, resume=args.resume)  # before anything is read
     config = config_from_args(SummarizeConfig, args, sparse_k=args.sparse_k or None, minutes=args.minutes or None)
     set_threads(args.threads)
     pairs, what = _pairs(args, "train")
@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     if len(pairs) < config.folds:
         raise UserError(f"only {len(pairs)} training documents of at least {min_chars} characters in {what}")
     print(f"summarize: training on {len(pairs)} documents of {what} with >= {min_chars} characters", file=sys.stderr)
-    summarizer = train(config, pairs, out=out, progress=not args.quiet, force=args.force)
+    summarizer = train(config, pairs, out=out, progress=not args.quiet, force=args.force, resume=args.resume)
     print(f"summarize: saved to {out} ({json.dumps(summarizer.info)})", file=sys.stderr)
     return 0
 
@@ -194,6 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
                threads=False)
     add_config_flags(t, SummarizeConfig, TRAIN_FLAGS, types_=_TYPES, choices={"mode": MODES})
     t.add_argument("--limit", type=positive_int, default=None, help="train on the first N long documents only")
+    t.add_argument("--resume", action="store_true", help="continue a stopped run in --out (same flags and data)")
     t.set_defaults(func=run_train)
 
     r = sub.add_parser("run", help="summarize documents", description=(

@@ -4,6 +4,8 @@ seq2seq on predicted / oracle extractions (see `genloom.tasks.summarize`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from genloom.errors import UserError
+from genloom.files import write_json_atomic
 from genloom.models import load, save
 from genloom.models.unilm import UniLMSeq2Seq
 from genloom.tasks.summarize.config import SummarizeConfig
@@ -26,8 +29,13 @@ from genloom.tasks.summarize.pipeline import (Summarizer, clauses_of, extracted_
 from genloom.tasks.summarize.seq2seq import Seq2SeqCollate, Seq2SeqData, seq2seq_loss
 from genloom.tokenizers import CharTokenizer
 from genloom.train import Loader, TrainConfig, fit
+from genloom.train.checkpoint import latest_checkpoint
 from genloom.train.lm import pretrain_causal_lm
 from genloom.train.outdir import output_directory, untrained
+
+
+RUN_FILE = "summarize-run.json"  # the settings and data fingerprint of a run in progress (removed once it is saved)
+CKPT_EVERY = 200  # seq2seq steps between checkpoints, what a stopped run resumes from
 
 
 @dataclass
@@ -40,14 +48,17 @@ class TrainingExtraction:
 
 
 def prepare_extraction(clauses: Sequence[Sequence[str]], summaries: Sequence[str], config: SummarizeConfig, *,
-                       out: Path, progress: bool = True) -> TrainingExtraction:
-    """Align labels, get (or train) the encoder, vectorise, and cross-fit the extractor."""
+                       out: Path, progress: bool = True, resume: bool = False) -> TrainingExtraction:
+    """Align labels, get (or train) the encoder, vectorise, and cross-fit the extractor (`resume`:
+    an encoder a stopped run saved whole under out/encoder is used again)."""
     labels = [extraction_labels(c, s) for c, s in zip(clauses, summaries)]
     encoder_dir = out / "encoder"
     if config.encoder is not None:
         model, tokenizer = load_encoder(config.encoder)
         if Path(config.encoder).resolve() != encoder_dir.resolve():
             save(model, tokenizer, encoder_dir)
+    elif resume and _saved(encoder_dir):
+        pass
     else:
         flat = [c for doc in clauses for c in doc]
         train_encoder(flat, encoder_dir, EncoderConfig(minutes=config.encoder_minutes,
@@ -116,8 +127,22 @@ def from_pretrained(config: SummarizeConfig) -> tuple[UniLMSeq2Seq, Any]:
 
 
 # ---- the seq2seq ---------------------------------------------------------------------------------------
+def _saved(directory: Path) -> bool:
+    """True when `genloom.models.save` finished writing `directory` (config.json comes last)."""
+    return (directory / "config.json").is_file()
+
+
+def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
+    """BLAKE2b of the training pairs, recorded so --resume refuses other data."""
+    h = hashlib.blake2b(digest_size=16)
+    for document, summary in pairs:
+        h.update(document.encode("utf-8", "surrogatepass") + b"\x00" + summary.encode("utf-8", "surrogatepass") + b"\x01")
+    return h.hexdigest()
+
+
 def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str | Path,
-          extraction: TrainingExtraction | None = None, progress: bool = True, force: bool = True) -> Summarizer:
+          extraction: TrainingExtraction | None = None, progress: bool = True, force: bool = True,
+          resume: bool = False) -> Summarizer:
     """Train a summarizer on (document, summary) pairs and save it to `out` (module docstring).
 
     Args:
@@ -129,17 +154,42 @@ def train(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], *, out: str
         extraction: the extraction side of an earlier `prepare_extraction` on the same pairs, to
             reuse (pipeline mode); None computes it.
         force: replace what `out` holds (the library's default; `summarize train` asks --force).
+        resume: continue the stopped run in `out` (same settings and pairs; checked): the encoder
+            and the pre-trained init it saved whole are used again, the extractor's cross-fit
+            (deterministic) is recomputed, and the seq2seq continues from its last checkpoint
+            (`fit(resume=True)`), so it logs the losses of an uninterrupted run.
     """
     if not pairs:
         raise UserError("no training pairs")
-    with output_directory(out, kind="summarize", force=force, resumable=False) as where:
-        _train_in(config, pairs, Path(where), Path(out), extraction=extraction, progress=progress)
+    with output_directory(out, kind="summarize", force=force and not resume, resume=resume) as where:
+        _train_in(config, pairs, Path(where), Path(out), extraction=extraction, progress=progress, resume=resume)
     return Summarizer.load(out)
 
 
+def _check_settings(out: Path, settings: dict[str, Any], *, resume: bool) -> None:
+    """Record the run's settings and data (RUN_FILE) or, with `resume`, refuse other ones."""
+    path = out / RUN_FILE
+    if resume and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+        settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples as lists)
+        was, now = {**old.get("config", {}), "data": old.get("data")}, {**settings["config"], "data": settings["data"]}
+        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        if differ:
+            raise UserError(f"--resume needs the settings and data of the stopped run in {out}; these differ: "
+                            f"{', '.join(differ[:5])}")
+        return
+    write_json_atomic(path, settings)
+
+
 def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Path, final: Path, *,
-              extraction: TrainingExtraction | None, progress: bool) -> None:
+              extraction: TrainingExtraction | None, progress: bool, resume: bool) -> None:
     """`train` in the directory `out` that `output_directory` gave it (`final` once in place)."""
+    _check_settings(out, {"config": asdict(config), "data": _fingerprint(pairs)}, resume=resume)
     started = time.perf_counter()
     docs = [clauses_of(text, config.max_clauses) for text, _ in pairs]
     targets = [" ".join(summary.split())[: config.max_target_len] for _, summary in pairs]
@@ -149,7 +199,7 @@ def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Pa
     extractor = None
     if config.mode == "pipeline":
         if extraction is None:
-            extraction = prepare_extraction(docs, targets, config, out=out, progress=progress)
+            extraction = prepare_extraction(docs, targets, config, out=out, progress=progress, resume=resume)
         elif extraction.encoder_dir.resolve() != (out / "encoder").resolve():
             shutil.copytree(extraction.encoder_dir, out / "encoder", dirs_exist_ok=True)
         probs = extraction.cross.probabilities
@@ -168,7 +218,8 @@ def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Pa
     else:
         sources = [(truncate_text(clauses, config.window),) for clauses in docs]
     if config.init is None and (config.pretrain_minutes > 0 or config.pretrain_steps):
-        pretrain(config, pairs, out=out / "pretrained", progress=progress)
+        if not (resume and _saved(out / "pretrained")):
+            pretrain(config, pairs, out=out / "pretrained", progress=progress)
         model, tokenizer = from_pretrained(replace(config, init=str(out / "pretrained")))
         config = replace(config, init=str(final / "pretrained"))  # where it is once `out` is in place
         info["init"] = config.init
@@ -185,16 +236,20 @@ def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Pa
     collate = Seq2SeqCollate(pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     loader = Loader(data, batch_size=config.batch_size, collate_fn=collate, lengths=data.lengths(), seed=config.seed)
     run_dir = out / "runs" / "seq2seq"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    resume_fit = resume and latest_checkpoint(run_dir / "checkpoints") is not None
+    if not resume_fit:
+        shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(lr=config.lr, warmup_steps=config.warmup_steps, schedule="cosine", min_lr_ratio=0.1,
                       max_steps=config.steps, max_minutes=config.minutes, ema_decay=config.ema_decay,
-                      ema_warmup=True, seed=config.seed, device="cpu", progress=progress, log_every=10)
+                      ema_warmup=True, seed=config.seed, device="cpu", progress=progress, log_every=10,
+                      ckpt_every=CKPT_EVERY, keep_last=1)
     t0 = time.perf_counter()
     result = fit(model, partial(seq2seq_loss, copy_weight=config.copy_weight), loader, config=cfg, run_dir=run_dir,
-                 task_config={"writer": "summarize", **asdict(config)})
+                 task_config={"writer": "summarize", **asdict(config)}, resume=resume_fit)
     untrained(result)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     info.update({"seq2seq_steps": result.step, "seq2seq_seconds": round(time.perf_counter() - t0, 1),
                  "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": tokenizer.vocab_size})
     ema = result.ema.averaged() if result.ema is not None else None
     Summarizer(config, model, tokenizer, info=info, extractor=extractor).save(out, ema=ema)
+    (out / RUN_FILE).unlink(missing_ok=True)  # the summarizer is complete: nothing left to resume

@@ -74,6 +74,7 @@ def _fingerprint(pairs: Sequence[Pair]) -> str:
 def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
     """--resume: the settings and data must be those the stopped run was started with."""
     old = _json_file(run_dir / "config.json").get("task", {})
+    task = json.loads(json.dumps(task, default=str))  # as it reads back (tuples as lists)
     differ = sorted(k for k in set(old) | set(task) if old.get(k) != task.get(k))
     if differ:
         raise UserError(f"--resume needs the settings and data of the stopped run in {run_dir}; these differ: "
