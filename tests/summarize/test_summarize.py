@@ -231,3 +231,14 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_seq2seq(tmp_path, monkeypatc
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert {p.name: p.stat().st_mtime_ns for p in (cut / "encoder").iterdir()} == encoder
     assert not (cut / "summarize-run.json").exists()
+
+
+def test_a_minutes_only_budget_trains(tmp_path):
+    """The default budget is minutes with no step count: the seq2seq then keeps a constant lr after
+    warm-up (a cosine needs its end) instead of failing after the extraction's work."""
+    torch.set_num_threads(1)
+    summ = train(replace(TINY, mode="truncate", steps=None, minutes=0.01), _pairs("train", 8), out=tmp_path / "m",
+                 progress=False)
+    run = json.loads((tmp_path / "m" / "runs" / "seq2seq" / "config.json").read_text())
+    assert run["train"]["schedule"] == "constant" and run["train"]["max_steps"] is None
+    assert summ.info["seq2seq_steps"] >= 1

@@ -239,7 +239,10 @@ def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Pa
     resume_fit = resume and latest_checkpoint(run_dir / "checkpoints") is not None
     if not resume_fit:
         shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = TrainConfig(lr=config.lr, warmup_steps=config.warmup_steps, schedule="cosine", min_lr_ratio=0.1,
+    # cosine decay over a step budget; with minutes only (the default) a constant lr after warm-up,
+    # since a cosine needs to know where it ends (fit would refuse it, after the extraction's work)
+    cfg = TrainConfig(lr=config.lr, warmup_steps=config.warmup_steps,
+                      schedule="cosine" if config.steps else "constant", min_lr_ratio=0.1,
                       max_steps=config.steps, max_minutes=config.minutes, ema_decay=config.ema_decay,
                       ema_warmup=True, seed=config.seed, device="cpu", progress=progress, log_every=10,
                       ckpt_every=CKPT_EVERY, keep_last=1)
