@@ -106,6 +106,16 @@ def test_title_force_with_bad_data_keeps_the_old_model(title_dir, tmp_path, bad)
     _intact_title(title_dir, before)
 
 
+def test_condition_force_with_bad_data_keeps_the_old_model(condition_dir, tmp_path):
+    before = snapshot(condition_dir)
+    r = _cli("condition", "train", "--arch", "cln", "--out", str(condition_dir), "--force", "--data",
+             str(tmp_path / "none.jsonl"), *COND_FLAGS)
+    _one_line_error(r, "none.jsonl")
+    assert snapshot(condition_dir) == before
+    assert json.loads((condition_dir / "condition.json").read_text())["kind"] == "plain"
+    load(condition_dir)
+
+
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_title_train_never_writes_over_a_condition_model(condition_dir, data, force):
     before = snapshot(condition_dir)
