@@ -127,7 +127,7 @@ def occupant(directory: str | Path) -> Occupant | None:
         return Occupant("summarize", False, "an unfinished summarize run")
     if (d / "run" / "config.json").is_file():
         return Occupant("condition", False, "an unfinished condition run")
-    config = _json(d / "config.json")
+    config = _json(d / "config.json") or _json(d / "pretrain" / "config.json")  # (title's pre-training run first)
     if config is not None and "model_type" in config:
         return Occupant("model", True, f"another model ({config['model_type']})")
     if config is not None and "train" in config:

@@ -46,7 +46,7 @@ def pretrain_lm(model: nn.Module, tokenizer: Any, texts: list[str], *, minutes: 
                       log_every=10, seed=seed, device="cpu", progress=progress)
     return pretrain_causal_lm(model.lm, tokenizer, texts, config=cfg, run_dir=run_dir, segments=True,
                               length=min(length, model.lm.config.max_len), normalise=normalise,
-                              batch_size=batch_size)
+                              batch_size=batch_size, task_config={"writer": "title", "phase": "pretrain"})
 
 
 def _dev_eval(tm: TitleModel, dev: Sequence[Pair]) -> Callable[[nn.Module], dict[str, float]]:
@@ -72,7 +72,10 @@ def _fingerprint(pairs: Sequence[Pair]) -> str:
 
 
 def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
-    """--resume: the settings and data must be those the stopped run was started with."""
+    """--resume: the settings and data must be those the stopped run was started with (a run
+    stopped in its pre-training has no fine-tuning settings yet: it starts over)."""
+    if not (run_dir / "config.json").is_file():
+        return
     old = _json_file(run_dir / "config.json").get("task", {})
     task = json.loads(json.dumps(task, default=str))  # as it reads back (tuples as lists)
     differ = sorted(k for k in set(old) | set(task) if old.get(k) != task.get(k))
