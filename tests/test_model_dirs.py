@@ -116,6 +116,19 @@ def test_condition_force_with_bad_data_keeps_the_old_model(condition_dir, tmp_pa
     load(condition_dir)
 
 
+def test_nvae_force_with_bad_data_keeps_the_old_run(tmp_path):
+    tiny = ["--preset", "tiny", "--limit", "32", "--batch-size", "16", "--eval-images", "16", "--eval-every", "0",
+            "--bn-iters", "1", "--quiet", "--steps", "1"]
+    run = tmp_path / "nvae"
+    assert main(["nvae", "train", "--data", "shapes", "--out", str(run), *tiny]) == 0
+    before = snapshot(run)
+    r = _cli("nvae", "train", "--data", str(tmp_path / "no-images"), "--out", str(run), "--force", *tiny)
+    _one_line_error(r, "no-images")
+    assert snapshot(run) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".nvae.")]
+    model, _ = load(run / "model")
+    assert type(model).__name__ == "NVAE"
+
+
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_title_train_never_writes_over_a_condition_model(condition_dir, data, force):
     before = snapshot(condition_dir)
