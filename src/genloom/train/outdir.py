@@ -74,7 +74,7 @@ def _run_kind(run_config: dict[str, Any]) -> str:
         return "run"
     if task.get("writer") in COMMANDS:  # recorded by the commands that resume through `fit`
         return task["writer"]
-    if "arch" in task and "max_title_len" in task:  # title runs before "command" was recorded
+    if "arch" in task and "max_title_len" in task:  # title runs from before "writer" was recorded
         return "title"
     if "model_config" in task or task.get("model") in ("nvae", "vae"):
         return "nvae"
@@ -118,7 +118,7 @@ def occupant(directory: str | Path) -> Occupant | None:
             return Occupant(kind, True, f"a condition {label!r} model" if label else WORDS[kind])
     model = _json(d / "model" / "config.json") or {}
     if model.get("model_type") in ("nvae", "vae") or model.get("model") in ("nvae", "vae"):
-        return Occupant("nvae", True, "an nvae run and its model")
+        return Occupant("nvae", True, WORDS["nvae"])
     if any((d / m / "config.json").is_file() for m in SEARCH_MODELS):
         return Occupant("search", True, WORDS["search"])
     if (d / "runs").is_dir() and any(_stem(p.name) in SEARCH_MODELS for p in (d / "runs").iterdir()):
