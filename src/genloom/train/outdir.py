@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def _stem(name: str) -> str:
 
 def _check_creatable(out: Path) -> None:
     """A one-line `UserError` unless `out` (a directory) exists and is writable, or could be
-    created; creates nothing."""
+    created; leaves nothing behind."""
     here = out
     while not here.exists():
         if here.parent == here:
@@ -99,8 +100,10 @@ def _check_creatable(out: Path) -> None:
         here = here.parent
     if not here.is_dir():
         raise UserError(f"cannot write --out {out}: {here} is not a directory")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write --out {out}: permission denied on {here}")
+    try:  # a real probe: permissions alone do not tell (root, read-only or virtual file systems)
+        os.rmdir(tempfile.mkdtemp(prefix=".genloom-probe.", dir=here))
+    except OSError as e:
+        raise UserError(f"cannot write --out {out}: {e.strerror or e} in {here}") from None
 
 
 def occupant(directory: str | Path) -> Occupant | None:
