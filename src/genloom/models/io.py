@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from genloom.errors import UserError
 from genloom.files import write_atomic, write_with
@@ -205,9 +206,11 @@ def load(
     if not weights_path.is_file():
         raise UserError(f"{path} has no weights ({WEIGHTS_FILE})")
     if hasattr(model_cls, "init_buffers"):  # it rebuilds its non-persistent buffers: skip the random init
-        with torch.device("meta"):
+        with torch.device("meta"), _NoMetaInit():
             model = model_cls(config)
-        model = model.to_empty(device=device)  # storage in each parameter's own (input-major) layout
+        # storage in each parameter's own (input-major) layout; to_empty's empty_like would take
+        # the same Python path as the normals above
+        model = model._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device))
         if getattr(config, "tie_embeddings", False):
             model.lm_head.weight = model.tok_emb.weight  # to_empty gives each name its own tensor
         model.init_buffers()
@@ -225,6 +228,20 @@ def load(
 
         tokenizer = load_tokenizer(path)
     return model.eval(), tokenizer
+
+
+class _NoMetaInit(TorchFunctionMode):
+    """Skips random initialisation on the meta device, where the values are overwritten next
+    anyway: torch draws meta normals through its Python reference ops, whose first use imports
+    sympy (1.5-2.5 s of every `load` on 2 busy cores)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is nn.init.normal_ or func is Tensor.normal_:
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
 
 
 def _is_tied(model: nn.Module, name: str) -> bool:

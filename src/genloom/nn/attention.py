@@ -56,8 +56,9 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tens
     """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head width, got {head_dim}")
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = torch.arange(max_len, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # (S, D/2)
+    cpu = torch.device("cpu")  # also under torch.device("meta") (models.io.load), where arange is slow
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=cpu).float() / head_dim))
+    freqs = torch.arange(max_len, dtype=torch.int64, device=cpu).float()[:, None] * inv_freq[None, :]  # (S, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)
     half = head_dim // 2
     sin = emb.sin()  # (S, D)
