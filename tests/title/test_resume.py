@@ -146,3 +146,20 @@ def test_a_run_stopped_in_its_pretraining_is_resumed(tmp_path, monkeypatch):
     assert result.step >= 1 and load_title_model(out).config.arch == "unilm"
     pre = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert pre[-1]["event"] == "end"
+
+
+def test_resume_may_change_the_limits_only(tmp_path):
+    """--resume with a longer --minutes (or other --max-epochs / --patience) goes on; any other
+    setting, or other data, is refused, naming what differs."""
+    from dataclasses import asdict
+
+    from genloom.errors import UserError
+    from genloom.tasks.title.config import TitleConfig
+    from genloom.tasks.title.train import _check_same_run
+
+    task = {"writer": "title", **asdict(TitleConfig()), "train_data": "a", "dev_data": "b"}
+    (tmp_path / "config.json").write_text(json.dumps({"train": {}, "task": task}))
+    _check_same_run(tmp_path, {**task, "minutes": 60.0, "max_epochs": 9, "patience": 1})
+    for change in ({"lr": 0.5}, {"train_data": "c"}, {"model": {"emb_dim": 4}}):
+        with pytest.raises(UserError, match=f"these differ: {next(iter(change))}"):
+            _check_same_run(tmp_path, {**task, **change})

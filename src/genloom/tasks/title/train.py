@@ -71,14 +71,19 @@ def _fingerprint(pairs: Sequence[Pair]) -> str:
     return h.hexdigest()
 
 
+# limits a resumed run may change (--minutes 30 to go on longer): the lr schedule is constant, so
+# the steps up to the old limit are the same either way
+_LIMITS = ("minutes", "max_epochs", "patience")
+
+
 def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
-    """--resume: the settings and data must be those the stopped run was started with (a run
-    stopped in its pre-training has no fine-tuning settings yet: it starts over)."""
+    """--resume: the settings and data must be those the stopped run was started with, but for its
+    limits (a run stopped in its pre-training has no fine-tuning settings yet: it starts over)."""
     if not (run_dir / "config.json").is_file():
         return
     old = _json_file(run_dir / "config.json").get("task", {})
     task = json.loads(json.dumps(task, default=str))  # as it reads back (tuples as lists)
-    differ = sorted(k for k in set(old) | set(task) if old.get(k) != task.get(k))
+    differ = sorted(k for k in set(old) | set(task) if k not in _LIMITS and old.get(k) != task.get(k))
     if differ:
         raise UserError(f"--resume needs the settings and data of the stopped run in {run_dir}; these differ: "
                         f"{', '.join(differ[:5])}")
