@@ -211,7 +211,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_seq2seq(tmp_path, monkeypatc
         train(cfg, pairs, out=tmp_path / "cut", progress=False)
     monkeypatch.setattr(summarize_train, "seq2seq_loss", real)
     cut = tmp_path / "cut"
-    assert (cut / "runs" / "seq2seq" / "checkpoints" / "step-00000004").is_dir() and not (cut / "summarize.json").exists()
+    assert (cut / "runs" / "seq2seq" / "checkpoints" / "step-00000004").is_dir()
+    assert not (cut / "summarize.json").exists()
     encoder = {p.name: p.stat().st_mtime_ns for p in (cut / "encoder").iterdir()}
     capsys.readouterr()
     assert main(["summarize", "train", "--out", str(cut), "--limit", "4"]) == 2  # a plain rerun points to --resume

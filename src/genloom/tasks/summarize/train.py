@@ -136,7 +136,8 @@ def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
     """BLAKE2b of the training pairs, recorded so --resume refuses other data."""
     h = hashlib.blake2b(digest_size=16)
     for document, summary in pairs:
-        h.update(document.encode("utf-8", "surrogatepass") + b"\x00" + summary.encode("utf-8", "surrogatepass") + b"\x01")
+        h.update(document.encode("utf-8", "surrogatepass") + b"\x00")
+        h.update(summary.encode("utf-8", "surrogatepass") + b"\x01")
     return h.hexdigest()
 
 

@@ -229,7 +229,8 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_pair_flags(t)
     t.add_argument("--dev-data", default=None, metavar="FILE", help="dev pairs for --data")
     t.add_argument("--resume", action="store_true",
-                   help="continue a stopped run in --out (same flags and data; --minutes, --max-epochs, --patience may change)")
+                   help="continue a stopped run in --out (same flags and data; --minutes, --max-epochs and "
+                        "--patience may change)")
     add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
                      types_={name: positive_int for name in _POSITIVE})
     t.add_argument("--lr", type=positive_float, default=None,
