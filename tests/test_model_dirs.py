@@ -162,7 +162,8 @@ def test_other_training_commands_never_write_over_a_title_model(title_dir, comma
 
 def test_a_killed_force_run_leaves_the_old_model_and_a_complete_one_replaces_it(title_dir, data, tmp_path):
     """--force trains beside the old model: killed mid-run (mid-checkpoint), the old one is
-    untouched; run to the end, the new one takes its place whole."""
+    untouched; run to the end, the new one takes its place whole, and the killed run's temporary
+    directory is removed."""
     work = tmp_path / "work"
     work.mkdir()
     old = work / "title"
@@ -180,11 +181,13 @@ def test_a_killed_force_run_leaves_the_old_model_and_a_complete_one_replaces_it(
     p.wait()
     assert snapshot(old) == before
     assert load_title_model(old).config.seed == 0
+    assert len(list(work.glob(".title.*.tmp"))) == 1  # what the killed run was building
 
     r = _cli("title", "train", "--out", str(old), "--force", "--data", str(data["pairs"]), *TITLE_FLAGS, "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert load_title_model(old).config.seed == 1 and not (old / "checkpoints").exists()
-    assert snapshot(old) != before
+    assert snapshot(old) != before and not (old / ".genloom-owner").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["title"]  # the abandoned temporary was removed
 
 
 def test_occupant_reads_every_kind_of_directory(title_dir, condition_dir, tmp_path):

@@ -15,7 +15,8 @@ unfinished run of one (checkpoints but no model yet), a bare model directory of
   `--resume` (continue in place from the last checkpoint; a finished model whose checkpoints were
   kept is continued too, e.g. to a larger step budget). With `--force` the new run is built in a
   temporary directory beside `out` and replaces it only when it is complete (`files.
-  atomic_directory`): a run that fails or is killed leaves the old model as it was.
+  atomic_directory`): a run that fails or is killed leaves the old model as it was (the
+  temporary directory of a killed one is removed by the next --force run of the same `out`).
 
 `check_out` is the same decision without the context, for a command to call before it reads its
 data or loads anything.
@@ -45,6 +46,7 @@ MARKERS: tuple[tuple[str, str], ...] = (
     ("condition.json", "condition"),
     ("summarize.json", "summarize"),
 )
+OWNER_FILE = ".genloom-owner"  # the pid of the --force run building a temporary directory beside --out
 SEARCH_MODELS = ("mlm", "forward", "backward", "eval-zh", "eval-en")  # sub-directories of search train-models
 WORDS = {"title": "a title model", "condition": "a condition model", "summarize": "a summarizer",
          "nvae": "an nvae run and its model", "search": "search models"}
@@ -207,8 +209,28 @@ def output_directory(out: str | Path, *, kind: str, force: bool = False, resume:
                 shutil.rmtree(out, ignore_errors=True)
             raise
         return
+    _remove_abandoned(out)
     with atomic_directory(out, replace=True, what="--out") as tmp:
+        owner = tmp / OWNER_FILE
+        owner.write_text(str(os.getpid()))
         yield tmp
+        owner.unlink(missing_ok=True)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary directories beside `out` that earlier --force runs of it left when
+    they were killed (their owner process is gone); one whose process still runs is kept."""
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        try:
+            pid = int((tmp / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # alive (another user's process): keep
+            pass
 
 
 def untrained(result: Any) -> None:
