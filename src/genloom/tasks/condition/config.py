@@ -69,28 +69,3 @@ def load_model(directory: str | Path, *, kind: str | None = None) -> tuple[Any, 
         raise UserError(f"{directory} holds a {meta.get('kind')!r} model, expected {kind!r}")
     model, tokenizer = load(directory)
     return model, tokenizer, meta
-
-
-def occupant(directory: Path) -> str | None:
-    """What a would-be output directory already holds, in words (None: nothing, it may be used)."""
-    if not directory.exists():
-        return None
-    if not directory.is_dir():
-        return f"--out {directory} is a file"
-    if not any(directory.iterdir()):
-        return None
-    if (directory / META_FILE).is_file():
-        try:
-            kind = json.loads((directory / META_FILE).read_text(encoding="utf-8")).get("kind")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            kind = "unreadable"
-        return f"--out {directory} already holds a condition {kind!r} model"
-    if (directory / "run").is_dir():
-        return f"--out {directory} holds an unfinished condition run (--resume continues it)"
-    if (directory / "config.json").is_file():
-        try:
-            family = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            family = None
-        return f"--out {directory} holds another model ({family or 'a config.json'}), not a condition model"
-    return f"--out {directory} is not empty"
