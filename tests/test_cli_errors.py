@@ -63,3 +63,66 @@ def test_bad_split_and_option():
     assert "no split 'valid'" in proc.stderr
     proc = _run("baseline", "--lead-chars", "zero")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+
+
+# ---- output paths that fail after the work: nothing half-written, the line says where ----------
+def _pairs_file(tmp_path: Path) -> Path:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"content": "北京今天开放。游客很多。", "title": "北京开放"}\n', encoding="utf-8")
+    return data
+
+
+def _main(argv, capsys):
+    from genloom.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    return rc, *capsys.readouterr()
+
+
+def test_output_directory_lost_during_the_work(tmp_path, capsys, monkeypatch):
+    """The output's directory becomes a regular file while the table is computed: exit 2, one
+    line naming --output and the path, no file written anywhere."""
+    import genloom.tasks.title.baseline_cli as baseline_cli
+
+    data, target = _pairs_file(tmp_path), tmp_path / "out" / "table.json"
+    target.parent.mkdir()
+    real = baseline_cli.baseline_table
+
+    def work_then_break(*a, **k):
+        result = real(*a, **k)
+        target.parent.rmdir()
+        target.parent.write_text("now a file")
+        return result
+
+    monkeypatch.setattr(baseline_cli, "baseline_table", work_then_break)
+    rc, out, err = _main(["baseline", "--data", str(data), "--output", str(target)], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert err.splitlines() == [f"genloom: error: cannot write --output {target}: a parent is not a directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pairs.jsonl"]
+    assert target.parent.read_text() == "now a file"
+
+
+def test_write_failing_half_way_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    """The disk fills up while the result is written: the old output is intact, no temporary
+    file is left, and the one line names the path and the reason."""
+    import errno
+
+    data, target = _pairs_file(tmp_path), tmp_path / "table.json"
+    target.write_text("old result\n")
+    real_write = Path.write_bytes
+
+    def half_then_full(self, payload):
+        real_write(self, payload[: len(payload) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    rc, out, err = _main(["baseline", "--data", str(data), "--output", str(target)], capsys)
+    monkeypatch.undo()
+    assert rc == 2 and "Traceback" not in err
+    assert err.splitlines() == [f"genloom: error: cannot write --output {target}: No space left on device"]
+    assert target.read_text() == "old result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "table.json"]

@@ -8,8 +8,14 @@
   dataclass (`max_len` -> `--max-len`; bools as `--x/--no-x`; the field's type, default and
   choices from the dataclass), and `config_from_args(Config, args)` builds the config back, so a
   task's flags never drift from its config.
-- Numbers are checked where they are parsed (`positive_int`, `nonneg_float`, ...): a bad value is
-  one line from argparse and exit 2, never a traceback or a run that never ends.
+- Numbers are checked where they are parsed (`positive_int`, `nonneg_float`, ... or `number(int,
+  lo=, hi=)`): a bad value is one line from argparse naming the flag and exit 2, never a traceback,
+  a run that never ends or a silently changed meaning; `require` / `at_most` check flags against
+  each other before any model loads.
+- Output paths are flags added by `output_flag` and checked by `check_outputs(args)` first thing
+  in a command (`genloom.files.check_output`): a directory, a path under a regular file or a
+  directory that takes no file is refused before the work starts; results are written by
+  `genloom.files`.
 """
 
 from __future__ import annotations
@@ -26,26 +32,103 @@ from genloom.errors import UserError
 
 
 # ---- checked number types ---------------------------------------------------------------------
-def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[str], Any]:
+INT_MAX = 2**31 - 1  # no count, size or step budget of genloom is larger; bigger ones are typos
+
+
+def number(kind: type, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False, what: str | None = None) -> Callable[[str], Any]:
+    """An argparse `type` for a number of `kind` (int or float) in the range from `lo` to `hi`
+    (either bound left out, `..._open` to exclude it): a bad value is one argparse line naming the
+    flag ("argument --steps: '0' must be a positive integer"; an integer past `hi`: "is too large
+    (at most N)"). Floats must be finite; ints are at most INT_MAX unless `hi` says otherwise.
+    The bounds are kept on the function (`kind`, `lo`, `hi`, `lo_open`, `hi_open`), so tests can
+    generate the values it must refuse."""
+    if kind is int and hi is None:
+        hi = INT_MAX
+    if what is None:
+        if kind is int:
+            what = "an integer" if lo is None else "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        else:
+            left = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+            right = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+            what = f"a number in {left or '(-inf'}, {right or 'inf)'}" if left or right else "a finite number"
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if isinstance(value, float) and not math.isfinite(value) or not test(value):
+        if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        if lo is not None and (value < lo or lo_open and value == lo):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        if hi is not None and (value > hi or hi_open and value == hi):
+            raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {hi})" if kind is int
+                                             else f"{text!r} must be {what}")
         return value
 
-    parse.__name__ = f"{kind.__name__} ({what})"
+    parse.__name__ = f"{kind.__name__} ({what}{'' if kind is float or hi == INT_MAX else f', at most {hi}'})"
+    parse.kind, parse.lo, parse.hi, parse.lo_open, parse.hi_open = kind, lo, hi, lo_open, hi_open  # type: ignore[attr-defined]
     return parse
 
 
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: v > 0, "a positive number")
-nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
-probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-finite_float = _number(float, lambda v: True, "a finite number")
+positive_int = number(int, lo=1)
+nonneg_int = number(int, lo=0, what="an integer >= 0")
+positive_float = number(float, lo=0, lo_open=True, what="a positive number")
+nonneg_float = number(float, lo=0, what="a number >= 0")
+probability = number(float, lo=0, hi=1)  # [0, 1]
+unit_fraction = number(float, lo=0, hi=1, lo_open=True)  # (0, 1]: top-p, warm-up shares
+decay = number(float, lo=0, hi=1, hi_open=True)  # [0, 1): EMA decay, dropout, thresholds
+finite_float = number(float)
+seed_int = number(int, lo=0, what="an integer >= 0")  # at most INT_MAX: numpy takes < 2**32, tasks add to it
+threads_int = number(int, lo=1, hi=1024)
+# what one decoding call holds at once: larger values only exhaust memory or never finish
+beam_width = number(int, lo=1, hi=256)
+rows_int = number(int, lo=1, hi=4096)  # samples, chains, rows of a batch
+NUMBER_TYPES = (positive_int, nonneg_int, positive_float, nonneg_float, probability, unit_fraction, decay,
+                finite_float, seed_int, threads_int, beam_width, rows_int)
+
+
+def is_checked_number(parse: Any) -> bool:
+    """Whether an argparse `type` is one of the checked number types (`number(...)`)."""
+    return callable(parse) and getattr(parse, "kind", None) in (int, float) and hasattr(parse, "lo")
+
+
+def require(condition: bool, message: str) -> None:
+    """A consistency check between flags, made before any model loads: one line, exit 2."""
+    if not condition:
+        raise UserError(message)
+
+
+def at_most(args: argparse.Namespace, low: str, high: str) -> None:
+    """Refuse `--low` above `--high` (dests `low`, `high`; None means unset)."""
+    a, b = getattr(args, low, None), getattr(args, high, None)
+    require(a is None or b is None or a <= b, f"{flag_name(low)} {a} is above {flag_name(high)} {b}")
+
+
+# ---- checked output paths ---------------------------------------------------------------------
+def output_flag(parser: argparse.ArgumentParser, *names: str, directory: bool = False, parents: bool = True,
+                **kwargs: Any) -> argparse.Action:
+    """Add an output-path flag (a file, whose missing directories are made unless `parents=False`;
+    or with `directory=True` a directory files are written into) and register it for
+    `check_outputs`, which the command calls before its work starts."""
+    action = parser.add_argument(*names, metavar=kwargs.pop("metavar", "DIR" if directory else "FILE"), **kwargs)
+    known = parser.get_default("output_flags") or ()
+    kind = "directory" if directory else "file" if parents else "file in an existing directory"
+    parser.set_defaults(output_flags=(*known, (action.dest, names[0], kind)))
+    return action
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, in one line naming the flag, every given output path of `output_flag` that could
+    not be written now (a directory, under a regular file, no such directory, not writable:
+    `genloom.files.check_output`). Nothing is created; call it before any model loads."""
+    from genloom.files import check_output
+
+    for dest, flag, kind in getattr(args, "output_flags", ()):
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_output(value, what=flag, directory=kind == "directory", parents=kind != "file in an existing directory")
 
 
 def set_threads(n: int | None) -> None:
@@ -94,9 +177,9 @@ def add_common(
     if data:
         parser.add_argument("--data", default=None, metavar="FILE", help="a user file (.jsonl, .csv, .tsv, .txt) instead of --corpus")
     if seed is not None:
-        parser.add_argument("--seed", type=int, default=seed, help=f"seed of every random choice (default {seed})")
+        parser.add_argument("--seed", type=seed_int, default=seed, help=f"seed of every random choice (default {seed})")
     if threads:
-        parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+        parser.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     if quiet:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

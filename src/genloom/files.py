@@ -5,7 +5,8 @@ Every file goes to a temporary name beside its target, is fsynced, then renamed 
 under the final name. A directory is built under a temporary name and renamed into place
 whole. Paths that cannot be written (a directory where a file should go, a parent that is a
 regular file, no permission) raise a one-line `UserError` before any work is lost to them:
-`check_writable` lets a command test its output path before it starts a long job.
+`check_output` lets a command test an output path before it starts a long job (it creates
+nothing; `genloom.cliargs.output_file` / `output_dir` run it as the flag is parsed).
 """
 
 from __future__ import annotations
@@ -55,6 +56,49 @@ def check_writable(path: PathLike, *, what: str = "output") -> Path:
         raise UserError(f"cannot write {what} {path}: {_why(e)}") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} {path}: permission denied")
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (or is a dangling link: it counts as taken)."""
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output(path: PathLike, *, what: str = "output", directory: bool = False, parents: bool = True) -> Path:
+    """Raise a one-line `UserError` naming `what` and `path` unless the file `path` could be
+    written now, so that a command can refuse a bad output path before its work starts. Nothing
+    is created: the path must not be a directory, and the closest existing directory above it
+    must take a new file (tried for real with a temporary file that is removed at once, so root,
+    read-only mounts and full quotas count); missing directories between are made when the file
+    is written (`atomic_path`), or, with `parents=False`, refused.
+
+    With `directory=True`, `path` is a directory to write into: it must be one, or not exist yet
+    with the closest existing ancestor a writable directory (it is created when written).
+    Returns the path."""
+    if not str(path).strip():
+        raise UserError(f"{what or 'output'}: an empty path")
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{label} is a file, not a directory")
+        base = _nearest_existing(path)
+    else:
+        if path.is_dir():
+            raise UserError(f"{label} is a directory, not a file")
+        base = _nearest_existing(path.parent)
+        if base != path.parent and base.is_dir() and not parents:
+            raise UserError(f"no directory {path.parent} for {what or path.name}")
+    if not base.is_dir():
+        raise UserError(f"cannot write {label}: a parent is not a directory ({base} is a file)")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".genloom-check.", dir=base)
+    except OSError as e:
+        raise UserError(f"cannot write {label}: {_why(e)}") from None
+    os.close(fd)
+    os.unlink(name)
     return path
 
 
