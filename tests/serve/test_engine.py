@@ -181,3 +181,31 @@ def test_bad_prompt_fails_only_its_job(engine):
     assert bad.over.wait(30) and good.over.wait(30)
     assert bad.events[-1][0] == "error" and bad.events[-1][1] == 400
     assert good.events[-1][0] == "done"
+
+
+class Counting:
+    """The tiny model, counting prefills."""
+
+    def __init__(self, model) -> None:
+        self.model, self.vocab_size, self.config, self.starts = model, model.vocab_size, model.config, 0
+
+    def start(self, **kw):
+        self.starts += 1
+        return self.model.start(**kw)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_exact_healing_prefills_the_prompt_once(tiny):
+    model, tok = tiny
+    counting = Counting(model)
+    engine = Engine(counting, tok)
+    engine.start()
+    try:
+        sink = run(engine, [("import num", greedy())])[0]
+        want = continue_prompt(model, tok, "import num", max_new_tokens=12, eos_id=tok.eos_id, bos_id=2)[0]
+        assert sink.rows(1)[0] == want.token_ids and want.healed.removed  # healed, and the same tokens
+        assert counting.starts == 1
+    finally:
+        engine.close()

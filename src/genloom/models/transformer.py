@@ -449,6 +449,13 @@ class Transformer(nn.Module):
             plan=state.plan, hidden=None if state.hidden is None else state.hidden[index])
 
     @torch.inference_mode()
+    def clone_state(self, state: TransformerState) -> TransformerState:
+        """An independent copy of a decoding state (the cache rows in use copied), so one prefill
+        can be decoded twice: exact healing's tree steps one copy, the continuation the other."""
+        buffer = state.buffer[: state.rows].clone()
+        return replace(state, buffer=buffer, layers=[buffer[:, i] for i in range(len(self.blocks))])
+
+    @torch.inference_mode()
     def join(self, states: Sequence[TransformerState]) -> TransformerState:
         """Stack the rows of several decoding states (of this model) into one, for continuous
         batching: a request prefilled on its own joins the rows already decoding.

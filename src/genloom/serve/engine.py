@@ -106,6 +106,7 @@ class Job:
         self.full: Tensor | None = None  # (n, P + t) prompt + generated, for penalties on the prompt
         self.generator: torch.Generator | None = None
         self.prompt_tokens = 0
+        self.prefilled: tuple[Tensor, Any] | None = None  # healing's prefill of the context, reused
 
     @property
     def n(self) -> int:
@@ -121,6 +122,26 @@ class Job:
         done = sum(len(r.tokens) for r in self.rows)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
                 "total_tokens": self.prompt_tokens + done}
+
+
+class _KeepPrefill:
+    """The model as exact healing sees it: the first one-row `start` (the prefill of the context
+    the job will decode from) is made with room for the job's tokens and kept; the tree gets a
+    copy (`clone_state`), so the job does not prefill its prompt twice."""
+
+    def __init__(self, model: Any, max_new_tokens: int) -> None:
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.kept: tuple[list[int], Tensor, Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def start(self, *, input_ids: Tensor, max_new_tokens: int, **kw: Any) -> tuple[Tensor, Any]:
+        if self.kept is not None or input_ids.shape[0] != 1 or kw:
+            return self.model.start(input_ids=input_ids, max_new_tokens=max_new_tokens, **kw)
+        logits, state = self.model.start(input_ids=input_ids, max_new_tokens=max(max_new_tokens, self.max_new_tokens))
+        self.kept = (input_ids[0].tolist(), logits.clone(), state)
+        return logits, self.model.clone_state(state)
 
 
 class Engine:
@@ -227,8 +248,11 @@ class Engine:
     def _prepare(self, job: Job) -> bool:
         """The prompt step (healing) of a job, its rows and generator."""
         s = job.settings
-        job.healed = heal_prompt(self.model, self.tokenizer, job.prompt, mode=s.heal, bos_id=s.bos_id,
+        model = _KeepPrefill(self.model, s.max_new_tokens) if hasattr(self.model, "clone_state") else self.model
+        job.healed = heal_prompt(model, self.tokenizer, job.prompt, mode=s.heal, bos_id=s.bos_id,
                                  tol=s.tol, max_rows=s.max_rows, index=self.index)
+        kept = getattr(model, "kept", None)
+        job.prefilled = kept[1:] if kept is not None and kept[0] == job.healed.context else None
         prompt_ids = list(job.prompt) if not isinstance(job.prompt, str) else self.tokenizer.encode(job.prompt)
         job.prompt_tokens = len(prompt_ids) + (0 if s.bos_id is None or not isinstance(job.prompt, str) else 1)
         job.rows = [Row(TextAssembler(skip=job.healed.removed, stop=s.stop)) for _ in range(job.n)]
@@ -286,10 +310,14 @@ class Engine:
         self._guarded_wave(fresh)
 
     def _prefill(self, job: Job) -> tuple[Tensor, Any]:
-        """One job's prompt on its own: logits (n, V) and its state of n rows."""
+        """One job's prompt on its own: logits (n, V) and its state of n rows (exact healing's
+        prefill of the same context is reused)."""
         ids = torch.tensor([job.healed.context], dtype=torch.long, device=self.device)  # (1, T)
         with torch.no_grad():
-            logits, state = self.model.start(input_ids=ids, max_new_tokens=job.settings.max_new_tokens)
+            if job.prefilled is not None:
+                (logits, state), job.prefilled = job.prefilled, None
+            else:
+                logits, state = self.model.start(input_ids=ids, max_new_tokens=job.settings.max_new_tokens)
             if job.n > 1:
                 index = torch.zeros(job.n, dtype=torch.long, device=self.device)
                 logits, state = logits[index], self.model.select(state, index)
