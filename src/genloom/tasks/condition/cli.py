@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_float, positive_float,
-                             positive_int, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, nonneg_float,
+                             number, output_flag, positive_float, positive_int, require, set_threads)
 from genloom.errors import UserError
-from genloom.files import check_writable, write_json_atomic
+from genloom.files import write_json_atomic
 from genloom.nn.cln import ACTIVATIONS
 from genloom.tasks.condition.config import KINDS, LMSpec, load_model, read_meta
 from genloom.tasks.condition.data import ConditionData, load_data, load_source
@@ -42,6 +42,9 @@ SPEC_HELP = {
 }
 
 
+SAMPLES = number(int, lo=1, hi=100_000)  # drawn 250 at a time
+
+
 def _data(args: argparse.Namespace) -> ConditionData:
     return load_data(corpus=args.corpus, data=args.data, text_field=args.text_field,
                      label_field=args.label_field, vector_field=args.vector_field)
@@ -53,6 +56,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserError("--resume is for the LMs (a judge trains in minutes)")
     if args.arch != "judge" and args.epochs is not None:
         raise UserError("--epochs is for the judge; give a generator --steps or --minutes")
+    require(args.arch == "judge" or args.steps is not None or args.minutes is not None,
+            "give --steps or --minutes (or both): the run would never stop")
+    require(args.width % args.heads == 0, f"--width {args.width} is not a multiple of --heads {args.heads}")
     check_out(args.out, force=args.force, resume=args.resume)  # before the data is read
     data = _data(args)
     budget = dict(steps=args.steps, minutes=args.minutes, seed=args.seed, progress=not args.quiet, force=args.force)
@@ -79,7 +85,12 @@ def _read_vector(path: str) -> list[float]:
     return vector
 
 
+def _check_top_p(args: argparse.Namespace) -> None:
+    require(args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    _check_top_p(args)
     set_threads(args.threads)
     model, tokenizer, meta = load_model(args.model)
     vector = None if args.vector_file is None else _read_vector(args.vector_file)
@@ -105,9 +116,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    _check_top_p(args)
+    check_outputs(args)
     set_threads(args.threads)
-    if args.out:
-        check_writable(args.out, what="--out")
     data = load_source(read_meta(args.model[0])["source"])
     scorers = make_scorers(args.judge, args.lm, data.splits["train"].texts)
     reference = reference_figures(scorers, data.splits["test"], data.label_names,
@@ -117,7 +128,7 @@ def run_eval(args: argparse.Namespace) -> int:
             for w in args.guidance for d in args.model]
     print(format_table(rows, reference))
     if args.out:
-        write_json_atomic(args.out, {"reference": reference, "models": rows})
+        write_json_atomic(args.out, {"reference": reference, "models": rows}, what="--out")
     return 0
 
 
@@ -160,7 +171,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     add_common(g, model="the condition model directory to sample from", seed=0)
     g.add_argument("--label", help="label name (or id)")
     g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on")
-    g.add_argument("-n", type=positive_int, default=10, help="number of samples (default 10)")
+    g.add_argument("-n", type=SAMPLES, default=10, help="number of samples (default 10)")
     _sampling_flags(g)
     g.add_argument("--guidance", type=nonneg_float, default=0.0,
                    help="guidance weight w >= 0 against the other labels (default 0: plain sampling)")
@@ -173,10 +184,10 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     e.add_argument("--judge", required=True, metavar="DIR", help="the judge's model directory")
     e.add_argument("--lm", required=True, metavar="DIR", help="the plain LM's model directory (perplexity)")
     add_common(e, seed=0)
-    e.add_argument("-n", type=positive_int, default=500, help="samples per label (default 500)")
+    e.add_argument("-n", type=SAMPLES, default=500, help="samples per label (default 500)")
     _sampling_flags(e)
     e.add_argument("--guidance", type=nonneg_float, nargs="+", default=[0.0],
                    help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")
-    e.add_argument("--out", metavar="FILE", help="also write the table as JSON here")
+    output_flag(e, "--out", help="also write the table as JSON here")
     e.set_defaults(func=run_eval)
     return p

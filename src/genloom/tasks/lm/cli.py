@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from genloom.cliargs import add_common, finite_float, nonneg_int, positive_float, positive_int, probability
+from genloom.cliargs import (add_common, beam_width, check_outputs, finite_float, nonneg_int, output_flag,
+                             positive_float, positive_int, probability, rows_int)
 from genloom.errors import UserError
 from genloom.tasks.lm.load import ENGINES, QUANTS
 
@@ -40,6 +41,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--min-new-tokens {args.min_new_tokens} is above --max-new-tokens {args.max_new_tokens}")
     if args.stream and (args.output or args.jsonl):
         raise UserError("--stream prints to the terminal; it cannot be combined with --output or --jsonl")
+    check_outputs(args)
     from genloom.tasks.lm.generate import run
 
     return run(args)
@@ -53,8 +55,8 @@ def _generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--min-new-tokens", type=nonneg_int, default=0, help="no end-of-text before this many tokens")
-    p.add_argument("--num-beams", type=positive_int, help="beam width (--strategy beam; default 4)")
-    p.add_argument("--num-return-sequences", type=positive_int, default=1, help="n-best (beam) or samples per prompt")
+    p.add_argument("--num-beams", type=beam_width, help="beam width (--strategy beam; default 4)")
+    p.add_argument("--num-return-sequences", type=rows_int, default=1, help="n-best (beam) or samples per prompt")
     p.add_argument("--length-penalty", type=finite_float, help="beam: sum log p / length ** this (default 1)")
     p.add_argument("--early-stopping", choices=("false", "true", "never"),
                    help="beam stopping rule (Hugging Face semantics; default false)")
@@ -72,7 +74,7 @@ def _generate_parser(p: argparse.ArgumentParser) -> None:
     _quant_flag(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, index, output}")
-    p.add_argument("--output", metavar="FILE", help="write the results to this file instead of stdout")
+    output_flag(p, "--output", help="write the results to this file (atomically) instead of stdout")
     p.set_defaults(func=_run_generate)
 
 
@@ -81,6 +83,8 @@ def _run_continue(args: argparse.Namespace) -> int:
     _only_with(args, {"num_beams": "--num-beams"}, args.strategy == "beam", "--strategy beam")
     _only_with(args, {"num_samples": "--num-samples"}, args.strategy == "sample", "--strategy sample")
     _only_with(args, {"back_off": "--back-off"}, args.heal in ("exact", "post"), "--heal exact or post")
+    if args.bos not in ("auto", "none") and not (args.bos.isascii() and args.bos.isdigit()):
+        raise UserError(f"--bos must be auto, none or a token id, got {args.bos!r}")  # the vocabulary: at load
     from genloom.tasks.lm.continue_ import run
 
     return run(args)
@@ -94,12 +98,12 @@ def _continue_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heal", choices=HEAL_MODES, default="exact", help="token healing mode (default exact)")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
-    p.add_argument("--num-beams", type=positive_int, help="beam width (--strategy beam; default 4)")
-    p.add_argument("--num-samples", type=positive_int, help="continuations drawn (--strategy sample; default 1)")
+    p.add_argument("--num-beams", type=beam_width, help="beam width (--strategy beam; default 4)")
+    p.add_argument("--num-samples", type=rows_int, help="continuations drawn (--strategy sample; default 1)")
     p.add_argument("--back-off", type=nonneg_int, help="tokens to back off (default: dynamic; post: 1)")
     p.add_argument("--tol", type=probability, default=1e-6,
                    help="exact: certified total-variation budget for pruning unlikely tokenizations (0 = none)")
-    p.add_argument("--max-rows", type=positive_int, default=128, help="exact: most tokenization paths stepped at once")
+    p.add_argument("--max-rows", type=rows_int, default=128, help="exact: most tokenization paths stepped at once")
     p.add_argument("--bos", default="auto", help="start token before the prompt: auto, none or an id")
     p.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-text token")
     p.add_argument("--engine", choices=("genloom", "hf", "llamacpp"), default="genloom",

@@ -19,17 +19,19 @@ from typing import Any
 
 import torch
 
-from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_float,
-                             nonneg_int, positive_float, positive_int, probability, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, decay, nonneg_float,
+                             nonneg_int, number, output_flag, positive_float, positive_int, probability, rows_int,
+                             set_threads, unit_fraction)
 from genloom.data.images import BUILTIN, eval_images
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
 from genloom.models.nvae import ImageVAE, load_image_model
-from genloom.tasks.nvae.config import MODEL_KINDS, PRESETS, NVAETrainConfig, resolve_device
+from genloom.tasks.nvae.config import MODEL_KINDS, PRESETS, NVAETrainConfig, check, resolve_device
 from genloom.tasks.nvae.evaluate import iw_nll
 from genloom.tasks.nvae.sample import reconstruction_grid, sample_grid
 from genloom.tasks.nvae.train import eval_set, train
 
+BN_ITERS = number(int, lo=0, hi=10_000)  # passes of BatchNorm re-estimation
 DATA_HELP = f"fashion-mnist (Debian package), {BUILTIN} (built in) or a folder of idx files"
 # NVAETrainConfig fields that are flags of the same name: help, checked type
 TRAIN_FLAGS = {
@@ -38,11 +40,11 @@ TRAIN_FLAGS = {
     "lr_min": ("floor of the cosine lr decay", nonneg_float),
     "lr_warmup": ("fraction of the budget with linear lr warm-up", probability),
     "weight_decay": ("Adamax weight decay", nonneg_float),
-    "kl_warmup": ("fraction of the budget over which the KL weight ramps to 1", probability),
+    "kl_warmup": ("fraction of the budget over which the KL weight ramps to 1", unit_fraction),
     "kl_balance": ("KL balancing across latent groups during the warm-up", None),
     "reg_weight": ("spectral + BatchNorm regularisation weight (NVAE)", nonneg_float),
     "grad_clip": ("clip the gradient norm to this", positive_float),
-    "ema_decay": ("decay of the weights' moving average", probability),
+    "ema_decay": ("decay of the weights' moving average", decay),
     "eval_images": ("test images for the periodic -ELBO", positive_int),
     "eval_every": ("steps between evaluations (0: at the end only)", nonneg_int),
     "ckpt_every": ("steps between checkpoints", nonneg_int),
@@ -64,6 +66,7 @@ def _model_dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> tuple[ImageVAE, torch.device]:
+    check_outputs(args)  # eval --json, sample --out: before the model is read
     set_threads(args.threads)
     device = resolve_device(args.device)
     return load_image_model(_model_dir(args), device=device, weights=args.weights), device
@@ -74,6 +77,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(NVAETrainConfig, args, binarize=args.bits == "binary",
                            progress=not args.quiet,
                            ema_decay=None if args.no_ema else args.ema_decay)
+    check(cfg)  # a budget and sane sizes before anything is read or written
     result = train(cfg, args.out, resume=args.resume, force=args.force)  # checks --out first
     model = result.model
     x = eval_set(replace(cfg, eval_images=32), next(model.parameters()).device)
@@ -99,7 +103,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     print(f"IW-NLL (K={res['k']}, {res['images']} test images): {res['nll_nats']:.2f} "
           f"+- {res['nll_stderr']:.2f} nats, {res['bpd']:.4f} bits/dim")
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_atomic(args.json, res, what="--json")
     return 0
 
 
@@ -131,7 +135,7 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--no-ema", action="store_true", help="keep no moving average of the weights")
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
     t.add_argument("--temperature", type=positive_float, default=0.7, help="of the final sample grid")
-    t.add_argument("--bn-iters", dest="bn_iters", type=nonneg_int, default=100,
+    t.add_argument("--bn-iters", dest="bn_iters", type=BN_ITERS, default=100,
                    help="BatchNorm re-estimation passes before sampling")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     t.set_defaults(func=_train_cmd)
@@ -155,16 +159,17 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     e = _add_reader(sub, "eval", "importance-weighted NLL on the test split")
     add_common(e, threads=False, quiet=True)
     e.add_argument("--data", default="fashion-mnist", help=DATA_HELP)
-    e.add_argument("--k", type=positive_int, default=100, help="importance samples per image")
+    e.add_argument("--k", type=number(int, lo=1, hi=100_000), default=100,
+                   help="importance samples per image")
     e.add_argument("--limit", type=positive_int, help="first N test images only")
-    e.add_argument("--chunk", type=positive_int, default=256, help="rows per forward pass")
-    e.add_argument("--json", help="also write the figures to this JSON file")
+    e.add_argument("--chunk", type=rows_int, default=256, help="rows per forward pass")
+    output_flag(e, "--json", help="also write the figures to this JSON file")
     e.set_defaults(func=_eval_cmd)
     s = _add_reader(sub, "sample", "a PNG grid of samples")
-    s.add_argument("--out", required=True, metavar="PNG", help="PNG to write")
-    s.add_argument("--n", type=positive_int, default=64, help="samples in the grid")
+    output_flag(s, "--out", required=True, metavar="PNG", help="PNG to write")
+    s.add_argument("--n", type=rows_int, default=64, help="samples in the grid")
     s.add_argument("--temperature", type=positive_float, default=0.7)
-    s.add_argument("--bn-iters", dest="bn_iters", type=nonneg_int, default=100,
+    s.add_argument("--bn-iters", dest="bn_iters", type=BN_ITERS, default=100,
                    help="BatchNorm re-estimation passes before sampling")
     s.set_defaults(func=_sample_cmd)
     return p

@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_float, nonneg_int,
-                             positive_float, positive_int, probability, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, at_most, check_outputs, config_from_args, nonneg_float,
+                             nonneg_int, output_flag, positive_float, positive_int, probability, rows_int,
+                             set_threads)
 from genloom.data.readers import read_records
 from genloom.decode.mcmc import SCHEDULES
 from genloom.decode.mcmc_edits import WEIGHTINGS
 from genloom.errors import UserError
-from genloom.files import check_writable, write_atomic
+from genloom.files import write_atomic
 from genloom.tasks.lm.load import QUANTS
 from genloom.tasks.search.backend import EN_ENGINES, LANGS, PROPOSALS, Backend, load_backend
 from genloom.tasks.search.infer import (CorrectConfig, GibbsConfig, KeywordsConfig, correct_texts,
@@ -44,17 +45,9 @@ _SPLIT = re.compile(r"[,，、\s]+")
 def _write(args: argparse.Namespace, lines: list[str]) -> None:
     text = "".join(line + "\n" for line in lines)
     if args.out:
-        write_atomic(args.out, text)
+        write_atomic(args.out, text, what="--out")
     else:
         sys.stdout.write(text)
-
-
-def _check_out(args: argparse.Namespace) -> None:
-    """Fail before the search when --out cannot be written."""
-    if args.out:
-        if not Path(args.out).parent.is_dir():
-            raise UserError(f"no directory {Path(args.out).parent} for --out")
-        check_writable(args.out)
 
 
 def _override(config: Any, args: argparse.Namespace) -> Any:
@@ -72,6 +65,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _backend(args: argparse.Namespace, proposal: str) -> Backend:
+    check_outputs(args)  # --out: before the models are read
     set_threads(args.threads)
     if args.quant is not None and args.engine != "llamacpp":
         raise UserError("--quant applies to --engine llamacpp only")
@@ -92,7 +86,6 @@ def run_keywords(args: argparse.Namespace) -> int:
         raise UserError(f"need --min-len <= --max-len, got {config.min_len} and {config.max_len}")
     lines = _read_lines(args.input) if args.input else [args.keywords]
     sets = [[w for w in _SPLIT.split(line) if w] for line in lines]
-    _check_out(args)
     found = keywords_search(_backend(args, args.proposal), sets, config, generator=_generator(args),
                             progress=not args.quiet)
     out = []
@@ -108,7 +101,6 @@ def run_correct(args: argparse.Namespace) -> int:
     """`genloom search correct`."""
     config = _override(CorrectConfig(), args)
     texts = _read_lines(args.input) if args.input else [args.text]
-    _check_out(args)
     fixed = correct_texts(_backend(args, args.proposal), texts, config, generator=_generator(args),
                           progress=not args.quiet)
     _write(args, [json.dumps({"input": t, "output": f, "changed": t != f}, ensure_ascii=False) if args.jsonl else f
@@ -119,7 +111,8 @@ def run_correct(args: argparse.Namespace) -> int:
 def run_gibbs(args: argparse.Namespace) -> int:
     """`genloom search gibbs`."""
     config = _override(GibbsConfig(), args)
-    _check_out(args)
+    if args.init is None:  # the random lengths of all-[MASK] starts
+        at_most(config, "min_len", "max_len")
     texts = gibbs_texts(_backend(args, "mlm"), config, init=args.init, generator=_generator(args),
                         progress=not args.quiet)
     _write(args, [json.dumps({"index": i, "text": t}, ensure_ascii=False) if args.jsonl else t
@@ -162,7 +155,7 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
         p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
                        help="Chinese candidates: masked LM or fwd x bwd LM")
     p.add_argument("--jsonl", action="store_true", help="print JSON lines")
-    p.add_argument("--out", metavar="FILE", help="write the results to this file (atomically) instead of stdout")
+    output_flag(p, "--out", parents=False, help="write the results to this file (atomically) instead of stdout")
     p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the flag's earlier name
     add_common(p, seed=0, threads=True, quiet=True)
 
@@ -177,14 +170,14 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     src = k.add_mutually_exclusive_group(required=True)
     src.add_argument("--keywords", help="comma-separated keywords, e.g. 北京,大学,科学")
     src.add_argument("--input", metavar="FILE", help="a file with one comma-separated keyword set per line")
-    k.add_argument("-n", dest="n", type=positive_int, help="sentences per keyword set (default 5)")
+    k.add_argument("-n", dest="n", type=rows_int, help="sentences per keyword set (default 5)")
     _config_flags(k, KeywordsConfig(), default_keywords_config("en"), {
         "chains": "chains per keyword set", "steps": "Metropolis-Hastings steps per chain",
         "top_k": "candidates per edit", "weighting": "weigh candidates by the target or the proposal",
         "explore": "share of uniform tokens among the proposals", "min_len": "soft minimum length in tokens",
         "max_len": "hard maximum length in tokens", "short_penalty": "nats per token below --min-len",
         "schedule": "temperature schedule", "t_start": "first temperature", "t_end": "last temperature",
-    }, types_={"chains": positive_int, "steps": nonneg_int, "top_k": positive_int, "explore": probability,
+    }, types_={"chains": rows_int, "steps": nonneg_int, "top_k": positive_int, "explore": probability,
                "min_len": nonneg_int, "max_len": positive_int, "short_penalty": nonneg_float,
                "t_start": positive_float, "t_end": positive_float},
         choices={"weighting": WEIGHTINGS, "schedule": tuple(SCHEDULES)})
@@ -192,7 +185,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     k.set_defaults(func=run_keywords)
 
     g = sub.add_parser("gibbs", help="sample sentences (Gibbs with the masked LM; English: MH under SmolLM2)")
-    g.add_argument("-n", dest="n", type=positive_int, help="sentences (default 10)")
+    g.add_argument("-n", dest="n", type=rows_int, help="sentences (default 10)")
     g.add_argument("--init", help="start every chain from this sentence (default: all [MASK])")
     _config_flags(g, GibbsConfig(), GibbsConfig(), {
         "steps": "resampled positions per chain", "min_len": "shortest random length",

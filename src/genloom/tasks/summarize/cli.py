@@ -18,8 +18,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from genloom.cliargs import (add_common, add_config_flags, config_from_args, positive_float, positive_int,
-                             probability, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, decay,
+                             nonneg_float, output_flag, positive_float, positive_int, probability, require,
+                             set_threads, unit_fraction)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
 from genloom.errors import UserError
 from genloom.tasks.summarize.config import MODES, SummarizeConfig
@@ -57,9 +58,24 @@ TRAIN_FLAGS: dict[str, str] = {
     "num_beams": "beam size saved for summarizing",
     "no_repeat_ngram": "ban repeated character n-grams of this size when summarizing (0: off)",
 }
-_TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": probability, "sparse_p": probability,
-          "lr": positive_float, "steps": positive_int, **{name: positive_int for name in (
-              "window", "max_target_len", "max_clauses", "folds", "batch_size", "num_beams", "vocab_max")}}
+_TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": decay, "sparse_p": unit_fraction,
+          "threshold": decay, "ema_decay": decay, "lr": positive_float, "encoder_minutes": positive_float,
+          "pretrain_minutes": nonneg_float, "minutes": nonneg_float, "copy_weight": nonneg_float,
+          **{name: positive_int for name in (
+              "window", "max_target_len", "max_clauses", "folds", "batch_size", "vocab_max", "steps",
+              "extract_epochs", "extract_hidden", "d_model", "n_layer", "n_head", "d_ff")}, "num_beams": beam_width}
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """The flags of `summarize train` against each other and the directories they name, before
+    the minutes of encoder and extractor training."""
+    require(args.d_model % args.n_head == 0, f"--d-model {args.d_model} is not a multiple of --n-head {args.n_head}")
+    require(args.sparse_p is None or not args.sparse_k,
+            f"--sparse-p applies with --sparse-k 0 only (--sparse-k is {args.sparse_k})")
+    require(args.init is None or not args.pretrain_minutes,
+            "--pretrain-minutes pre-trains a new seq2seq; --init starts from one already trained: pass one")
+    for flag, path in (("--encoder", args.encoder), ("--init", args.init)):
+        require(path is None or Path(path, "config.json").is_file(), f"{flag} {path} is not a model directory")
 
 
 def _pairs(args: argparse.Namespace, split: str) -> tuple[list[tuple[str, str]], str]:
@@ -81,7 +97,7 @@ def _long(pairs: list[tuple[str, str]], min_chars: int, max_clauses: int) -> lis
 def _write(path: str, text: str) -> None:
     from genloom.files import write_atomic
 
-    write_atomic(path, text)
+    write_atomic(path, text, what="--output")
 
 
 # ---- train ----------------------------------------------------------------------------------------
@@ -90,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from genloom.train.outdir import check_out
 
+    _check_train_flags(args)
     out = Path(args.out)
     check_out(out, kind="summarize", force=args.force, resume=args.resume)  # before anything is read
     config = config_from_args(SummarizeConfig, args, sparse_k=args.sparse_k or None, minutes=args.minutes or None)
@@ -111,6 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     from genloom.tasks.summarize.pipeline import Summarizer
 
+    check_outputs(args)
     stream = open_input(args.input)
     try:
         docs = read_all_inputs(stream, fmt=args.format, field=args.field,
@@ -138,6 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from genloom.tasks.summarize.evaluate import evaluate, format_rows
     from genloom.tasks.summarize.pipeline import Summarizer
 
+    check_outputs(args)
     summarizer = Summarizer.load(args.model)
     set_threads(args.threads)
     pairs, what = _pairs(args, args.split)
@@ -174,7 +193,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def _decode_flags(p: argparse.ArgumentParser) -> None:
     add_common(p, model="directory written by `summarize train`", threads=False)
-    p.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
+    p.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
     p.add_argument("--no-copy", action="store_true", help="decode without the copy constraint")
 
 
@@ -206,7 +225,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     r.add_argument("--field", default="content", help="JSONL field holding the document")
     r.add_argument("--explain", action="store_true", help="JSON lines with the source read and the extracted clauses")
     r.add_argument("--json", action="store_true", help="JSON lines {summary}")
-    r.add_argument("--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+    output_flag(r, "--output", default=None, help="write here (atomically) instead of stdout")
     r.set_defaults(func=run_run)
 
     e = sub.add_parser("eval", help="ROUGE / CAIL of the summarizer and extract-only", description=(
@@ -215,6 +234,6 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     _decode_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
     e.add_argument("--limit", type=positive_int, default=None, help="score the first N long documents only")
-    e.add_argument("--output", default=None, metavar="FILE", help="write every figure and prediction as JSON here")
+    output_flag(e, "--output", default=None, help="write every figure and prediction as JSON here")
     e.set_defaults(func=run_eval)
     return p

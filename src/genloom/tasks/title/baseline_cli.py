@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from genloom.cliargs import add_common, positive_int
+from genloom.cliargs import add_common, check_outputs, output_flag, positive_int
 from genloom.data import corpus_pairs, corpus_stats, read_pairs
 from genloom.files import write_json_atomic
 from genloom.tasks.title.baselines import baseline_table, format_table
@@ -22,6 +22,7 @@ def cleaning_line(name: str, split: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`genloom baseline`: print the cleaning counts (or the file) and the baseline table."""
+    check_outputs(args)
     if args.data is not None:
         pairs = read_pairs(args.data, source=args.source, target=args.target, fmt=args.format)
         header = f"{args.data}: {len(pairs)} pairs ({args.source} -> {args.target})"
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print(format_table(table, n=len(pairs)))
     if args.output is not None:
-        write_json_atomic(args.output, {**source, "pairs": len(pairs), "rows": table})
+        write_json_atomic(args.output, {**source, "pairs": len(pairs), "rows": table}, what="--output")
     return 0
 
 
@@ -48,6 +49,6 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     p.add_argument("--split", default="test", help="split of the corpus (default: test)")
     add_pair_flags(p)
     p.add_argument("--lead-chars", type=positive_int, default=24, help="N of lead-N (default: 24)")
-    p.add_argument("--output", default=None, metavar="FILE", help="also write the table as JSON here")
+    output_flag(p, "--output", default=None, help="also write the table as JSON here")
     p.set_defaults(func=run)
     return p

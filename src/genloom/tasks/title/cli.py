@@ -23,8 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from genloom.cliargs import (add_common, add_config_flags, config_from_args, nonneg_int, positive_float,
-                             positive_int, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args,
+                             nonneg_float, nonneg_int, number, output_flag, positive_float, positive_int, require,
+                             rows_int, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
 from genloom.errors import UserError
 from genloom.machine import machine
@@ -51,7 +52,12 @@ TRAIN_FLAGS: dict[str, str] = {
     "no_repeat_ngram": "ban repeated char n-grams when decoding (0: off)",
     "length_penalty": "beam score = sum log p / length ** this",
 }
-_POSITIVE = ("max_epochs", "max_source_len", "max_title_len", "min_count", "batch_size", "dev_size", "num_beams")
+_POSITIVE = ("max_epochs", "max_source_len", "max_title_len", "min_count", "batch_size", "dev_size", "num_beams",
+             "patience")
+TITLE_LEN = number(int, lo=1, hi=4096)  # characters of a title
+# fields of the architecture presets the task sets itself (not --model-json's to change)
+_TASK_SET = ("vocab_size", "pad_id", "bos_id", "eos_id", "prior", "copy", "pointer", "max_source_len",
+             "max_target_len", "gen_vocab")
 
 
 # ---- train --------------------------------------------------------------------------------------
@@ -61,8 +67,14 @@ def _pairs(args: argparse.Namespace, split: str) -> tuple[list, str]:
     return task_pairs(args.corpus, split, args.data, source=args.source, target=args.target, fmt=args.format)
 
 
-def _model_overrides(text: str | None) -> dict[str, Any] | None:
-    """--model-json: a JSON object of preset overrides (parsed as data, never executed)."""
+def _model_overrides(text: str | None, arch: str) -> dict[str, Any] | None:
+    """--model-json: a JSON object of preset overrides (parsed as data, never executed), each
+    checked against the field of the architecture's config it names: sizes are integers >= 1,
+    dropout a number in [0, 1), switches true/false; the width must split into the heads."""
+    import dataclasses
+    import math
+    import typing
+
     if text is None:
         return None
     try:
@@ -71,6 +83,34 @@ def _model_overrides(text: str | None) -> dict[str, Any] | None:
         raise UserError(f"--model-json is not valid JSON ({e.msg})") from None
     if not isinstance(obj, dict):
         raise UserError("--model-json must be a JSON object of model config fields")
+    if arch == "rnn":
+        from genloom.models.rnn_seq2seq import RNNSeq2SeqConfig as config_cls
+    else:
+        from genloom.models.unilm import UniLMSeq2SeqConfig as config_cls
+    hints = typing.get_type_hints(config_cls)
+    known = sorted(f.name for f in dataclasses.fields(config_cls) if f.name not in _TASK_SET)
+    for key, value in obj.items():
+        if key in _TASK_SET:
+            raise UserError(f"--model-json: {key} is set by the task (use its flag, if any), not by --model-json")
+        if key not in known:
+            raise UserError(f"--model-json: the {arch} model has no field {key!r} (fields: {', '.join(known)})")
+        kind = typing.get_args(hints[key]) or (hints[key],)
+        ok = (value is None and type(None) in kind
+              or bool in kind and isinstance(value, bool)
+              or int in kind and type(value) is int and value >= 1
+              or float in kind and type(value) in (int, float) and math.isfinite(value) and (
+                  0 <= value < 1 if "dropout" in key else 0 < value <= 1 if key == "sparse_p" else value >= 0))
+        if not ok:
+            want = ("true or false" if bool in kind else "an integer >= 1" if int in kind
+                    else "a number in [0, 1)" if "dropout" in key else "a number in (0, 1]" if key == "sparse_p"
+                    else "a number >= 0")
+            raise UserError(f"--model-json: {key} must be {want}, got {json.dumps(value)}")
+    width, heads = obj.get("d_model"), obj.get("n_head")
+    if width is not None or heads is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        width, heads = width or defaults.get("d_model"), heads or defaults.get("n_head")
+        require(width is None or heads is None or width % heads == 0,
+                f"--model-json: d_model {width} is not a multiple of n_head {heads}")
     return obj
 
 
@@ -82,7 +122,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out(out, kind="title", force=args.force, resume=args.resume)  # before anything is read
-    config = config_from_args(TitleConfig, args, model=_model_overrides(args.model_json))
+    require(args.gen_vocab is None or args.gen_vocab == 0 or args.gen_vocab > 4,
+            f"--gen-vocab must be 0 (the whole vocabulary) or above 4, got {args.gen_vocab}")
+    config = config_from_args(TitleConfig, args, model=_model_overrides(args.model_json, args.arch))
     set_threads(args.threads)
     train_pairs, what = _pairs(args, "train")
     if args.data is not None and args.dev_data is not None:
@@ -104,6 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from genloom.tasks.title.infer import load_title_model
 
+    check_outputs(args)
     stream = open_input(args.input)
     tm = load_title_model(args.model)
     set_threads(args.threads)
@@ -169,10 +212,13 @@ def _emit(tm: Any, chunk: list, args: argparse.Namespace, out: IO[str]) -> tuple
 
 # ---- eval ---------------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
+    from genloom.files import check_output
     from genloom.tasks.title.baselines import format_table
     from genloom.tasks.title.evaluate import evaluate, write_eval
     from genloom.tasks.title.infer import load_title_model
 
+    out = Path(args.out) if args.out else Path(args.model)
+    check_output(out, what="--out" if args.out else "--model", directory=True)  # the table goes there
     tm = load_title_model(args.model)
     set_threads(args.threads)
     pairs, what = _pairs(args, args.split)
@@ -195,7 +241,6 @@ def run_eval(args: argparse.Namespace) -> int:
             lines.append(f"  {pred}  |  {title}")
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out) if args.out else Path(args.model)
     name = f"eval-{Path(args.data).stem if args.data else args.corpus + '-' + args.split}"
     payload = {**result, "source": what, "config": asdict(tm.config), "references": [t for _, t in pairs]}
     path = write_eval(payload, out, name, text)
@@ -232,7 +277,8 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
                    help="continue a stopped run in --out (same flags and data; --minutes, --max-epochs and "
                         "--patience may change)")
     add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
-                     types_={name: positive_int for name in _POSITIVE})
+                     types_={"pretrain_minutes": nonneg_float, **{name: positive_int for name in _POSITIVE},
+                             "num_beams": beam_width, "max_title_len": TITLE_LEN})
     t.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
     t.add_argument("--model-json", default=None, metavar="JSON",
@@ -247,10 +293,10 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
                    help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
     g.add_argument("--field", default="content", help="JSONL field holding the article")
     g.add_argument("--json", action="store_true", help="write JSON lines {line, title}")
-    g.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
-    g.add_argument("--max-title-len", type=positive_int, default=None, help="longest title")
-    g.add_argument("--batch-size", type=positive_int, default=32, help="articles decoded together")
-    g.add_argument("--explain", default=None, metavar="PNG",
+    g.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
+    g.add_argument("--max-title-len", type=TITLE_LEN, default=None, help="longest title")
+    g.add_argument("--batch-size", type=rows_int, default=32, help="articles decoded together")
+    output_flag(g, "--explain", default=None, metavar="PNG",
                    help="write the attention map of the first article and its title")
     g.set_defaults(func=run_generate)
 
@@ -260,10 +306,10 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_common(e, model="directory written by `title train`", quiet=True, data=True, corpus="inews")
     add_pair_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
-    e.add_argument("--beams", type=positive_int, default=None, help="beam size (default: the model's)")
+    e.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
     e.add_argument("--limit", type=positive_int, default=None, help="score the first N pairs only")
     e.add_argument("--samples", type=nonneg_int, default=10, help="sample titles to print")
     e.add_argument("--no-baselines", action="store_true", help="skip lead-24 / best-sentence")
-    e.add_argument("--out", default=None, metavar="DIR", help="where to write the table (default: --model)")
+    output_flag(e, "--out", directory=True, default=None, help="where to write the table (default: --model)")
     e.set_defaults(func=run_eval)
     return p
