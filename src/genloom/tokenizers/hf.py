@@ -12,6 +12,13 @@ for them the bytes of `encode(x)` spell " " + x (that is what the model saw).
 `encode` treats text that spells a special token ("<|im_end|>") as text (`split_special_tokens`),
 and never adds the tokenizer's own template tokens; `add_bos`/`add_eos` add them explicitly.
 transformers is imported only when a tokenizer is loaded here (it is the optional `hf` extra).
+
+A directory written by `save` records the ids transformers gave (vocabulary size, bos / eos / pad /
+unk, special ids) in genloom_tokenizer.json, so `load` of a fast tokenizer (one with a
+tokenizer.json) reads it with the `tokenizers` library alone: encode, decode and the vocabulary are
+the calls transformers' fast tokenizers make on that same backend (`tokenizers.Tokenizer.encode`
+with `encode_special_tokens`, `decode`, `get_vocab`), and importing transformers (about a second)
+waits until `.hf` or `save` needs the transformers object.
 """
 
 from __future__ import annotations
@@ -90,7 +97,9 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, tokenizer: Any) -> None:
         """tokenizer: a loaded `transformers` tokenizer (PreTrainedTokenizerBase)."""
-        self._tok = tokenizer
+        self._hf: Any = tokenizer
+        self._fast: Any = None  # a tokenizers.Tokenizer when loaded without transformers (`load`)
+        self._directory: Path | None = None  # where `.hf` is loaded from in that case
         self.vocab_size = len(tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self.unk_id = tokenizer.unk_token_id
@@ -100,13 +109,34 @@ class HFTokenizer(Tokenizer):
         self.special_ids = frozenset(
             {*tokenizer.all_special_ids, *(i for i, t in added.items() if t.special)}
         )
-        self._vocab: dict[str, int] = tokenizer.get_vocab()
+        self._index(tokenizer.get_vocab(), byte_scheme(tokenizer))
+
+    def _index(self, vocab: dict[str, int], scheme: str) -> None:
+        self._vocab: dict[str, int] = vocab
         self._tokens: list[str | None] = [None] * self.vocab_size
         for s, i in self._vocab.items():
             if 0 <= i < self.vocab_size:
                 self._tokens[i] = s
-        self.scheme = byte_scheme(tokenizer)  # how token spellings map to bytes
+        self.scheme = scheme  # how token spellings map to bytes
         self._bytes: list[bytes] | None = None  # built on first token_bytes call
+
+    @classmethod
+    def _from_fast(cls, path: Path, ids: dict[str, Any], scheme: str) -> HFTokenizer:
+        """The tokenizer saved in `path`, read by the `tokenizers` library alone, with the ids
+        `save` recorded (module docstring)."""
+        from tokenizers import Tokenizer as FastTokenizer
+
+        fast = FastTokenizer.from_file(str(path / "tokenizer.json"))
+        fast.no_truncation()  # as transformers' encode without truncation or padding does
+        fast.no_padding()
+        fast.encode_special_tokens = True  # split_special_tokens: a special's spelling is text
+        tok = cls.__new__(cls)
+        tok._hf, tok._fast, tok._directory = None, fast, path
+        tok.vocab_size = int(ids["vocab_size"])
+        tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id = (ids[k] for k in ("pad", "unk", "bos", "eos"))
+        tok.special_ids = frozenset(int(i) for i in ids["special"])
+        tok._index(fast.get_vocab(with_added_tokens=True), scheme)
+        return tok
 
     @classmethod
     def from_pretrained(
@@ -133,11 +163,23 @@ class HFTokenizer(Tokenizer):
 
     @property
     def hf(self) -> Any:
-        """The wrapped transformers tokenizer."""
-        return self._tok
+        """The wrapped transformers tokenizer (loaded now if `load` read the files without it)."""
+        if self._hf is None:
+            self._hf = self._load_transformers(self._directory)
+        return self._hf
+
+    _tok = hf  # the name older code (and serve's chat templates) reads
+
+    @property
+    def chat_template(self) -> str | None:
+        """The transformers tokenizer's chat template, if it has one."""
+        return getattr(self.hf, "chat_template", None)
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+        if self._fast is not None:
+            ids = self._fast.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self._hf.encode(text, add_special_tokens=False, split_special_tokens=True)
         return self._wrap(list(ids), add_bos, add_eos)
 
     def encode_many(
@@ -146,13 +188,18 @@ class HFTokenizer(Tokenizer):
         texts = list(texts)
         if not texts:
             return []
-        rows = self._tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if self._fast is not None:
+            rows = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+        else:
+            rows = self._hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return [self._wrap(list(r), add_bos, add_eos) for r in rows]
 
     def decode(self, ids: Sequence[int] | Tensor, *, skip_special: bool = True) -> str:
         ids = as_id_list(ids)
         self.check_ids(ids)
-        return self._tok.decode(
+        if self._fast is not None:
+            return self._fast.decode(ids, skip_special_tokens=skip_special)
+        return self._hf.decode(
             ids, skip_special_tokens=skip_special, clean_up_tokenization_spaces=False
         )
 
@@ -166,9 +213,9 @@ class HFTokenizer(Tokenizer):
         if self.scheme == "none":
             raise UserError(
                 "token bytes are defined for byte-level BPE and SentencePiece tokenizers only; "
-                f"{type(self._tok).__name__} spells tokens otherwise"
+                f"{type(self.hf).__name__} spells tokens otherwise"
             )
-        added = self._tok.added_tokens_decoder
+        added = self._fast.get_added_tokens_decoder() if self._fast is not None else self._hf.added_tokens_decoder
         table: list[bytes] = []
         for i, tok in enumerate(self._tokens):
             if i in self.special_ids or tok is None:
@@ -188,36 +235,54 @@ class HFTokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         self.check_ids([token_id])
         tok = self._tokens[token_id]
-        return tok if tok is not None else self._tok.convert_ids_to_tokens(token_id)
+        if tok is not None:
+            return tok
+        return self._fast.id_to_token(token_id) if self._fast is not None else self._hf.convert_ids_to_tokens(token_id)
 
     def token_to_id(self, token: str) -> int | None:
         return self._vocab.get(token)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the Hugging Face files (save_pretrained) and genloom_tokenizer.json."""
+        """Write the Hugging Face files (save_pretrained) and genloom_tokenizer.json (with the ids
+        transformers gives, so `load` can read a fast tokenizer without it)."""
         path = make_directory(directory)
         tmp = Path(tempfile.mkdtemp(prefix=".hf-tokenizer.", dir=path))
         try:
-            names = [Path(f).name for f in self._tok.save_pretrained(str(tmp))]
+            names = [Path(f).name for f in self.hf.save_pretrained(str(tmp))]
             for name in sorted(set(names)):  # each file through the one atomic writer (fsync, rename)
                 write_atomic(path / name, (tmp / name).read_bytes(), what="tokenizer file")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        write_manifest(path, self.kind, files=sorted(set(names)))
+        ids = {"vocab_size": self.vocab_size, "bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id,
+               "unk": self.unk_id, "special": sorted(self.special_ids)}
+        write_manifest(path, self.kind, files=sorted(set(names)), ids=ids, scheme=self.scheme)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> HFTokenizer:
-        """Rebuild from a directory written by `save`.
-
-        The class named by tokenizer_config.json ("tokenizer_class") is loaded directly, as
-        AutoTokenizer would pick it, without AutoTokenizer reading the directory's config.json:
-        in a genloom model directory that is genloom's config, which transformers warns about
-        (and importing the auto classes costs about a second)."""
+        """Rebuild from a directory written by `save`: a fast tokenizer with its ids recorded
+        through the `tokenizers` library alone (module docstring), any other through transformers."""
         path = Path(directory)
         data = read_json(path / MANIFEST)
-        missing = [f for f in data.get("files", []) if not (path / f).is_file()]
+        files = data.get("files", [])
+        missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise UserError(f"{path} lacks the tokenizer file(s) {', '.join(missing)}")
+        ids, scheme = data.get("ids"), data.get("scheme")
+        if "tokenizer.json" in files and isinstance(ids, dict) and isinstance(scheme, str):
+            try:
+                return cls._from_fast(path, ids, scheme)
+            except Exception:  # the tokenizers library refuses the file: transformers says why below
+                pass
+        return cls(cls._load_transformers(path))
+
+    @staticmethod
+    def _load_transformers(path: Path | None) -> Any:
+        """The transformers tokenizer saved in `path`: the class tokenizer_config.json names, as
+        AutoTokenizer would pick it, built without AutoTokenizer reading the directory's
+        config.json (in a genloom model directory that is genloom's config, which transformers
+        warns about)."""
+        if path is None:
+            raise UserError("this tokenizer was not loaded from a directory")
         tf = _transformers()
         try:
             config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -226,9 +291,9 @@ class HFTokenizer(Tokenizer):
         name = config.get("tokenizer_class") if isinstance(config, dict) else None
         tokenizer_cls = getattr(tf, name, None) if isinstance(name, str) else None
         if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
-            return cls.from_pretrained(path)
+            return HFTokenizer.from_pretrained(path).hf
         try:
-            return cls(tokenizer_cls.from_pretrained(str(path), local_files_only=True))
+            return tokenizer_cls.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as e:
             why = " ".join(str(e).split())[:200] or type(e).__name__
             raise UserError(f"cannot load a Hugging Face tokenizer from {path}: {why}") from None
