@@ -312,3 +312,13 @@ def test_nonfinite_skip_skips_and_counts_and_the_default_raises(tmp_path):
     assert "step 2" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match="nonfinite must be one of"):
         fit(make_model(), toy_loss, batches, config=config(nonfinite="ignore"), run_dir=tmp_path / "x")
+
+
+@pytest.mark.parametrize("budget", [dict(max_steps=0), dict(max_steps=-3), dict(max_steps=None, max_epochs=0),
+                                    dict(max_steps=None, max_minutes=float("nan")),
+                                    dict(max_steps=None, max_minutes=float("inf")), dict(max_minutes=-1.0)])
+def test_a_budget_of_none_or_nan_is_refused_before_anything_is_written(tmp_path, budget):
+    """A run of no step would save an untrained model; a NaN or infinite time budget never stops."""
+    with pytest.raises(UserError, match="a budget must be positive and finite"):
+        fit(make_model(), toy_loss, loader(), config=config(**budget), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -175,6 +175,11 @@ def _total_steps(cfg: TrainConfig, batches: Iterable) -> int | None:
 def _check(cfg: TrainConfig, total: int | None, *, has_eval: bool, has_lr_fn: bool, has_on_step: bool) -> None:
     if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_minutes is None:
         raise UserError("set max_steps, max_epochs or max_minutes: the run would never stop")
+    if (cfg.max_steps is not None and cfg.max_steps < 1 or cfg.max_epochs is not None and cfg.max_epochs < 1
+            or cfg.max_minutes is not None and not 0 < cfg.max_minutes < math.inf):  # NaN too
+        raise UserError(f"a budget must be positive and finite (a run of none saves no model, a NaN or infinite one "
+                        f"never stops): max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}, "
+                        f"max_minutes={cfg.max_minutes}")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.nonfinite not in NONFINITE:
