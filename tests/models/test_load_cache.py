@@ -131,6 +131,20 @@ def test_cached_load_is_bitwise_the_conversion(llama_dir, cache, monkeypatch):
     assert _entries(cache) == [entry]
 
 
+def test_each_dtype_has_its_entry(llama_dir, cache, monkeypatch):
+    load_converted(llama_dir)
+    reference = convert(load_hf(llama_dir, dtype=torch.bfloat16)[0])
+    load_converted(llama_dir, dtype=torch.bfloat16)
+    assert len(_entries(cache)) == 2  # the float32 entry stays
+    _no_transformers_load(monkeypatch)
+    cached, tok = load_converted(llama_dir, dtype=torch.bfloat16)
+    assert cached.tok_emb.weight.dtype == torch.bfloat16
+    assert [(n, p.stride()) for n, p in cached.named_parameters()] == \
+           [(n, p.stride()) for n, p in reference.named_parameters()]
+    ids = _ids(tok)
+    assert torch.equal(_logits(cached, ids), _logits(reference, ids))
+
+
 def test_a_cached_load_needs_no_transformers(llama_dir, cache):
     load_converted(llama_dir)
     code = ("import sys; from genloom.tasks.lm.load import load_model; m, t = load_model(sys.argv[1]); "

@@ -305,8 +305,8 @@ def from_hf(source: Any, *, dtype: torch.dtype = torch.float32, cache: bool = Tr
 
 def cache_entry(source: HFSource, dtype: torch.dtype) -> Path:
     """The cache folder of `source`'s conversion to `dtype`: `<cache_root>/converted/NAME-WHERE-WHAT`,
-    WHERE hashing the source's location and WHAT its files' identity (path, size, mtime), the
-    dtype and CACHE_FORMAT."""
+    WHERE hashing the source's location and the dtype, WHAT its files' identity (path, size,
+    mtime) and CACHE_FORMAT; entries of one WHERE are versions of one source (`_write_entry`)."""
     from genloom.models.llamacpp import cache_root
 
     files = source.files
@@ -317,7 +317,7 @@ def cache_entry(source: HFSource, dtype: torch.dtype) -> Path:
     location = str(Path(source.directory, source.gguf_file or "").resolve())
     what = json.dumps({"format": CACHE_FORMAT, "dtype": str(dtype), "files": identity})
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(location).stem)[:60] or "model"
-    return cache_root() / CACHE_DIR / f"{name}-{_digest(location)[:8]}-{_digest(what)[:16]}"
+    return cache_root() / CACHE_DIR / f"{name}-{_digest(f'{location}|{dtype}')[:8]}-{_digest(what)[:16]}"
 
 
 def _digest(text: str) -> str:
@@ -365,7 +365,7 @@ def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: A
             write_json_atomic(tmp / CACHE_MANIFEST, {
                 "format": CACHE_FORMAT, "source": str(Path(source.directory, source.gguf_file or "")),
                 "tokenizer": tokenizer is not None, "files": sizes}, what="model cache manifest")
-    except (UserError, OSError) as e:
+    except Exception as e:  # a full disk, no permission, ...: the model is still there, uncached
         why = " ".join(str(e).split())[:200] or type(e).__name__
         log.warning("genloom: not caching the converted model (%s); set GENLOOM_CACHE to a writable folder", why)
         return False
