@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/title-default
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 install: $(STAMP)
 
@@ -33,7 +33,15 @@ run: install
 	$(BIN)/genloom title eval --model $(RUN_DIR) --split test --samples 10
 	$(BIN)/python benchmarks/make_run.py $(RUN_DIR)
 
-test: install
+# The playground's browser tests (tests/serve/test_playground.py) drive Debian's Chromium through
+# its ChromeDriver (Selenium, headless; nothing is downloaded by a test tool): installed here with
+# apt when missing (as root, else through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver)
+
+test: install browser
 	$(BIN)/python -m pytest tests
 
 bench: install

@@ -4,6 +4,7 @@
     POST /v1/chat/completions   chat through the model's chat template (heal "none" by default)
     GET  /v1/models             the one model served
     GET  /health                {"status": "ok", "waiting": .., "running": .., "rows": ..}
+    GET  /                      the playground page (static/: HTML, CSS, JavaScript; nothing external)
 
 Responses and stream chunks have OpenAI's shapes (`object`, `choices`, `usage`, `logprobs`,
 `finish_reason` "stop" | "length"); streams are server-sent events, `data: {json}` chunks ending
@@ -38,6 +39,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genloom.decode.generate import GenerateOptions, build_processors, validate_options
@@ -489,4 +491,5 @@ def create_app(served: Served) -> FastAPI:
                 run.cancel()
 
     app.include_router(v1)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
