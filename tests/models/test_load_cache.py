@@ -312,17 +312,23 @@ def _write_tiny_gguf(path: Path) -> Path:
 def test_gguf_is_parsed_once_per_load(tmp_path, cache, monkeypatch):
     gguf = pytest.importorskip("gguf")
     path = _write_tiny_gguf(tmp_path / "tiny.gguf")
-    parses = []
-    original = gguf.GGUFReader
+    parses, name_maps = [], []
+    original, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
 
     def counting(*args, **kwargs):
         parses.append(args[0])
         return original(*args, **kwargs)
 
+    def counting_map(*args):
+        name_maps.append(args)
+        return original_map(*args)
+
     monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counting_map)
     hf_model, tok = load_hf(path)
     assert len(parses) == 1 and tok is not None
-    assert gguf.GGUFReader is counting  # put back after the load
+    assert len(name_maps) == 1  # transformers asks once per submodule
+    assert gguf.GGUFReader is counting and gguf.get_tensor_name_map is counting_map  # put back after the load
     model, _ = load_model(str(path), engine="hf")
     assert isinstance(model, HFCausalLM) and len(parses) == 2
     converted, converted_tok = load_converted(path)  # the first conversion: one parse

@@ -24,7 +24,8 @@ An entry is written whole (`files.atomic_directory`); one that does not read bac
 truncated, missing or corrupt) is converted again and replaced, with one warning line; a cache
 folder that cannot be written is skipped with one warning line. A GGUF is parsed once per load
 (`gguf_parsed_once`): transformers would otherwise parse it for the config, the weights and the
-tokenizer (about 3.5 s each for SmolLM2).
+tokenizer (about 3.5 s each for SmolLM2), and its tensor-name map once (transformers builds one per
+submodule).
 
 transformers is imported only inside these functions (it is the optional `hf` extra).
 """
@@ -116,31 +117,39 @@ def resolve_hf(source: str | os.PathLike[str]) -> HFSource:
 
 @contextmanager
 def gguf_parsed_once() -> Iterator[None]:
-    """Within the block, every `gguf.GGUFReader` of one file is the same, parsed once.
+    """Within the block, every `gguf.GGUFReader` of one file is the same, parsed once, and so is
+    every `gguf.get_tensor_name_map` of one architecture.
 
     transformers builds a new reader (a Python parse of every metadata field: 3.3-3.8 s for
-    SmolLM2's 49k-token vocabulary) each time it reads a GGUF's config, weights or tokenizer;
-    it looks the class up in the `gguf` module at each call, so the block swaps in a memo."""
+    SmolLM2's 49k-token vocabulary) each time it reads a GGUF's config, weights or tokenizer, and
+    a new tensor-name map for each of a model's ~400 submodules while mapping the weights (about
+    3 s for SmolLM2); it looks both up in the `gguf` module at each call, so the block swaps in
+    memos."""
     try:
         import gguf
     except ImportError:  # transformers reports the missing package
         yield
         return
     with _gguf_lock:
-        original = gguf.GGUFReader
-        readers: dict[tuple[str, str], Any] = {}
+        originals = {"GGUFReader": gguf.GGUFReader, "get_tensor_name_map": gguf.get_tensor_name_map}
+        memo: dict[tuple, Any] = {}
+
+        def once(name: str, key: tuple, *args: Any) -> Any:
+            if (name, *key) not in memo:
+                memo[(name, *key)] = originals[name](*args)
+            return memo[(name, *key)]
 
         def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
-            key = (os.path.realpath(path), mode)
-            if key not in readers:
-                readers[key] = original(path, mode)
-            return readers[key]
+            return once("GGUFReader", (os.path.realpath(path), mode), path, mode)
 
-        gguf.GGUFReader = reader
+        def name_map(arch: Any, n_blocks: int) -> Any:
+            return once("get_tensor_name_map", (arch, n_blocks), arch, n_blocks)
+
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
         try:
             yield
         finally:
-            gguf.GGUFReader = original
+            gguf.GGUFReader, gguf.get_tensor_name_map = originals["GGUFReader"], originals["get_tensor_name_map"]
 
 
 def load_hf(
