@@ -126,3 +126,23 @@ def test_write_failing_half_way_keeps_the_old_file(tmp_path, capsys, monkeypatch
     assert err.splitlines() == [f"genloom: error: cannot write --output {target}: No space left on device"]
     assert target.read_text() == "old result\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "table.json"]
+
+
+def test_refused_allocations_are_one_line(capsys, monkeypatch):
+    """An allocation the machine refuses (sizes in every flag's range, far beyond its memory) is
+    one line and exit 2; any other RuntimeError keeps its traceback (a bug)."""
+    import genloom.tasks.corpora.cli as corpora_cli
+    from genloom.cli import main
+
+    def refuse(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 12000000000000 bytes. Error code 12")
+
+    monkeypatch.setattr(corpora_cli, "run", refuse)
+    assert main(["corpora"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "genloom: error: out of memory (an allocation of 11175.9 GiB): ask for less (a smaller model, batch, "
+        "beam width, length or sample count)"]
+    monkeypatch.setattr(corpora_cli, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["corpora"])

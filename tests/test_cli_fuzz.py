@@ -21,6 +21,7 @@ default outputs would land there too).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -291,12 +292,18 @@ SUBPROCESS = [
     (["title", "train", "--data", MISSING, "--out", "m", "--model-json", '{"enc_hidden": -4}'], "enc_hidden"),
     (["generate", "--model", MISSING, "--prompt", "hi", "--output", "file/x.txt"], "--output"),
     (["title", "eval", "--model", MISSING, "--limit", "0"], "argument --limit"),
+    # in every range a flag takes, but far beyond the machine: the refused allocation is one line
+    (["condition", "train", "--data", "texts.jsonl", "--out", "m", "--width", "1000000", "--heads", "1",
+      "--steps", "1", "--quiet", "--threads", "1"], "out of memory"),
 ]
+TEXTS = "".join(json.dumps({"text": "今天天气很好我们去公园玩"[:3 + i % 9], "label": "pn"[i % 2]}, ensure_ascii=False)
+                + "\n" for i in range(40))
 
 
 def test_sample_through_the_executable(tmp_path):
     """Each case in a fresh process (all started at once, so the start-up costs overlap)."""
     (tmp_path / "file").write_text("x\n")
+    (tmp_path / "texts.jsonl").write_text(TEXTS, encoding="utf-8")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "genloom.cli", *argv], cwd=tmp_path, env=env,
@@ -306,7 +313,7 @@ def test_sample_through_the_executable(tmp_path):
         out, err = proc.communicate(timeout=LIMIT_S * len(SUBPROCESS))
         _one_line_error(proc.returncode, out, err, 0.0, message)
     assert time.perf_counter() - t0 < LIMIT_S * len(SUBPROCESS) / 2
-    assert _tree(tmp_path) == {"file"}
+    assert _tree(tmp_path) == {"file", "texts.jsonl"}
 
 
 def test_case_count():

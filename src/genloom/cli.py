@@ -3,13 +3,15 @@
 Each entry names a module that exposes `add_parser(subparsers) -> argparse.ArgumentParser`; the
 parser it returns carries `func(args) -> int | None` through `set_defaults`. Modules are imported
 only when their command runs, so `genloom corpora` does not load transformers.
-A `UserError` (or a bad flag) ends as one line on stderr and exit code 2.
+A `UserError` (or a bad flag) ends as one line on stderr and exit code 2, and so does an
+allocation the machine refuses (a model, beam or batch far too large for its memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from genloom import __version__
@@ -66,7 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if (why := _out_of_memory(e)) is None:
+            raise
+        print(f"genloom: error: {why}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocation the machine refused (sizes, beams or sample counts a flag asked
+    for), None for any other error (a bug: its traceback is kept)."""
+    text = str(e)
+    if not isinstance(e, MemoryError) and "can't allocate memory" not in text and "out of memory" not in text.lower():
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" (an allocation of {int(asked.group(1)) / 2**30:.1f} GiB)" if asked else ""
+    return f"out of memory{size}: ask for less (a smaller model, batch, beam width, length or sample count)"
 
 
 if __name__ == "__main__":
