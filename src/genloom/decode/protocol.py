@@ -11,6 +11,11 @@ ignore it. Rows of the returned logits are in the order of the input rows. Searc
 `genloom.decode` see models only through these three methods, so the LSTM's (h, c), a
 Transformer's KV cache and an RTF shift register all live behind the same interface.
 
+Two optional methods serve continuous batching (genloom.serve.engine): `join(states) -> state`
+stacks the rows of states started apart (each row decoding exactly as it did alone) and
+`clone_state(state) -> state` copies a state so one prefill can be decoded twice; genloom's
+`Transformer` has both, and a model without them is batched by waves.
+
 Two helpers read what every caller needs from any model: `model_device` (where its inputs go)
 and `context_length` (the most prompt + new tokens its `start` accepts; a model states it as a
 `max_len` attribute, None for unlimited, or through its config's `max_len`).
