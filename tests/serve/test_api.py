@@ -183,3 +183,18 @@ def test_api_key_queue_full_and_disconnect(tiny, serve):
         assert running.served.engine.load() == {"waiting": 0, "running": 0, "rows": 0}
     finally:
         running.stop()
+
+
+def test_a_request_past_the_timeout_gets_408(tiny, serve):
+    model, tok = tiny
+    running = serve(Slow(model), tok, timeout=0.3, max_tokens=64)
+    try:
+        r = httpx.post(running.url + "/v1/completions", json={"prompt": "hello", "max_tokens": 64, "ignore_eos": True},
+                       timeout=30)
+        assert r.status_code == 408 and "timed out after 0.3 s" in r.json()["error"]["message"]
+        deadline = time.monotonic() + 5
+        while running.served.engine.load()["rows"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert running.served.engine.load()["rows"] == 0
+    finally:
+        running.stop()

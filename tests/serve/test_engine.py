@@ -209,3 +209,32 @@ def test_exact_healing_prefills_the_prompt_once(tiny):
         assert counting.starts == 1
     finally:
         engine.close()
+
+
+class NoJoin:
+    """The tiny model without join / clone_state: the engine must batch it by waves."""
+
+    def __init__(self, model) -> None:
+        self.model, self.vocab_size, self.config = model, model.vocab_size, model.config
+
+    def start(self, **kw):
+        return self.model.start(**kw)
+
+    def step(self, tokens, state):
+        return self.model.step(tokens, state)
+
+    def select(self, state, index):
+        return self.model.select(state, index)
+
+
+def test_a_model_without_join_runs_in_waves(tiny):
+    model, tok = tiny
+    engine = Engine(NoJoin(copy.deepcopy(model).double()), tok)
+    assert not engine.continuous
+    engine.start()
+    try:
+        alone = [run(engine, [(p, greedy(heal="none"))])[0].rows(1)[0] for p in PROMPTS]
+        crowd = run(engine, [(p, greedy(heal="none")) for p in PROMPTS], gap=0.01)
+        assert [c.rows(1)[0] for c in crowd] == alone
+    finally:
+        engine.close()
