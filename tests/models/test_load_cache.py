@@ -171,6 +171,18 @@ def test_changed_source_is_converted_again(llama_dir, cache):
     assert not torch.equal(_logits(old, ids), _logits(new, ids))
 
 
+def test_entries_of_deleted_sources_are_removed(tmp_path, cache):
+    gone = _write_llama(tmp_path / "gone", seed=0)
+    load_converted(gone)
+    (gone_entry,) = _entries(cache)
+    for f in gone.iterdir():
+        f.unlink()
+    gone.rmdir()
+    load_converted(_write_llama(tmp_path / "kept", seed=1))
+    (entry,) = _entries(cache)
+    assert entry != gone_entry and not gone_entry.exists()
+
+
 CORRUPTIONS = {
     "truncated weights": lambda e: _truncate(e / "model.safetensors"),
     "truncated config": lambda e: _truncate(e / "config.json"),

@@ -19,7 +19,8 @@ each conversion in the cache folder (`cache_root()`: $GENLOOM_CACHE, default ~/.
 a genloom model directory under `converted/` (`models.io.save`: config.json, model.safetensors,
 the tokenizer's files) plus a manifest of its file sizes. The entry is named after the source's
 identity (the resolved path, size and modification time of every file it is read from, the
-dtype and `CACHE_FORMAT`), so a changed source is converted again and the stale entry removed.
+dtype and `CACHE_FORMAT`), so a changed source is converted again; writing an entry removes the
+stale ones (older versions of its source, and entries whose source is gone).
 An entry is written whole (`files.atomic_directory`); one that does not read back (a file
 truncated, missing or corrupt) is converted again and replaced, with one warning line; a cache
 folder that cannot be written is skipped with one warning line. A GGUF is parsed once per load
@@ -363,7 +364,8 @@ def _read_entry(entry: Path, dtype: torch.dtype) -> tuple[Transformer, Any] | No
 
 def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: Any) -> bool:
     """Keep `model` and `tokenizer` in `entry` (written whole, then renamed into place) and remove
-    the entries of the same source's older versions; a one-line warning when it cannot."""
+    the entries of the same source's older versions and of sources deleted since; a one-line
+    warning when it cannot."""
     from genloom.files import atomic_directory, write_json_atomic
     from genloom.models import io
 
@@ -379,10 +381,21 @@ def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: A
         log.warning("genloom: not caching the converted model (%s); set GENLOOM_CACHE to a writable folder", why)
         return False
     where = entry.name.rsplit("-", 1)[0] + "-"
-    for old in entry.parent.glob(f"{where}*"):  # this source's entries for other file versions
-        if old != entry and old.is_dir() and not old.name.startswith("."):
+    for old in entry.parent.iterdir():  # this source's older versions, and sources that are gone
+        if old == entry or not old.is_dir() or old.name.startswith("."):
+            continue
+        if old.name.startswith(where) or not _source_exists(old):
             shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def _source_exists(entry: Path) -> bool:
+    """False only when `entry`'s manifest names a source that no longer exists."""
+    try:
+        source = json.loads((entry / CACHE_MANIFEST).read_text(encoding="utf-8"))["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # not ours to judge (being written, or unreadable: rebuilt when used)
+    return not isinstance(source, str) or Path(source).exists()
 
 
 def load_converted(
