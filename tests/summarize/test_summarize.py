@@ -95,7 +95,7 @@ def test_evaluate_reports_rows_and_recall(pipeline):
     res = evaluate(summ, pairs)
     assert set(res["rows"]) == {"summarizer", "extract only"}
     for row in res["rows"].values():
-        assert set(row) == {"rouge-1", "rouge-2", "rouge-l", "cail"} and all(0 <= v <= 100 for v in row.values())
+        assert set(row) == {"rouge-1", "rouge-2", "rouge-l", "cail-char", "cail"} and all(0 <= v <= 100 for v in row.values())
     assert 0 <= res["extraction"]["threshold"]["recall"] <= 100 and len(res["predictions"]) == 4
     # every row is the score of its own texts: the generator's summaries, and (recomputed here
     # from the extractor's probabilities) the most probable clause onwards, cut to the length

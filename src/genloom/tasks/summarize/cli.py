@@ -23,7 +23,15 @@ from genloom.cliargs import (add_common, add_config_flags, beam_width, check_out
                              set_threads, unit_fraction)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
 from genloom.errors import UserError
-from genloom.tasks.summarize.config import MODES, SummarizeConfig
+from genloom.tasks.summarize.config import MODES, SummarizeConfig, parse_features
+
+def _feature_list(text: str) -> str:
+    """--extract-features: a comma list of FEATURES, checked where parsed."""
+    try:
+        return ",".join(parse_features(text))
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 
 # SummarizeConfig field -> help of its `summarize train` flag
 TRAIN_FLAGS: dict[str, str] = {
@@ -40,6 +48,10 @@ TRAIN_FLAGS: dict[str, str] = {
     "extract_epochs": "epochs of each extractor fold model",
     "extract_hidden": "DGCNN width",
     "extract_position": "clause-position features of the extractor (first k positions one-hot; 0: none, the post)",
+    "extract_features": "the extractor's clause features, a comma list of encoder (the post's sentence vectors), "
+                        "centroid (similarity to the document's centroid, TextRank degree, length), tfidf (jieba "
+                        "tf-idf LSA vectors)",
+    "tfidf_dim": "LSA width of the tfidf features",
     "init": "start the seq2seq from this pre-trained directory (summarize.train.pretrain)",
     "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
     "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",
@@ -60,10 +72,11 @@ TRAIN_FLAGS: dict[str, str] = {
 }
 _TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": decay, "sparse_p": unit_fraction,
           "threshold": decay, "ema_decay": decay, "lr": positive_float, "encoder_minutes": positive_float,
-          "pretrain_minutes": nonneg_float, "minutes": nonneg_float, "copy_weight": nonneg_float,
+          "pretrain_minutes": nonneg_float, "extract_features": _feature_list, "minutes": nonneg_float, "copy_weight": nonneg_float,
           **{name: positive_int for name in (
               "window", "max_target_len", "max_clauses", "folds", "batch_size", "vocab_max", "steps",
-              "extract_epochs", "extract_hidden", "d_model", "n_layer", "n_head", "d_ff")}, "num_beams": beam_width}
+              "extract_epochs", "extract_hidden", "d_model", "n_layer", "n_head", "d_ff", "tfidf_dim")},
+          "num_beams": beam_width}
 
 
 def _check_train_flags(args: argparse.Namespace) -> None:

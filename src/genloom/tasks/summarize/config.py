@@ -12,6 +12,20 @@ if TYPE_CHECKING:  # torch is imported when a model is built, not when the CLI p
 
 CONFIG_FILE = "summarize.json"
 MODES = ("pipeline", "truncate")
+FEATURES = ("encoder", "centroid", "tfidf")  # the extractor's clause feature groups (see `features`)
+
+
+def check_features(features: Any) -> tuple[str, ...]:
+    """Feature groups as a tuple in `FEATURES` order; a UserError for an unknown or empty list."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown or not features:
+        raise UserError(f"extractor features are a comma list of {', '.join(FEATURES)}; got {','.join(features)!r}")
+    return tuple(f for f in FEATURES if f in features)
+
+
+def parse_features(text: str) -> tuple[str, ...]:
+    """"encoder,centroid" -> ("encoder", "centroid") (checked)."""
+    return check_features([f.strip() for f in text.split(",") if f.strip()])
 
 
 @dataclass
@@ -32,6 +46,8 @@ class SummarizeConfig:
     extract_epochs: int = 8  # epochs of each fold model
     extract_hidden: int = 128  # DGCNN width
     extract_position: int = 0  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
+    extract_features: str = "encoder"  # the extractor's clause feature groups, a comma list of FEATURES (the post: encoder)
+    tfidf_dim: int = 64  # LSA width of the "tfidf" feature group
     init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
     pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first
     pretrain_steps: int | None = None  # or for this many steps (whichever ends first)
@@ -71,6 +87,9 @@ class SummarizeConfig:
             raise UserError(f"threshold must be in [0, 1), got {self.threshold}")
         if self.steps is None and self.minutes is None:
             raise UserError("give a step or a minute budget for the seq2seq")
+        self.extract_features = ",".join(parse_features(self.extract_features))
+        if self.tfidf_dim < 1:
+            raise UserError(f"tfidf_dim must be at least 1, got {self.tfidf_dim}")
         if self.sparse_k is not None and self.sparse_k < 1:
             raise UserError(f"sparse_k must be at least 1 (or off), got {self.sparse_k}")
 

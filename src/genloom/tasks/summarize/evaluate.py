@@ -13,9 +13,17 @@ from genloom.tasks.summarize.convert import extraction_labels
 from genloom.tasks.summarize.pipeline import Summarizer, best_clause_text, extraction_recall, select_clauses
 
 
+def cail_weighting(rouges: dict[str, float]) -> float:
+    """The CAIL 2020 summarization track's weighting 0.2 R1 + 0.4 R2 + 0.4 RL of ROUGE F1 figures."""
+    return 0.2 * rouges["rouge-1"] + 0.4 * rouges["rouge-2"] + 0.4 * rouges["rouge-l"]
+
+
 def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Char ROUGE-1/2/L F1 and the CAIL weighting 0.2 R1 + 0.4 R2 + 0.4 RL on jieba words (percent)."""
-    return {**rouge(predictions, references, level="char"), "cail": cail_score(predictions, references)}
+    """Char ROUGE-1/2/L F1, their CAIL weighting ("cail-char") and the CAIL weighting on jieba
+    words ("cail", the track's own tokens), all percent. Not comparable with CAIL2020 scores:
+    other data (news titles, not judgment summaries), and "cail-char" other tokens."""
+    chars = rouge(predictions, references, level="char")
+    return {**chars, "cail-char": cail_weighting(chars), "cail": cail_score(predictions, references)}
 
 
 def evaluate(summarizer: Summarizer, pairs: Sequence[tuple[str, str]], *, num_beams: int | None = None,

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from genloom.errors import UserError
 from genloom.files import write_atomic, write_json_atomic
 from genloom.nn.dgcnn import DGCNN
+from genloom.tasks.summarize.features import TFIDF_FILE, TfidfModel, check_features, extraction_features
 from genloom.train.lm import MaskedLMCollate, masked_lm_loss, pad_rows
 
 EXTRACTOR_FILE = "extractor.json"
@@ -169,6 +170,8 @@ class ExtractorConfig:
     threshold: float = 0.2  # a clause is extracted when its probability exceeds this (the post's 0.2)
     seed: int = 0  # initialisation and data order (fold f adds f)
     position: int = 0  # clause-position features (`position_features`, k = this); 0: vectors only (the post)
+    features: tuple[str, ...] = ("encoder",)  # clause feature groups (`features.FEATURES`); the post: encoder only
+    tfidf_dim: int = 64  # LSA width of the "tfidf" group
 
 
 def position_features(n: int, k: int) -> Tensor:
@@ -219,10 +222,20 @@ def _bce(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class Extractor:
-    """k DGCNN fold models over a frozen encoder's clause vectors; `probabilities` averages them."""
+    """k DGCNN fold models over a document's clause features; `probabilities` averages them.
+    `tfidf` is the tf-idf model the "centroid" / "tfidf" feature groups need (`featurize`)."""
 
-    def __init__(self, config: ExtractorConfig, input_dim: int, models: Sequence[DGCNN]) -> None:
-        self.config, self.input_dim, self.models = config, input_dim, list(models)
+    def __init__(self, config: ExtractorConfig, input_dim: int, models: Sequence[DGCNN], *,
+                 tfidf: TfidfModel | None = None) -> None:
+        self.config, self.input_dim, self.models, self.tfidf = config, input_dim, list(models), tfidf
+
+    def featurize(self, encoder: nn.Module, tokenizer: Any, documents: Sequence[Sequence[str]]) -> list[Tensor]:
+        """The features these fold models read, per document (N_i, input_dim): the encoder's
+        clause vectors and the other groups of `config.features`."""
+        vectors = document_vectors(encoder, tokenizer, documents)
+        if self.config.features == ("encoder",):
+            return vectors
+        return extraction_features(self.config.features, documents, vectors, self.tfidf)
 
     @staticmethod
     def build(config: ExtractorConfig, input_dim: int) -> DGCNN:
@@ -251,6 +264,8 @@ class Extractor:
         for f, m in enumerate(self.models):
             write_atomic(path / f"dgcnn-{f}.safetensors",
                          save_bytes({k: v.contiguous() for k, v in m.state_dict().items()}))
+        if self.tfidf is not None:
+            self.tfidf.save(path)
         write_json_atomic(path / EXTRACTOR_FILE, {"config": asdict(self.config), "input_dim": self.input_dim,
                                                   "folds": len(self.models)})
         return path
@@ -261,9 +276,11 @@ class Extractor:
         path = Path(directory)
         try:
             meta = json.loads((path / EXTRACTOR_FILE).read_text(encoding="utf-8"))
-            # extractors saved before `position` existed read vectors only
-            config = ExtractorConfig(**{"position": 0, **meta["config"],
+            # extractors saved before `position` / `features` existed read encoder vectors only
+            config = ExtractorConfig(**{"position": 0, "features": ("encoder",), **meta["config"],
                                         "dilations": tuple(meta["config"]["dilations"])})
+            config.features = check_features(config.features)
+            tfidf = TfidfModel.load(path) if (path / TFIDF_FILE).is_file() else None
             models = []
             for f in range(meta["folds"]):
                 m = cls.build(config, meta["input_dim"])
@@ -271,7 +288,7 @@ class Extractor:
                 models.append(m.eval())
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read the extractor in {path}: {str(e).splitlines()[0]}") from None
-        return cls(config, meta["input_dim"], models)
+        return cls(config, meta["input_dim"], models, tfidf=tfidf)
 
 
 @dataclass
@@ -285,13 +302,14 @@ class CrossFit:
 
 
 def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config: ExtractorConfig, *,
-              run_dir: str | Path, progress: bool = True) -> CrossFit:
+              run_dir: str | Path, progress: bool = True, tfidf: TfidfModel | None = None) -> CrossFit:
     """Train `config.folds` DGCNNs with k-fold cross-prediction (module docstring).
 
     Args:
-        vectors: per training document, its clause vectors (N_i, C).
+        vectors: per training document, its clause features (N_i, C) (`Extractor.featurize`).
         labels: per document, the indices of its positive clauses.
         run_dir: each fold's training run goes to run_dir/fold-f (metrics, curves).
+        tfidf: the tf-idf model those features were made with (kept in the extractor).
 
     Returns:
         A CrossFit whose `probabilities[i]` come from fold `fold_of[i]`'s model, which was not
@@ -335,4 +353,5 @@ def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config
             probabilities[i] = p
         models.append(model)
         trained_on.append(seen)
-    return CrossFit(Extractor(config, dim, models), [p for p in probabilities if p is not None], fold_of, trained_on)
+    return CrossFit(Extractor(config, dim, models, tfidf=tfidf), [p for p in probabilities if p is not None],
+                    fold_of, trained_on)

@@ -23,7 +23,7 @@ from genloom.files import write_json_atomic
 from genloom.models.unilm import UniLMSeq2Seq
 from genloom.tasks.summarize.config import CONFIG_FILE, SummarizeConfig
 from genloom.tasks.summarize.convert import split_clauses
-from genloom.tasks.summarize.extract import Extractor, document_vectors, load_encoder
+from genloom.tasks.summarize.extract import Extractor, load_encoder
 from genloom.tasks.summarize.seq2seq import generate_ids
 
 
@@ -78,6 +78,23 @@ def best_clause_text(clauses: Sequence[str], probs: Sequence[float], length: int
     return "".join(clauses[best:])[:length]
 
 
+def ranked_text(pieces: Sequence[str], scores: Sequence[float], length: int) -> str:
+    """Extractive summary of about `length` characters: the pieces (clauses or sentences) from the
+    highest score down (ties: the earlier piece), joined in that order until `length` characters
+    are reached, cut to `length`. The extract-only rows of the long-document benchmark (extractor,
+    TextRank) read this way, so every order of the document gives one rule."""
+    if length < 1:
+        raise ValueError(f"length must be at least 1, got {length}")
+    if len(pieces) != len(scores):
+        raise ValueError(f"{len(pieces)} pieces but {len(scores)} scores")
+    out = ""
+    for i in sorted(range(len(pieces)), key=lambda i: (-float(scores[i]), i)):
+        if len(out) >= length:
+            break
+        out += pieces[i]
+    return out[:length]
+
+
 def extraction_recall(selected: Sequence[Sequence[int]], gold: Sequence[Sequence[int]]) -> dict[str, float]:
     """Micro-averaged recall / precision (percent) of selected clause indices against the aligned ones."""
     hit = sum(len(set(s) & set(g)) for s, g in zip(selected, gold))
@@ -103,8 +120,7 @@ class Summarizer:
         """The extractor's clause probabilities (mean over its fold models) per document."""
         if self.extractor is None:
             raise UserError("this summarizer has no extractor (it was trained with --mode truncate)")
-        vectors = document_vectors(self.encoder, self.encoder_tokenizer, clauses)
-        return self.extractor.probabilities(vectors)
+        return self.extractor.probabilities(self.extractor.featurize(self.encoder, self.encoder_tokenizer, clauses))
 
     def sources(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Per text: its clauses, and the source the seq2seq reads (with the extraction, if any)."""

@@ -20,10 +20,11 @@ from genloom.errors import UserError
 from genloom.files import write_json_atomic
 from genloom.models import load, save
 from genloom.models.unilm import UniLMSeq2Seq
-from genloom.tasks.summarize.config import SummarizeConfig
+from genloom.tasks.summarize.config import SummarizeConfig, parse_features
 from genloom.tasks.summarize.convert import extraction_labels
-from genloom.tasks.summarize.extract import (CrossFit, EncoderConfig, ExtractorConfig, cross_fit, document_vectors,
+from genloom.tasks.summarize.extract import (CrossFit, EncoderConfig, Extractor, ExtractorConfig, cross_fit,
                                              load_encoder, train_encoder)
+from genloom.tasks.summarize.features import TfidfModel
 from genloom.tasks.summarize.pipeline import (Summarizer, clauses_of, extracted_text, select_clauses, truncate_text,
                                               with_oracle)
 from genloom.tasks.summarize.seq2seq import Seq2SeqCollate, Seq2SeqData, seq2seq_loss
@@ -65,10 +66,15 @@ def prepare_extraction(clauses: Sequence[Sequence[str]], summaries: Sequence[str
                                                         max_steps=config.encoder_steps, seed=config.seed),
                       progress=progress)
     encoder, enc_tok = load_encoder(encoder_dir)
-    vectors = document_vectors(encoder, enc_tok, clauses)
     ext_cfg = ExtractorConfig(hidden=config.extract_hidden, folds=config.folds, epochs=config.extract_epochs,
-                              threshold=config.threshold, seed=config.seed, position=config.extract_position)
-    cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress)
+                              threshold=config.threshold, seed=config.seed, position=config.extract_position,
+                              features=parse_features(config.extract_features), tfidf_dim=config.tfidf_dim)
+    tfidf = None
+    if ext_cfg.features != ("encoder",):  # fitted on the training documents only
+        tfidf = TfidfModel.fit(clauses, dim=ext_cfg.tfidf_dim if "tfidf" in ext_cfg.features else 0,
+                               seed=config.seed)
+    vectors = Extractor(ext_cfg, 0, [], tfidf=tfidf).featurize(encoder, enc_tok, clauses)
+    cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress, tfidf=tfidf)
     return TrainingExtraction(encoder_dir, labels, cross)
 
 
