@@ -279,6 +279,16 @@ def test_engines_and_no_cache(llama_dir, cache):
     assert isinstance(model, Transformer) and len(_entries(cache)) == 1
 
 
+def test_an_unconvertible_model_is_wrapped_and_not_cached(tmp_path, cache):
+    fast = _byte_bpe(TEXTS)
+    cfg = transformers.GPTNeoXConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, max_position_embeddings=64)
+    transformers.GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path / "neox")
+    fast.save_pretrained(tmp_path / "neox")
+    model, _ = load_model(str(tmp_path / "neox"))
+    assert isinstance(model, HFCausalLM) and not _entries(cache)
+
+
 # ---- GGUF: one parse per load ---------------------------------------------------------------------
 
 
