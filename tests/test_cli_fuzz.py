@@ -75,6 +75,7 @@ def _bad_values(parse) -> list[str]:
     else:
         if lo is not None:
             values.append(repr(float(lo)) if parse.lo_open else repr(lo - 0.5))
+            values += [repr(lo / 2)] * (lo > 0 and not parse.lo_open)
         if hi is not None:
             values.append(repr(float(hi)) if parse.hi_open else repr(hi + 0.5))
     return values

@@ -85,8 +85,37 @@ threads_int = number(int, lo=1, hi=1024)
 # what one decoding call holds at once: larger values only exhaust memory or never finish
 beam_width = number(int, lo=1, hi=256)
 rows_int = number(int, lo=1, hi=4096)  # samples, chains, rows of a batch
+
+
+def bounded(parse: Callable[[str], Any], *, lo: float | None = None, hi: float | None = None) -> Callable[[str], Any]:
+    """A checked number type narrowed to [lo, hi]: its own message for what it refuses ("must be a
+    positive number"), then "is too small (at least lo)" / "is too large (at most hi)" for values
+    it takes that a float32 computation cannot (a temperature of 1e-300 turns logits into inf)."""
+    def narrowed(text: str) -> Any:
+        value = parse(text)
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"{text!r} is too small (at least {lo:g})")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {hi:g})")
+        return value
+
+    limits = ([] if lo is None else [f"at least {lo:g}"]) + ([] if hi is None else [f"at most {hi:g}"])
+    narrowed.__name__ = f"{parse.__name__[:-1]}, {', '.join(limits)})"
+    narrowed.kind = parse.kind  # type: ignore[attr-defined]
+    narrowed.lo, narrowed.lo_open = (parse.lo, parse.lo_open) if lo is None else (lo, False)  # type: ignore[attr-defined]
+    narrowed.hi, narrowed.hi_open = (parse.hi, parse.hi_open) if hi is None else (hi, False)  # type: ignore[attr-defined]
+    return narrowed
+
+
+# temperatures divide float32 logits (sampling, guidance, search) or scale a std (NVAE): outside
+# these they overflow to inf or vanish, and a sampler sees NaN probabilities
+temperature = bounded(positive_float, lo=1e-3, hi=1e3)
+penalty_factor = bounded(positive_float, lo=1e-3, hi=1e3)  # repetition penalty: divides / multiplies logits
+length_penalty = bounded(finite_float, lo=-100, hi=100)  # beam score / length ** this: overflows past it
+guidance_weight = bounded(nonneg_float, hi=100)  # (1 + w) cond - w uncond logits
 NUMBER_TYPES = (positive_int, nonneg_int, positive_float, nonneg_float, probability, unit_fraction, decay,
-                finite_float, seed_int, threads_int, beam_width, rows_int)
+                finite_float, seed_int, threads_int, beam_width, rows_int, temperature, penalty_factor,
+                length_penalty, guidance_weight)
 
 
 def is_checked_number(parse: Any) -> bool:

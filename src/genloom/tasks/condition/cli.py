@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, nonneg_float,
-                             number, output_flag, positive_float, positive_int, require, set_threads)
+from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, guidance_weight,
+                             number, output_flag, positive_float, positive_int, require, set_threads, temperature)
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
 from genloom.nn.cln import ACTIVATIONS
@@ -136,7 +136,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The sampling flags `generate` and `eval` share."""
     p.add_argument("--top-p", type=positive_float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
     p.add_argument("--max-new-tokens", type=positive_int, help="length cap in characters (default: the context)")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="divide the logits by this before top-p")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="divide the logits by this before top-p")
 
 
 def _train_parser(t: argparse.ArgumentParser) -> None:
@@ -173,7 +173,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on")
     g.add_argument("-n", type=SAMPLES, default=10, help="number of samples (default 10)")
     _sampling_flags(g)
-    g.add_argument("--guidance", type=nonneg_float, default=0.0,
+    g.add_argument("--guidance", type=guidance_weight, default=0.0,
                    help="guidance weight w >= 0 against the other labels (default 0: plain sampling)")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.set_defaults(func=run_generate)
@@ -186,7 +186,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     add_common(e, seed=0)
     e.add_argument("-n", type=SAMPLES, default=500, help="samples per label (default 500)")
     _sampling_flags(e)
-    e.add_argument("--guidance", type=nonneg_float, nargs="+", default=[0.0],
+    e.add_argument("--guidance", type=guidance_weight, nargs="+", default=[0.0],
                    help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")
     output_flag(e, "--out", help="also write the table as JSON here")
     e.set_defaults(func=run_eval)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from genloom.cliargs import (add_common, beam_width, check_outputs, finite_float, nonneg_int, output_flag,
-                             positive_float, positive_int, probability, rows_int)
+from genloom.cliargs import (add_common, beam_width, check_outputs, length_penalty, nonneg_int, output_flag,
+                             penalty_factor, positive_float, positive_int, probability, rows_int, temperature)
 from genloom.errors import UserError
 from genloom.tasks.lm.load import ENGINES, QUANTS
 
@@ -57,14 +57,14 @@ def _generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-new-tokens", type=nonneg_int, default=0, help="no end-of-text before this many tokens")
     p.add_argument("--num-beams", type=beam_width, help="beam width (--strategy beam; default 4)")
     p.add_argument("--num-return-sequences", type=rows_int, default=1, help="n-best (beam) or samples per prompt")
-    p.add_argument("--length-penalty", type=finite_float, help="beam: sum log p / length ** this (default 1)")
+    p.add_argument("--length-penalty", type=length_penalty, help="beam: sum log p / length ** this (default 1)")
     p.add_argument("--early-stopping", choices=("false", "true", "never"),
                    help="beam stopping rule (Hugging Face semantics; default false)")
-    p.add_argument("--temperature", type=positive_float, help="sampling temperature")
+    p.add_argument("--temperature", type=temperature, help="sampling temperature")
     p.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=positive_float, help="nucleus sampling, in (0, 1]")
     p.add_argument("--min-p", type=probability, help="keep tokens with p >= min_p * p(top token)")
-    p.add_argument("--repetition-penalty", type=positive_float, help="> 1 discourages repeating prompt/output tokens")
+    p.add_argument("--repetition-penalty", type=penalty_factor, help="> 1 discourages repeating prompt/output tokens")
     p.add_argument("--no-repeat-ngram-size", type=positive_int, help="never repeat an n-gram of this size")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to prompts")
     p.add_argument("--truncate", action="store_true", help="left-truncate prompts too long for the context")

@@ -21,7 +21,7 @@ import torch
 
 from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, decay, nonneg_float,
                              nonneg_int, number, output_flag, positive_float, positive_int, probability, rows_int,
-                             set_threads, unit_fraction)
+                             set_threads, temperature, unit_fraction)
 from genloom.data.images import BUILTIN, eval_images
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
@@ -134,7 +134,7 @@ def _add_train(sub: Any) -> None:
                      types_={k: f for k, (_, f) in TRAIN_FLAGS.items() if f is not None})
     t.add_argument("--no-ema", action="store_true", help="keep no moving average of the weights")
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    t.add_argument("--temperature", type=positive_float, default=0.7, help="of the final sample grid")
+    t.add_argument("--temperature", type=temperature, default=0.7, help="of the final sample grid")
     t.add_argument("--bn-iters", dest="bn_iters", type=BN_ITERS, default=100,
                    help="BatchNorm re-estimation passes before sampling")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -168,7 +168,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     s = _add_reader(sub, "sample", "a PNG grid of samples")
     output_flag(s, "--out", required=True, metavar="PNG", help="PNG to write")
     s.add_argument("--n", type=rows_int, default=64, help="samples in the grid")
-    s.add_argument("--temperature", type=positive_float, default=0.7)
+    s.add_argument("--temperature", type=temperature, default=0.7, help="scales the prior's standard deviations")
     s.add_argument("--bn-iters", dest="bn_iters", type=BN_ITERS, default=100,
                    help="BatchNorm re-estimation passes before sampling")
     s.set_defaults(func=_sample_cmd)

@@ -27,7 +27,7 @@ import torch
 
 from genloom.cliargs import (add_common, add_config_flags, at_most, check_outputs, config_from_args, nonneg_float,
                              nonneg_int, output_flag, positive_float, positive_int, probability, rows_int,
-                             set_threads)
+                             set_threads, temperature)
 from genloom.data.readers import read_records
 from genloom.decode.mcmc import SCHEDULES
 from genloom.decode.mcmc_edits import WEIGHTINGS
@@ -179,7 +179,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "schedule": "temperature schedule", "t_start": "first temperature", "t_end": "last temperature",
     }, types_={"chains": rows_int, "steps": nonneg_int, "top_k": positive_int, "explore": probability,
                "min_len": nonneg_int, "max_len": positive_int, "short_penalty": nonneg_float,
-               "t_start": positive_float, "t_end": positive_float},
+               "t_start": temperature, "t_end": temperature},
         choices={"weighting": WEIGHTINGS, "schedule": tuple(SCHEDULES)})
     _common(k)
     k.set_defaults(func=run_keywords)
@@ -192,7 +192,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "max_len": "longest random length", "temperature": "divides the conditional's logits",
         "top_k": "English: candidates per move", "explore": "English: share of uniform tokens among the proposals",
     }, types_={"steps": nonneg_int, "min_len": positive_int, "max_len": positive_int,
-               "temperature": positive_float, "top_k": positive_int, "explore": probability})
+               "temperature": temperature, "top_k": positive_int, "explore": probability})
     _common(g, proposal=False)
     g.set_defaults(func=run_gibbs)
 
@@ -206,7 +206,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "explore": "share of uniform tokens among the proposals",
         "both": "Chinese: score fluency with the forward and the backward LM (mean log p)",
     }, types_={"penalty": nonneg_float, "sweeps": positive_int, "top_k": positive_int,
-               "temperature": positive_float, "explore": probability})
+               "temperature": temperature, "explore": probability})
     _common(c)
     c.set_defaults(func=run_correct)
 

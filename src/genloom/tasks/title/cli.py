@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args,
-                             nonneg_float, nonneg_int, number, output_flag, positive_float, positive_int, require,
-                             rows_int, set_threads)
+                             length_penalty, nonneg_float, nonneg_int, number, output_flag, positive_float,
+                             positive_int, require, rows_int, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
 from genloom.errors import UserError
 from genloom.machine import machine
@@ -278,7 +278,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
                         "--patience may change)")
     add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
                      types_={"pretrain_minutes": nonneg_float, **{name: positive_int for name in _POSITIVE},
-                             "num_beams": beam_width, "max_title_len": TITLE_LEN})
+                             "num_beams": beam_width, "max_title_len": TITLE_LEN, "length_penalty": length_penalty})
     t.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
     t.add_argument("--model-json", default=None, metavar="JSON",
