@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "title": ("genloom.tasks.title.cli", "train / generate / evaluate article -> title models"),
     "generate": ("genloom.tasks.lm.cli", "continue prompts with a genloom or Hugging Face model"),
     "continue": ("genloom.tasks.lm.cli", "continue a prompt cut mid-word, with exact token healing"),
+    "lm": ("genloom.tasks.lm.pretrain_cli", "pre-train genloom-zh-base, the Chinese base LM (lm pretrain)"),
     "nvae": ("genloom.tasks.nvae.cli", "train / evaluate / sample NVAE (and a plain VAE) on images"),
     "condition": ("genloom.tasks.condition.cli", "train / sample / evaluate label- or vector-conditioned LMs (CLN)"),
     "summarize": ("genloom.tasks.summarize.cli", "extract-then-generate summaries of long documents (SPACES)"),

