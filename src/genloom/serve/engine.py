@@ -249,12 +249,14 @@ class Engine:
         """The prompt step (healing) of a job, its rows and generator."""
         s = job.settings
         model = _KeepPrefill(self.model, s.max_new_tokens) if hasattr(self.model, "clone_state") else self.model
-        job.healed = heal_prompt(model, self.tokenizer, job.prompt, mode=s.heal, bos_id=s.bos_id,
+        text = isinstance(job.prompt, str)
+        bos = s.bos_id if text else None  # token ids are taken as they are
+        job.healed = heal_prompt(model, self.tokenizer, job.prompt, mode=s.heal, bos_id=bos,
                                  tol=s.tol, max_rows=s.max_rows, index=self.index)
         kept = getattr(model, "kept", None)
         job.prefilled = kept[1:] if kept is not None and kept[0] == job.healed.context else None
-        prompt_ids = list(job.prompt) if not isinstance(job.prompt, str) else self.tokenizer.encode(job.prompt)
-        job.prompt_tokens = len(prompt_ids) + (0 if s.bos_id is None or not isinstance(job.prompt, str) else 1)
+        prompt_ids = self.tokenizer.encode(job.prompt) if text else list(job.prompt)
+        job.prompt_tokens = len(prompt_ids) + (bos is not None)
         job.rows = [Row(TextAssembler(skip=job.healed.removed, stop=s.stop)) for _ in range(job.n)]
         job.history = torch.zeros(job.n, 0, dtype=torch.long, device=self.device)
         context = torch.tensor(job.healed.context, dtype=torch.long, device=self.device)
