@@ -8,10 +8,12 @@ encoder sees. Three groups can be combined (`FEATURES`, `ExtractorConfig.feature
 - "encoder": the mean-pooled final states of the sentence encoder (`extract.clause_vectors`),
   (N, C): the post's features.
 - "centroid": how central a clause is to its own document, (N, 7), which no position carries and
-  which survives a shuffled clause order:
-    0 cos(v_i, mean of the document's encoder vectors), and 1 the same minus its document mean;
-    2 cos(t_i, sum of the document's tf-idf rows) (similarity to the document's tf-idf centroid), 3 minus its mean;
-    4 the mean cos(t_i, t_j) over the other clauses (TextRank's degree centrality), 5 minus its mean;
+  which survives a shuffled clause order (a z-score is (x - mean) / population std over the
+  document's clauses, the std floored at 1e-3; mean-pooled states are close in cosine, so the
+  relative columns carry the signal):
+    0 cos(v_i, mean of the document's encoder vectors), and 1 its z-score within the document;
+    2 cos(t_i, sum of the document's tf-idf rows) (similarity to the document's tf-idf centroid), 3 its z-score;
+    4 the mean cos(t_i, t_j) over the other clauses (TextRank's degree centrality), 5 its z-score;
     6 the clause's length over the document's mean clause length.
   v: encoder vectors, t: l2-normalised tf-idf rows (a clause with no known word has t = 0, so
   its similarities are 0).
@@ -107,7 +109,7 @@ class TfidfModel:
         rows, cols, vals = self._entries(clauses)
         index = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
         return torch.sparse_coo_tensor(index, torch.tensor(vals, dtype=torch.float32),
-                                       (len(clauses), len(self.words))).coalesce()
+                                       (len(clauses), len(self.words)), check_invariants=False).coalesce()
 
     def local(self, clauses: Sequence[str]) -> tuple[Tensor, Tensor]:
         """The same rows restricted to the U words the clauses use: (word ids (U,), dense (N, U))."""
@@ -154,7 +156,8 @@ def centroid_features(vectors: Tensor, tfidf_rows: Tensor, lengths: Sequence[int
     length = torch.tensor(lengths, dtype=torch.float32)
     cols = []
     for x in (enc, doc, degree):
-        cols += [x, x - x.mean()]
+        spread = x.std(unbiased=False) if n > 1 else torch.tensor(0.0)
+        cols += [x, (x - x.mean()) / spread.clamp(min=1e-3)]
     cols.append(length / length.mean().clamp(min=1.0))
     return torch.stack(cols, 1)  # (N, 7)
 
