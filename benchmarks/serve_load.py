@@ -12,7 +12,8 @@ are asyncio + httpx in this process. Three parts:
    outputs are identical. Interleaved rounds, medians.
 2. load: 1 / 4 / 16 / 64 concurrent clients, streamed and not, mixed prompt and output lengths
    (16-128 tokens, greedy); throughput (completion tokens/s), p50 / p99 time to first token and
-   time per output token after the first (streamed), against the same requests one at a time.
+   time per output token after the first (streamed), against the same requests one at a time (sent
+   once, the 64 of the largest level; a level's baseline is its own requests' share of that run).
 3. faults: streaming clients that disconnect after three chunks beside normal requests, malformed
    JSON, prompts over the limit, a flood of requests past the queue (the server runs with
    --max-queue 32). Every request must end in a 200 whose text equals the same request sent
@@ -101,7 +102,7 @@ async def request(client: httpx.AsyncClient, body: dict, *, stream: bool) -> dic
             "tpot": tpot}
 
 
-async def run_set(url: str, bodies: list[dict], *, concurrency: int, stream: bool) -> dict[str, Any]:
+async def run_set(url: str, bodies: list[dict], *, concurrency: int, stream: bool, keep: bool = False) -> dict[str, Any]:
     """Send `bodies` with at most `concurrency` in flight; wall time, throughput, latencies."""
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
@@ -120,7 +121,8 @@ async def run_set(url: str, bodies: list[dict], *, concurrency: int, stream: boo
             "ttft_p99_s": pct([r["ttft"] for r in ok], 0.99),
             "tpot_p50_ms": None if not stream else 1000 * (pct([r["tpot"] for r in ok if r["tpot"]], 0.5) or 0),
             "tpot_p99_ms": None if not stream else 1000 * (pct([r["tpot"] for r in ok if r["tpot"]], 0.99) or 0),
-            "texts": [r.get("text") for r in results], "statuses": [r["status"] for r in results]}
+            "texts": [r.get("text") for r in results], "statuses": [r["status"] for r in results],
+            **({"per_request": results} if keep else {})}
 
 
 def rss_mib(pid: int) -> float:
@@ -228,14 +230,21 @@ def main(argv: list[str] | None = None) -> int:
             "concurrent_wall_s": [c["wall_s"] for c in con], "speedup_median": seq_wall / con_wall,
             "identical_outputs": same, "target": ">= 3x", "met": seq_wall / con_wall >= 3 and same}
         print(f"16 x 64 greedy: one at a time {seq_wall:.2f} s, all at once {con_wall:.2f} s, "
-              f"{seq_wall / con_wall:.2f}x, identical: {same}")
+              f"{seq_wall / con_wall:.2f}x, identical: {same}", flush=True)
 
         load = {}
         lengths = (16, 32, 64, 128)
-        for level in (1, 4) if args.quick else (1, 4, 16, 64):
-            bodies = [body(p, lengths[i % 4]) for i, p in enumerate(prompts(max(level, 8), lo=40, hi=480))]
-            alone = asyncio.run(run_set(url, bodies, concurrency=1, stream=False))
-            row = {"alone": {k: v for k, v in alone.items() if k not in ("texts", "statuses")}}
+        levels = (1, 4) if args.quick else (1, 4, 16, 64)
+        every = [body(p, lengths[i % 4]) for i, p in enumerate(prompts(max(max(levels), 8), lo=40, hi=480))]
+        # the requests one at a time, once: a level's baseline is its first requests' share of it
+        single = asyncio.run(run_set(url, every, concurrency=1, stream=False, keep=True))
+        for level in levels:
+            bodies = every[: max(level, 8)]
+            first = single["per_request"][: len(bodies)]
+            seconds = sum(r["seconds"] for r in first)
+            alone = {"requests": len(bodies), "seconds": seconds,
+                     "tokens_per_s": sum(r["tokens"] for r in first) / seconds, "texts": [r["text"] for r in first]}
+            row = {"alone": {k: v for k, v in alone.items() if k != "texts"}}
             for stream in (False, True):
                 got = asyncio.run(run_set(url, bodies, concurrency=level, stream=stream))
                 row["streamed" if stream else "whole"] = {
@@ -246,24 +255,26 @@ def main(argv: list[str] | None = None) -> int:
                       f"({got['tokens_per_s'] / alone['tokens_per_s']:.2f}x alone), ttft p50/p99 "
                       f"{got['ttft_p50_s']:.2f}/{got['ttft_p99_s']:.2f} s"
                       + (f", tpot p50/p99 {got['tpot_p50_ms']:.0f}/{got['tpot_p99_ms']:.0f} ms" if stream else "")
-                      + f", identical {got['texts'] == alone['texts']}")
+                      + f", identical {got['texts'] == alone['texts']}", flush=True)
             load[str(level)] = row
         result["load"] = load
 
         fault_prompts = prompts(8 if args.quick else 16, lo=40, hi=300)
-        single = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=1, stream=False))
-        reference = dict(zip(fault_prompts, single["texts"]))
+        alone8 = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=1, stream=False))
+        reference = dict(zip(fault_prompts, alone8["texts"]))
         result["faults"] = asyncio.run(faults(url, reference, fault_prompts))
         time.sleep(2)
         health = httpx.get(url + "/health", timeout=10).json()
         after = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=4, stream=False))
-        result["after_faults"] = {"health": health, "still_serving_identical": after["texts"] == single["texts"],
+        result["after_faults"] = {"health": health, "still_serving_identical": after["texts"] == alone8["texts"],
                                   "rss_mib_after_warmup": base_rss, "rss_mib_after_faults": rss_mib(proc.pid)}
         print(json.dumps({"faults": result["faults"], "after_faults": result["after_faults"]}, indent=1))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     result["machine_after"] = machine()
+    result["cpus"] = before["cpus"]
+    result["loadavg_before"], result["loadavg_after"] = before["loadavg"], result["machine_after"]["loadavg"]
     if not args.quick:
         write_atomic(args.out, json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
