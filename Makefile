@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/title-default
 
-.PHONY: install browser run test bench clean
+.PHONY: install browser run test bench clean zh-base
 
 install: $(STAMP)
 
@@ -43,6 +43,25 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest tests
+
+# genloom-zh-base (issue 23): the Chinese base LM, `genloom lm pretrain` into a git-ignored
+# directory, resumable: the first `make zh-base` starts the run (ZH_BASE_STEPS optimizer steps of
+# 16 x 256 tokens, about 2 epochs of the 12 M-character char stream), each later one continues it
+# bit-exactly from its last checkpoint; every launch trains at most ZH_BASE_MINUTES and leaves
+# the model, dev_ppl.json and curves.png in ZH_BASE_OUT. A full run is many CPU-hours (README).
+# ZH_BASE_TOKENIZER=bpe is the 32k byte-level BPE variant; ZH_BASE_THREADS=1 suits a busy machine.
+ZH_BASE_TOKENIZER ?= char
+ZH_BASE_STEPS ?= 6000
+ZH_BASE_MINUTES ?= 120
+ZH_BASE_OUT ?= models/genloom-zh-base-$(ZH_BASE_TOKENIZER)
+ZH_BASE_THREADS ?=
+zh-base: install
+	if [ -d $(ZH_BASE_OUT)/checkpoints ]; then \
+	  $(BIN)/genloom lm pretrain --out $(ZH_BASE_OUT) --resume --minutes $(ZH_BASE_MINUTES) $(if $(ZH_BASE_THREADS),--threads $(ZH_BASE_THREADS)); \
+	else \
+	  $(BIN)/genloom lm pretrain --tokenizer $(ZH_BASE_TOKENIZER) --out $(ZH_BASE_OUT) --steps $(ZH_BASE_STEPS) \
+	    --minutes $(ZH_BASE_MINUTES) $(if $(ZH_BASE_THREADS),--threads $(ZH_BASE_THREADS)); \
+	fi
 
 bench: install
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

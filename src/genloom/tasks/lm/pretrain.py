@@ -18,8 +18,9 @@ Letters: N training blocks, E dev blocks of one source, T block length (tokens),
    character (sum NLL / ln 2 / characters the target tokens spell, comparable between the char
    and BPE variants); "loss" (every source's tokens together) picks the best checkpoint.
 5. At the end of each launch: OUT/model, a genloom model directory (`genloom.models.save`, the
-   EMA weights as default), and OUT/dev_ppl.json, every source's figures on its *whole* dev
-   text under the saved weights, with the evaluation history; the curves are fit's
+   EMA weights as default), and OUT/dev_ppl.json, every source's figures under the saved
+   weights (on its *whole* dev text once the run has finished its steps; a launch stopped by
+   --minutes reports the evaluation blocks), with the evaluation history; the curves are fit's
    OUT/curves.png (train loss, dev loss, one panel per source's perplexity and bpc).
 
 Budget: `steps` fixes the schedule; `minutes` caps one launch's training time. Given minutes
@@ -290,12 +291,15 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         save(model, tokenizer, tmp, ema=result.ema.averaged() if result.ema is not None else None)
     saved, _ = load(out / "model")  # the default (EMA) weights a user of the model gets
     saved.eval()
-    final = dev_metrics(saved, dev_all, weights, batch_size=cfg.batch_size)
+    finished = result.step >= steps
+    measured = dev_all if finished else dev  # a launch stopped by --minutes: the sampled blocks, not hours of dev
+    final = dev_metrics(saved, measured, weights, batch_size=cfg.batch_size)
     evals = [r for r in _metrics(out) if r.get("event") == "eval"]
     report = {"step": result.step, "steps": steps, "stop_reason": result.stop_reason,
-              "finished": result.step >= steps, "train_minutes": result.elapsed_s / 60,
+              "finished": finished, "train_minutes": result.elapsed_s / 60,
+              "dev_text": "whole" if finished else f"{cfg.eval_blocks} blocks per source",
               "dev": {s: {"ppl": final[f"ppl/{s}"], "bpc": final[f"bpc/{s}"], "tokens": int(b[:, 1:].numel())}
-                      for s, b in dev_all.items()},
+                      for s, b in measured.items()},
               "dev_loss": final["loss"], "weights": "EMA" if result.ema is not None else "raw",
               "history": [{k: v for k, v in r.items() if k.startswith(("ppl/", "bpc/")) or k in ("step", "loss")}
                           for r in evals]}
