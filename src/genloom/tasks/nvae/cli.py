@@ -31,7 +31,7 @@ from genloom.tasks.nvae.evaluate import iw_nll
 from genloom.tasks.nvae.sample import reconstruction_grid, sample_grid
 from genloom.tasks.nvae.train import eval_set, train
 
-BN_ITERS = number(int, lo=0, hi=10_000)  # passes of BatchNorm re-estimation
+BN_ITERS = number(int, lo=0, hi=1000)  # passes of BatchNorm re-estimation (each samples a batch: 1000 took 11 min)
 DATA_HELP = f"fashion-mnist (Debian package), {BUILTIN} (built in) or a folder of idx files"
 # NVAETrainConfig fields that are flags of the same name: help, checked type
 TRAIN_FLAGS = {
