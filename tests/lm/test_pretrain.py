@@ -230,3 +230,19 @@ def test_budget_and_settings_are_checked_before_any_work(tmp_path, genloom):
     rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "y"), "--resume")
     assert rc == 2 and "nothing to resume" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_minutes_alone_plan_the_steps_and_each_resumed_launch_gets_its_own_minutes(tmp_path, tiny_corpus, no_plots):
+    cfg = pt.PretrainConfig(**{**TINY, "eval_every": 10, "ckpt_every": 5}, minutes=0.02)
+    first = pt.pretrain(tmp_path / "run", cfg, corpus=tiny_corpus)
+    stored = json.loads((tmp_path / "run" / "zh_base.json").read_text(encoding="utf-8"))
+    assert first["steps"] == stored["config"]["steps"] > cfg.warmup_steps  # planned from a timed step, kept
+    assert first["stop_reason"] in ("max_minutes", "max_steps") and first["train_minutes"] < 0.02 + 0.05
+    if first["finished"]:
+        pytest.skip("the planned steps all fitted in the first launch (a very fast machine)")
+    report = json.loads((tmp_path / "run" / "dev_ppl.json").read_text(encoding="utf-8"))
+    assert report["dev_text"] == "3 blocks per source" and report["finished"] is False
+    second = pt.pretrain(tmp_path / "run", pt.PretrainConfig(**TINY, minutes=0.02), corpus=tiny_corpus,
+                         resume=True, asked={"n_layer"})
+    assert second["steps"] == first["steps"] and second["step"] > first["step"]
+    assert second["train_minutes"] > first["train_minutes"] + 0.01  # a launch's own budget, not the total
