@@ -98,11 +98,16 @@ def load_extraction(directory: Path, n_docs: int) -> tuple[TrainingExtraction, f
     return TrainingExtraction(directory / "encoder", meta["labels"], cross), meta["seconds"]
 
 
-def table(rows: dict[str, dict]) -> str:
-    lines = [f"{'row':40s} {'R-1':>6s} {'R-2':>6s} {'R-L':>6s} {'CAIL':>6s} {'steps':>6s} {'train s':>8s}"]
+def table(rows: dict[str, dict], *, width: int = 40, indent: str = "") -> str:
+    """Score rows as text: char ROUGE-1/2/L, the CAIL weighting of the char figures (when the
+    rows have it, "CAILc") and on jieba words ("CAIL"), steps and training seconds."""
+    char = any("cail-char" in r["scores"] for r in rows.values())
+    lines = [f"{indent}{'row':{width}s} {'R-1':>6s} {'R-2':>6s} {'R-L':>6s} " + ("  CAILc " if char else "")
+             + f"{'CAIL':>6s} {'steps':>6s} {'train s':>8s}"]
     for name, r in rows.items():
         s = r["scores"]
-        lines.append(f"{name:40s} {s['rouge-1']:6.2f} {s['rouge-2']:6.2f} {s['rouge-l']:6.2f} {s['cail']:6.2f} "
+        lines.append(f"{indent}{name:{width}s} {s['rouge-1']:6.2f} {s['rouge-2']:6.2f} {s['rouge-l']:6.2f} "
+                     + (f"{s['cail-char']:7.2f} " if char else "") + f"{s['cail']:6.2f} "
                      f"{str(r.get('steps', '-')):>6s} {str(r.get('train_seconds', '-')):>8s}")
     return "\n".join(lines)
 
