@@ -17,10 +17,11 @@ Letters: N training blocks, E dev blocks of one source, T block length (tokens),
    source, under the EMA weights: per source the perplexity exp(sum NLL / tokens) and bits per
    character (sum NLL / ln 2 / characters the target tokens spell, comparable between the char
    and BPE variants); "loss" (every source's tokens together) picks the best checkpoint.
-5. At the end of each launch: OUT/model, a genloom model directory (`genloom.models.save`, the
-   EMA weights as default), and OUT/dev_ppl.json, every source's figures under the saved
-   weights (on its *whole* dev text once the run has finished its steps; a launch stopped by
-   --minutes reports the evaluation blocks), with the evaluation history; the curves are fit's
+5. At the end of each launch: OUT/model, a genloom model directory (`genloom.models.save`; the
+   EMA weights of the best evaluation as default), and OUT/dev_ppl.json, every source's figures
+   under the saved weights (on its *whole* dev text once the run has finished its steps; a
+   launch stopped by --minutes reports the evaluation blocks), with the evaluation history and
+   the saved weights' step; the curves are fit's
    OUT/curves.png (train loss, dev loss, one panel per source's perplexity and bpc).
 
 Budget: `steps` fixes the schedule; `minutes` caps one launch's training time. Given minutes
@@ -276,8 +277,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         train_cfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                 schedule="cosine", min_lr_ratio=cfg.min_lr_ratio, max_steps=steps,
                                 max_minutes=max_minutes, ema_decay=cfg.ema_decay,
-                                eval_every=min(cfg.eval_every, steps), ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, seed=cfg.seed,
-                                progress=cfg.progress, keep_last=2)
+                                eval_every=min(cfg.eval_every, steps), ckpt_every=cfg.ckpt_every,
+                                log_every=cfg.log_every, seed=cfg.seed, progress=cfg.progress, keep_last=2)
         loader = Loader(train, batch_size=cfg.batch_size, collate_fn=torch.stack, seed=cfg.seed)
         result = fit(model, block_lm_loss, loader, config=train_cfg, run_dir=out,
                      eval_fn=lambda m: dev_metrics(m, dev, weights, batch_size=cfg.batch_size),
@@ -296,8 +297,9 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     final = dev_metrics(saved, measured, weights, batch_size=cfg.batch_size)
     evals = [r for r in _metrics(out) if r.get("event") == "eval"]
     report = {"step": result.step, "steps": steps, "stop_reason": result.stop_reason,
+              "best_step": result.best_step,  # the saved weights' step (fit restores the best evaluation)
               "finished": finished, "train_minutes": result.elapsed_s / 60,
-              "dev_text": "whole" if finished else f"{cfg.eval_blocks} blocks per source",
+              "dev_text": "whole" if finished else f"at most {cfg.eval_blocks} evenly spaced blocks per source",
               "dev": {s: {"ppl": final[f"ppl/{s}"], "bpc": final[f"bpc/{s}"], "tokens": int(b[:, 1:].numel())}
                       for s, b in measured.items()},
               "dev_loss": final["loss"], "weights": "EMA" if result.ema is not None else "raw",
@@ -307,7 +309,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     summary = {"writer": WRITER, "config": dataclasses.asdict(cfg), "fingerprint": fingerprint, "corpus": counts,
                "train_blocks": len(train), "vocab_size": tokenizer.vocab_size,
                "parameters": sum(p.numel() for p in model.parameters()),
-               **{k: report[k] for k in ("step", "steps", "stop_reason", "finished", "train_minutes", "dev_loss")}}
+               **{k: report[k] for k in ("step", "steps", "best_step", "stop_reason", "finished", "train_minutes",
+                                         "dev_loss")}}
     write_json_atomic(out / MARKER, summary)
     return summary
 

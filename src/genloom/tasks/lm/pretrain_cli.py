@@ -16,24 +16,25 @@ from typing import Any
 
 from genloom.cliargs import add_common, number, positive_float, positive_int, require, set_threads
 
-HELPS = {
-    "vocab_size": "bpe: ids in all (default 32768)",
-    "char_min_count": "char: characters seen fewer times become <unk> (default 2)",
-    "n_layer": "Transformer blocks (default 6)",
-    "n_head": "attention heads (default 6)",
-    "d_model": "residual width (default 384)",
-    "d_ff": "feed-forward width (default 1536)",
-    "seq_len": "tokens per training block, the model's context (default 256)",
-    "batch_size": "blocks per optimizer step (default 16)",
-    "lr": "peak AdamW learning rate (default 6e-4)",
-    "warmup_steps": "linear warm-up steps (default 200)",
-    "eval_every": "optimizer steps between dev evaluations (default 500)",
-    "eval_blocks": "dev blocks per source in each evaluation; the final report uses all (default 64)",
-    "ckpt_every": "optimizer steps between checkpoints (default 250)",
+HELPS = {  # settings of PretrainConfig with a flag (their defaults are the dataclass's)
+    "vocab_size": "bpe: ids in all",
+    "char_min_count": "char: characters seen fewer times become <unk>",
+    "n_layer": "Transformer blocks",
+    "n_head": "attention heads",
+    "d_model": "residual width",
+    "d_ff": "feed-forward width",
+    "seq_len": "tokens per training block, the model's context",
+    "batch_size": "blocks per optimizer step",
+    "lr": "peak AdamW learning rate",
+    "warmup_steps": "linear warm-up steps",
+    "eval_every": "optimizer steps between dev evaluations",
+    "eval_blocks": "dev blocks per source in each evaluation (a finished run's report: all)",
+    "ckpt_every": "optimizer steps between checkpoints",
 }
 SIZE = number(int, lo=1, hi=65536)  # widths, heads, layers, block length: larger ones only exhaust memory
 TYPES = {"vocab_size": number(int, lo=260, hi=1 << 20), "char_min_count": positive_int,
-         "n_layer": number(int, lo=1, hi=256), "n_head": SIZE, "d_model": SIZE, "d_ff": SIZE, "seq_len": SIZE, "batch_size": number(int, lo=1, hi=4096),
+         "n_layer": number(int, lo=1, hi=256), "n_head": SIZE, "d_model": SIZE, "d_ff": SIZE, "seq_len": SIZE,
+         "batch_size": number(int, lo=1, hi=4096),
          "lr": number(float, lo=0, hi=1, lo_open=True), "warmup_steps": number(int, lo=0, what="an integer >= 0"),
          "eval_every": positive_int, "eval_blocks": positive_int, "ckpt_every": positive_int}
 
@@ -57,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pretrain_parser(p: argparse.ArgumentParser) -> None:
-    from genloom.tasks.lm.pretrain import TOKENIZERS
+    from genloom.tasks.lm.pretrain import TOKENIZERS, PretrainConfig
+
+    defaults = PretrainConfig()
 
     p.add_argument("--tokenizer", choices=TOKENIZERS, help="characters, or a byte-level BPE (default char)")
     p.add_argument("--out", dest="out_dir", metavar="DIR",
@@ -68,7 +71,8 @@ def _pretrain_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint, bit-exactly")
     p.add_argument("--force", action="store_true", help="delete the genloom lm pretrain run in --out and start over")
     for name, text in HELPS.items():  # default None: on --resume, a flag given is checked against the first launch
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=TYPES[name], default=None, help=text)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=TYPES[name], default=None,
+                       help=f"{text} (default {getattr(defaults, name):g})")
     add_common(p, threads=True, quiet=True)
     p.add_argument("--seed", type=number(int, lo=0, what="an integer >= 0"), default=None,
                    help="seed of the init and the batch order (default 0)")
