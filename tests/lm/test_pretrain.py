@@ -218,6 +218,20 @@ def test_bpe_variant_trains_a_tokenizer_of_the_asked_size(tmp_path, tiny_corpus,
     assert int(weights[torch.tensor(tok.encode(text))].sum()) == len(text)
 
 
+def test_the_default_run_directory_is_ignored_by_git():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for tokenizer in pt.TOKENIZERS:
+        for inside in ("model/model.safetensors", "checkpoints/step-00000250/state.json", "dev_ppl.json"):
+            path = f"{pt.default_out(tokenizer)}/{inside}"
+            assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+
+
 def test_budget_and_settings_are_checked_before_any_work(tmp_path, genloom):
     for bad in ({"steps": 0}, {"minutes": float("nan")}, {"minutes": -1.0}, {"tokenizer": "word"}):
         with pytest.raises(UserError):

@@ -266,9 +266,10 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         model = Transformer(TransformerConfig(
             vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
             d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # fit's default, timed on it
         steps = cfg.steps
         if steps is None:  # minutes alone, first launch: plan the schedule to end near the budget
-            per_step = _time_step(model, train[: cfg.batch_size])
+            per_step = _time_step(model.to(device), train[: cfg.batch_size].to(device))
             steps = max(cfg.warmup_steps + 1, int(cfg.minutes * 60 / (per_step * 1.15)))  # 15%: optimizer, evals
             cfg = dataclasses.replace(cfg, steps=steps)
             write_json_atomic(out / MARKER, {"writer": WRITER, "config": dataclasses.asdict(cfg),
@@ -278,7 +279,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
                                 schedule="cosine", min_lr_ratio=cfg.min_lr_ratio, max_steps=steps,
                                 max_minutes=max_minutes, ema_decay=cfg.ema_decay,
                                 eval_every=min(cfg.eval_every, steps), ckpt_every=cfg.ckpt_every,
-                                log_every=cfg.log_every, seed=cfg.seed, progress=cfg.progress, keep_last=2)
+                                log_every=cfg.log_every, seed=cfg.seed, progress=cfg.progress, keep_last=2,
+                                device=device.type)
         loader = Loader(train, batch_size=cfg.batch_size, collate_fn=torch.stack, seed=cfg.seed)
         result = fit(model, block_lm_loss, loader, config=train_cfg, run_dir=out,
                      eval_fn=lambda m: dev_metrics(m, dev, weights, batch_size=cfg.batch_size),
