@@ -136,8 +136,12 @@ def settings_for(served: Served, req: CompletionRequest | ChatRequest, *, is_cha
                     "top_p": None if req.top_p in (None, 1.0) else req.top_p, "top_k": req.top_k, "min_p": req.min_p}
     elif req.top_k is not None or req.min_p is not None:
         raise ApiError(400, "top_k and min_p apply to sampling (temperature > 0, no beams)", param="top_k")
-    stop_ids = frozenset() if req.ignore_eos else chat.end_of_turn_ids(engine.tokenizer) if is_chat else frozenset(
-        {engine.tokenizer.eos_id} - {None})
+    if req.ignore_eos:
+        stop_ids: frozenset[int] = frozenset()
+    elif is_chat:  # EOS and the template's end-of-turn token
+        stop_ids = chat.end_of_turn_ids(engine.tokenizer)
+    else:
+        stop_ids = frozenset({engine.tokenizer.eos_id} - {None})
     try:
         opts = validate_options(dict(
             strategy=strategy, max_new_tokens=max_new, min_new_tokens=req.min_tokens, num_beams=beams,
