@@ -113,9 +113,12 @@ temperature = bounded(positive_float, lo=1e-3, hi=1e3)
 penalty_factor = bounded(positive_float, lo=1e-3, hi=1e3)  # repetition penalty: divides / multiplies logits
 length_penalty = bounded(finite_float, lo=-100, hi=100)  # beam score / length ** this: overflows past it
 guidance_weight = bounded(nonneg_float, hi=100)  # (1 + w) cond - w uncond logits
+# optimizer rates: torch keeps them as float32 inside (lr 1e300: "cannot be converted without overflow")
+learning_rate = bounded(positive_float, hi=10)
+decay_rate = bounded(nonneg_float, hi=10)  # weight decay, an lr floor
 NUMBER_TYPES = (positive_int, nonneg_int, positive_float, nonneg_float, probability, unit_fraction, decay,
                 finite_float, seed_int, threads_int, beam_width, rows_int, temperature, penalty_factor,
-                length_penalty, guidance_weight)
+                length_penalty, guidance_weight, learning_rate, decay_rate)
 
 
 def is_checked_number(parse: Any) -> bool:

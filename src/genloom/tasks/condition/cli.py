@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, guidance_weight,
-                             number, output_flag, positive_float, positive_int, require, set_threads, temperature)
+                             learning_rate, number, output_flag, positive_float, positive_int, require, set_threads,
+                             temperature)
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
 from genloom.nn.cln import ACTIVATIONS
@@ -151,7 +152,7 @@ def _train_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--minutes", type=positive_float, help="training-time limit in minutes")
     t.add_argument("--epochs", type=positive_int, help="judge only: passes over the data (default 3)")
     t.add_argument("--batch-size", type=positive_int, help="texts per step (LM 32, judge 64)")
-    t.add_argument("--lr", type=positive_float, help="peak learning rate (LM 1e-3, judge 2e-3)")
+    t.add_argument("--lr", type=learning_rate, help="peak learning rate (LM 1e-3, judge 2e-3)")
     add_config_flags(t, LMSpec, SPEC_HELP, choices={"cond_act": sorted(ACTIVATIONS)},
                      types_={name: positive_int for name in SPEC_HELP if name != "cond_act"})
     t.add_argument("--bf16", action="store_true", help="bf16 autocast")

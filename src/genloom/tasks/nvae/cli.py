@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, decay, nonneg_float,
-                             nonneg_int, number, output_flag, positive_float, positive_int, probability, rows_int,
-                             set_threads, temperature, unit_fraction)
+from genloom.cliargs import (add_common, add_config_flags, at_most, check_outputs, config_from_args, decay,
+                             decay_rate, learning_rate, nonneg_float, nonneg_int, number, output_flag, positive_float,
+                             positive_int, probability, rows_int, set_threads, temperature, unit_fraction)
 from genloom.data.images import BUILTIN, eval_images
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
@@ -36,10 +36,10 @@ DATA_HELP = f"fashion-mnist (Debian package), {BUILTIN} (built in) or a folder o
 # NVAETrainConfig fields that are flags of the same name: help, checked type
 TRAIN_FLAGS = {
     "batch_size": ("images per optimizer step", positive_int),
-    "lr": ("peak Adamax learning rate", positive_float),
-    "lr_min": ("floor of the cosine lr decay", nonneg_float),
+    "lr": ("peak Adamax learning rate", learning_rate),
+    "lr_min": ("floor of the cosine lr decay", decay_rate),
     "lr_warmup": ("fraction of the budget with linear lr warm-up", probability),
-    "weight_decay": ("Adamax weight decay", nonneg_float),
+    "weight_decay": ("Adamax weight decay", decay_rate),
     "kl_warmup": ("fraction of the budget over which the KL weight ramps to 1", unit_fraction),
     "kl_balance": ("KL balancing across latent groups during the warm-up", None),
     "reg_weight": ("spectral + BatchNorm regularisation weight (NVAE)", nonneg_float),
@@ -78,6 +78,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
                            progress=not args.quiet,
                            ema_decay=None if args.no_ema else args.ema_decay)
     check(cfg)  # a budget and sane sizes before anything is read or written
+    at_most(args, "lr_min", "lr")
     result = train(cfg, args.out, resume=args.resume, force=args.force)  # checks --out first
     model = result.model
     x = eval_set(replace(cfg, eval_images=32), next(model.parameters()).device)

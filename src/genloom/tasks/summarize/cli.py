@@ -19,8 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, decay,
-                             nonneg_float, output_flag, positive_float, positive_int, probability, require,
-                             set_threads, unit_fraction)
+                             learning_rate, nonneg_float, output_flag, positive_float, positive_int, probability,
+                             require, set_threads, unit_fraction)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
 from genloom.errors import UserError
 from genloom.tasks.summarize.config import MODES, SummarizeConfig, parse_features
@@ -71,7 +71,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "no_repeat_ngram": "ban repeated character n-grams of this size when summarizing (0: off)",
 }
 _TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": decay, "sparse_p": unit_fraction,
-          "threshold": decay, "ema_decay": decay, "lr": positive_float, "encoder_minutes": positive_float,
+          "threshold": decay, "ema_decay": decay, "lr": learning_rate, "encoder_minutes": positive_float,
           "pretrain_minutes": nonneg_float, "extract_features": _feature_list, "minutes": nonneg_float, "copy_weight": nonneg_float,
           **{name: positive_int for name in (
               "window", "max_target_len", "max_clauses", "folds", "batch_size", "vocab_max", "steps",

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args,
+from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, learning_rate,
                              length_penalty, nonneg_float, nonneg_int, number, output_flag, positive_float,
                              positive_int, require, rows_int, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
@@ -279,7 +279,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_config_flags(t, TitleConfig, TRAIN_FLAGS, choices={"arch": tuple(ARCHS)},
                      types_={"pretrain_minutes": nonneg_float, **{name: positive_int for name in _POSITIVE},
                              "num_beams": beam_width, "max_title_len": TITLE_LEN, "length_penalty": length_penalty})
-    t.add_argument("--lr", type=positive_float, default=None,
+    t.add_argument("--lr", type=learning_rate, default=None,
                    help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
     t.add_argument("--model-json", default=None, metavar="JSON",
                    help='overrides of the model preset, e.g. \'{"enc_hidden": 96}\'')
