@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from genloom.cliargs import (INT_MAX, add_common, add_config_flags, at_most, check_outputs, config_from_args,
-                             is_checked_number, number, output_flag, positive_int, probability, require, seed_int,
-                             threads_int)
+                             is_checked_number, learning_rate, number, output_flag, positive_int, probability, require,
+                             seed_int, temperature, threads_int)
 from genloom.errors import UserError
 from genloom.files import check_output
 
@@ -93,6 +93,15 @@ def test_number_messages_name_the_rule():
         number(float, lo=0, hi=1, lo_open=True)("2")
     with pytest.raises(argparse.ArgumentTypeError, match=r"is too large \(at most 2147483647\)"):
         positive_int(str(2**40))
+    # bounded(): the base type's message first, then the range a float32 computation survives
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'0' must be a positive number"):
+        temperature("0")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'1e-300' is too small \(at least 0.001\)"):
+        temperature("1e-300")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'1e300' is too large \(at most 10\)"):
+        learning_rate("1e300")
+    assert temperature("0.001") == 0.001 and learning_rate("10") == 10.0
+    assert (temperature.kind, temperature.lo, temperature.hi, temperature.lo_open) == (float, 1e-3, 1e3, False)
 
 
 def test_flags_against_each_other():

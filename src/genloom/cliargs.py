@@ -8,10 +8,11 @@
   dataclass (`max_len` -> `--max-len`; bools as `--x/--no-x`; the field's type, default and
   choices from the dataclass), and `config_from_args(Config, args)` builds the config back, so a
   task's flags never drift from its config.
-- Numbers are checked where they are parsed (`positive_int`, `nonneg_float`, ... or `number(int,
-  lo=, hi=)`): a bad value is one line from argparse naming the flag and exit 2, never a traceback,
-  a run that never ends or a silently changed meaning; `require` / `at_most` check flags against
-  each other before any model loads.
+- Numbers are checked where they are parsed (`positive_int`, `nonneg_float`, ... `number(int,
+  lo=, hi=)`, and `bounded(...)` for ranges a float32 computation survives: `temperature`,
+  `learning_rate`, ...): a bad value is one line from argparse naming the flag and exit 2, never
+  a traceback, a run that never ends or a silently changed meaning; `require` / `at_most` check
+  flags against each other before any model loads.
 - Output paths are flags added by `output_flag` and checked by `check_outputs(args)` first thing
   in a command (`genloom.files.check_output`): a directory, a path under a regular file or a
   directory that takes no file is refused before the work starts; results are written by
@@ -116,13 +117,10 @@ guidance_weight = bounded(nonneg_float, hi=100)  # (1 + w) cond - w uncond logit
 # optimizer rates: torch keeps them as float32 inside (lr 1e300: "cannot be converted without overflow")
 learning_rate = bounded(positive_float, hi=10)
 decay_rate = bounded(nonneg_float, hi=10)  # weight decay, an lr floor
-NUMBER_TYPES = (positive_int, nonneg_int, positive_float, nonneg_float, probability, unit_fraction, decay,
-                finite_float, seed_int, threads_int, beam_width, rows_int, temperature, penalty_factor,
-                length_penalty, guidance_weight, learning_rate, decay_rate)
 
 
 def is_checked_number(parse: Any) -> bool:
-    """Whether an argparse `type` is one of the checked number types (`number(...)`)."""
+    """Whether an argparse `type` is a checked number type (`number(...)`, `bounded(...)`)."""
     return callable(parse) and getattr(parse, "kind", None) in (int, float) and hasattr(parse, "lo")
 
 
