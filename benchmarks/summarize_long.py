@@ -42,6 +42,9 @@ extraction is cross-fitted once on the train documents longer than the smallest 
 reused for larger windows (their documents are a subset; the k-fold guarantee holds for any
 subset, and is checked).
 
+--recall-only measures just the rankers that need no training (lead, tf-idf centroid, TextRank
+degree, oracle) in about two minutes: results/summarize_long_recall.json.
+
 Writes benchmarks/results/summarize_long.json (machine, versions, settings, every figure,
 samples; --quick writes under --out instead). Model directories stay under --out; --reuse takes
 those already there. Splitting work: run e.g. `--windows 64` and `--windows 128` as two processes
@@ -79,6 +82,7 @@ from genloom.tasks.summarize.pipeline import (Summarizer, extracted_text, extrac
 from genloom.tasks.summarize.train import TrainingExtraction, prepare_extraction, pretrain, train  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "summarize_long.json"
+RECALL_RESULT = Path(__file__).resolve().parent / "results" / "summarize_long_recall.json"
 ROWS = {  # key -> (label, overrides of the pipeline config)
     "a": ("(a) truncate, then generate", {"mode": "truncate"}),
     "c": ("(c) extract, then generate", {}),
@@ -275,6 +279,37 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
     return table
 
 
+def untrained_recall(args, max_clauses: int) -> dict:
+    """--recall-only: window recall of the aligned clauses for rankers that need no training (lead,
+    the tf-idf centroid, TextRank's degree centrality on tf-idf, the oracle), per order and window;
+    the tf-idf model is fitted on the natural-order train documents (--limit-train of them)."""
+    from genloom.tasks.summarize.features import TfidfModel
+
+    w0 = min(args.windows)
+    train_docs = [split_clauses(d)[:max_clauses] for d, _ in
+                  long_pairs("train", w0, max_clauses, "natural", 0)[: args.limit_train]]
+    tfidf = TfidfModel.fit(train_docs)
+    tables = {}
+    for order in args.orders:
+        test = long_pairs("test", w0, max_clauses, order, args.shuffle_seed)[: args.limit_test]
+        docs = [split_clauses(d)[:max_clauses] for d, _ in test]
+        gold = [extraction_labels(c, t) for c, (_, t) in zip(docs, test)]
+        feats = extraction_features(("centroid",), docs, [torch.zeros(len(d), 1) for d in docs], tfidf)
+        for window in args.windows:
+            keep = [i for i, d in enumerate(docs) if len("".join(d)) > window]
+            lead = [[-j for j in range(len(docs[i]))] for i in keep]
+            rankers = {"lead (what truncation reads)": lead,
+                       "tf-idf centroid (no training)": [feats[i][:, 2].tolist() for i in keep],
+                       "TextRank degree on tf-idf (no training)": [feats[i][:, 4].tolist() for i in keep],
+                       "oracle (uses the reference)": [with_oracle(s, gold[i]) for s, i in zip(lead, keep)]}
+            rec = recall_rows([docs[i] for i in keep], [gold[i] for i in keep], window, rankers)
+            tables[f"{order}, window {window}"] = {"test_documents": len(keep), "recall": rec}
+            print(f"[{order}, window {window}] {len(keep)} test documents")
+            for name, r in rec.items():
+                print(f"  recall {name:44s} {r['window_recall']:6.2f}  precision {r['window_precision']:6.2f}")
+    return {"train_documents_for_idf": len(train_docs), "tfidf_words": len(tfidf.words), "tables": tables}
+
+
 def acceptance(tables: dict) -> dict:
     """Issue 22's criteria on the shuffled tables: (c) - (a) >= 2 ROUGE-L, extractor - lead >= 15 recall points."""
     out = {}
@@ -336,13 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny everything (a smoke test of every path, < 2 minutes)")
     ap.add_argument("--result", default=None, help=f"result JSON (default {RESULT}; with --quick, under --out)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only join result files into --result, then exit")
+    ap.add_argument("--recall-only", action="store_true",
+                    help="only the window recall of the rankers that need no training (minutes, no model)")
     args = ap.parse_args(argv)
     if args.quick:
         if args.out == ap.get_default("out"):
             args.out = "runs/summarize-long-quick"
         for k, v in QUICK.items():
             setattr(args, k, v)
-    result_path = Path(args.result or (Path(args.out) / "result.json" if args.quick else RESULT))
+    result_path = Path(args.result or (Path(args.out) / "result.json" if args.quick else
+                                       RECALL_RESULT if args.recall_only else RESULT))
     if args.merge:
         return merge(args.merge, str(result_path))
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
@@ -359,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         args.textrank_error = f"jiagu could not be imported ({e}); install with pip install 'genloom[summarize]'"
     torch.set_num_threads(args.threads)
     started, load_before = time.time(), os.getloadavg()
+    if args.recall_only:
+        report = {"benchmark": "summarize_long --recall-only", "issue": 22, **untrained_recall(args, args.max_clauses),
+                  "seconds": round(time.time() - started, 1),
+                  "command": "benchmarks/summarize_long.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+        write_json_atomic(result_path, report)
+        print(f"wrote {result_path}")
+        return 0
     out = Path(args.out)
     base = SummarizeConfig(
         window=min(args.windows), max_target_len=32, max_clauses=args.max_clauses, folds=args.folds,
