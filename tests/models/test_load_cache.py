@@ -97,6 +97,8 @@ def _same_tokenizer(a, b) -> None:
         assert a.encode(text) == b.encode(text)
         assert a.decode(a.encode(text)) == b.decode(b.encode(text)) == text
     assert [a.token_bytes(i) for i in range(a.vocab_size)] == [b.token_bytes(i) for i in range(b.vocab_size)]
+    mixed = sorted(a.special_ids) + a.encode(TEXTS[0])  # specials dropped, or kept, alike
+    assert a.decode(mixed) == b.decode(mixed) and a.decode(mixed, skip_special=False) == b.decode(mixed, skip_special=False)
 
 
 def _no_transformers_load(monkeypatch) -> None:
@@ -385,5 +387,6 @@ def test_smollm2_tokenizer_reads_back_exactly(smollm2_hf, tmp_path):
     assert (cached_tok.vocab_size, cached_tok.special_ids, cached_tok.eos_id, cached_tok.bos_id, cached_tok.pad_id,
             cached_tok.unk_id) == (tok.vocab_size, tok.special_ids, tok.eos_id, tok.bos_id, tok.pad_id, tok.unk_id)
     assert [cached_tok.token_bytes(i) for i in range(tok.vocab_size)] == [tok.token_bytes(i) for i in range(tok.vocab_size)]
-    assert cached_tok.decode([1, 2, 3], skip_special=False) == tok.decode([1, 2, 3], skip_special=False)
+    for skip in (True, False):
+        assert cached_tok.decode([1, 2, 3, 28, 0], skip_special=skip) == tok.decode([1, 2, 3, 28, 0], skip_special=skip)
     assert cached_tok.chat_template == tok.hf.chat_template
