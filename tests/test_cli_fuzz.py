@@ -14,7 +14,8 @@ default outputs would land there too).
   `--model-json` sizes, ...), each given a model or data path that does not exist, so the flag
   must be refused before anything is loaded.
 - output paths: every flag registered by `cliargs.output_flag` gets a directory, a path under a
-  regular file, a path in a missing directory and one where no file can be created.
+  regular file, a path in a missing directory and one where no file can be created; and a good
+  path in folders not made yet, with a missing model: the failed command must not make them.
 - a sample of all three kinds through the real executable, in subprocesses.
 """
 
@@ -283,6 +284,16 @@ def test_bad_output_path_is_refused_before_the_work(path, flag, kind, target, me
     assert _tree(workdir) == before
 
 
+@pytest.mark.parametrize("path, flag, kind", OUTPUT_FLAGS, ids=[f"{' '.join(p)} {f}" for p, f, _ in OUTPUT_FLAGS])
+def test_command_failing_after_the_check_leaves_no_folder(path, flag, kind, workdir, capsys):
+    """A good output path in folders that do not exist yet, and a model that does not exist: the
+    command fails on the model, and the folders are not made (they are made by the final write)."""
+    before = _tree(workdir)
+    rc, out, err, seconds = _main([*path, *PREFIX[path], flag, "new/deeper/x.out"], capsys)
+    _one_line_error(rc, out, err, seconds, "no directory" if kind == "file in an existing directory" else MISSING)
+    assert _tree(workdir) == before
+
+
 # ---- 4. a sample through the real executable --------------------------------------------------
 SUBPROCESS = [
     (["nvae", "train", "--out", "m", "--steps", "0"], "argument --steps"),
@@ -319,8 +330,9 @@ def test_sample_through_the_executable(tmp_path):
 
 def test_case_count():
     """The number of cases this file runs (reported in the issue's note)."""
-    total = len(NUMBER_CASES) + len(CONSISTENCY) + len(OUTPUT_CASES) + len(SUBPROCESS)
+    total = len(NUMBER_CASES) + len(CONSISTENCY) + len(OUTPUT_CASES) + len(OUTPUT_FLAGS) + len(SUBPROCESS)
     print(f"\ncli fuzz: {len(NUMBER_CASES)} bad numbers over {len({c[:2] for c in NUMBER_CASES})} flags of "
           f"{len(LEAVES)} commands, {len(CONSISTENCY)} flag combinations, {len(OUTPUT_CASES)} bad output paths "
-          f"over {len(OUTPUT_FLAGS)} flags, {len(SUBPROCESS)} subprocesses: {total} cases")
+          f"and a good one of a failing command for each of {len(OUTPUT_FLAGS)} flags, {len(SUBPROCESS)} "
+          f"subprocesses: {total} cases")
     assert total > 1000

@@ -74,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, generate, print (or stream, or write) the continuations."""
     from genloom.cliargs import set_threads
     from genloom.decode.generate import generate, generate_stream, validate_options
-    from genloom.files import check_writable, write_atomic
+    from genloom.files import check_output, write_atomic
     from genloom.tasks.lm.load import load_model
 
     prompts = read_prompts(args)
     options = options_from_args(args)
     validate_options(options)  # option errors before the (slow) model load
     if args.output:
-        check_writable(args.output, what="--output")
+        check_output(args.output, what="--output")  # creates nothing: a failed load leaves no folder
     set_threads(args.threads)
     model, tokenizer = load_model(args.model, engine=args.engine, quant=args.quant)
     if args.stream:
