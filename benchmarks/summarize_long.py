@@ -48,7 +48,8 @@ degree, oracle) in about two minutes: results/summarize_long_recall.json.
 Writes benchmarks/results/summarize_long.json (machine, versions, settings, every figure,
 samples; --quick writes under --out instead). Model directories stay under --out; --reuse takes
 those already there. Splitting work: run e.g. `--windows 64` and `--windows 128` as two processes
-with their own --result, then `--merge A.json B.json`.
+with their own --out and --result (never one --out: both would write its encoder and
+extractions), then `--merge A.json B.json --result benchmarks/results/summarize_long.json`.
 """
 
 from __future__ import annotations
