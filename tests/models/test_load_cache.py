@@ -174,16 +174,21 @@ def test_changed_source_is_converted_again(llama_dir, cache):
     assert not torch.equal(_logits(old, ids), _logits(new, ids))
 
 
-def test_entries_of_deleted_sources_are_removed(tmp_path, cache):
+def test_entries_of_deleted_sources_and_old_formats_are_removed(tmp_path, cache):
     gone = _write_llama(tmp_path / "gone", seed=0)
     load_converted(gone)
     (gone_entry,) = _entries(cache)
     for f in gone.iterdir():
         f.unlink()
     gone.rmdir()
+    old_format = _write_llama(tmp_path / "old-format", seed=2)
+    load_converted(old_format)
+    old_entry = next(e for e in _entries(cache) if e != gone_entry)
+    manifest = json.loads((old_entry / hf_module.CACHE_MANIFEST).read_text())
+    (old_entry / hf_module.CACHE_MANIFEST).write_text(json.dumps({**manifest, "format": 0}))
     load_converted(_write_llama(tmp_path / "kept", seed=1))
     (entry,) = _entries(cache)
-    assert entry != gone_entry and not gone_entry.exists()
+    assert not gone_entry.exists() and not old_entry.exists()
 
 
 CORRUPTIONS = {

@@ -20,7 +20,7 @@ a genloom model directory under `converted/` (`models.io.save`: config.json, mod
 the tokenizer's files) plus a manifest of its file sizes. The entry is named after the source's
 identity (the resolved path, size and modification time of every file it is read from, the
 dtype and `CACHE_FORMAT`), so a changed source is converted again; writing an entry removes the
-stale ones (older versions of its source, and entries whose source is gone).
+stale ones (older versions of its source, entries whose source is gone or of another format).
 An entry is written whole (`files.atomic_directory`); one that does not read back (a file
 truncated, missing or corrupt) is converted again and replaced, with one warning line; a cache
 folder that cannot be written is skipped with one warning line. A GGUF is parsed once per load
@@ -381,21 +381,22 @@ def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: A
         log.warning("genloom: not caching the converted model (%s); set GENLOOM_CACHE to a writable folder", why)
         return False
     where = entry.name.rsplit("-", 1)[0] + "-"
-    for old in entry.parent.iterdir():  # this source's older versions, and sources that are gone
+    for old in entry.parent.iterdir():  # this source's older versions, and entries no load will read
         if old == entry or not old.is_dir() or old.name.startswith("."):
             continue
-        if old.name.startswith(where) or not _source_exists(old):
+        if old.name.startswith(where) or _unused(old):
             shutil.rmtree(old, ignore_errors=True)
     return True
 
 
-def _source_exists(entry: Path) -> bool:
-    """False only when `entry`'s manifest names a source that no longer exists."""
+def _unused(entry: Path) -> bool:
+    """True when `entry`'s manifest names a source that no longer exists or another CACHE_FORMAT."""
     try:
-        source = json.loads((entry / CACHE_MANIFEST).read_text(encoding="utf-8"))["source"]
+        manifest = json.loads((entry / CACHE_MANIFEST).read_text(encoding="utf-8"))
+        source, format_ = manifest["source"], manifest["format"]
     except (OSError, ValueError, KeyError, TypeError):
-        return True  # not ours to judge (being written, or unreadable: rebuilt when used)
-    return not isinstance(source, str) or Path(source).exists()
+        return False  # not ours to judge (unreadable: rebuilt when its source is loaded)
+    return format_ != CACHE_FORMAT or (isinstance(source, str) and not Path(source).exists())
 
 
 def load_converted(
