@@ -78,7 +78,7 @@ from genloom.tasks.summarize.convert import extraction_labels, shuffled_document
 from genloom.tasks.summarize.evaluate import evaluate, score  # noqa: E402
 from genloom.tasks.summarize.extract import CrossFit, EncoderConfig, load_encoder, train_encoder  # noqa: E402
 from genloom.tasks.summarize.features import extraction_features  # noqa: E402
-from genloom.tasks.summarize.pipeline import (Summarizer, extracted_text, extraction_recall, ranked_text,  # noqa: E402
+from genloom.tasks.summarize.pipeline import (Summarizer, extraction_recall, ranked_text,  # noqa: E402
                                               select_clauses, with_oracle)
 from genloom.tasks.summarize.train import TrainingExtraction, prepare_extraction, pretrain, train  # noqa: E402
 
@@ -239,7 +239,8 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
         rows[label] = {"scores": res["rows"]["summarizer"], "steps": info.get("seq2seq_steps"),
                        "train_seconds": info.get("seq2seq_seconds"), "decode_seconds": res["decode_seconds"],
                        "parameters": info.get("parameters")}
-        table["samples"][label] = [{"reference": r, "prediction": p} for r, p in list(zip(refs, res["predictions"]))[:6]]
+        table["samples"][label] = [{"reference": r, "prediction": p}
+                                   for r, p in list(zip(refs, res["predictions"]))[:6]]
         if key == "c":
             c_sources = sources
             rows[ORACLE] = oracle_row(summ, test_pairs, args.beams, sources)
@@ -266,14 +267,17 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
             rankers[f"extractor on {args.baseline_features}"] = test_probabilities(ext_base, docs)
         rankers[f"extractor on {args.features}"] = ([p["probs"] for p in c_sources] if c_sources is not None
                                                     else test_probabilities(sub, docs))
-    rankers["oracle (uses the reference)"] = [with_oracle(r, g) for r, g in zip(rankers["lead (what truncation reads)"], gold)]
+    lead = rankers["lead (what truncation reads)"]
+    rankers["oracle (uses the reference)"] = [with_oracle(r, g) for r, g in zip(lead, gold)]
     table["recall"] = recall_rows(docs, gold, window, rankers)
     a, c = rows.get(ROWS["a"][0]), rows.get(ROWS["c"][0])
-    table["c_minus_a_rouge_l"] = None if a is None or c is None else round(c["scores"]["rouge-l"] - a["scores"]["rouge-l"], 2)
+    table["c_minus_a_rouge_l"] = (None if a is None or c is None
+                                  else round(c["scores"]["rouge-l"] - a["scores"]["rouge-l"], 2))
     ext_key = f"extractor on {args.features}"
     if ext_key in table["recall"]:
+        rec = table["recall"]
         table["extractor_minus_lead_window_recall"] = round(
-            table["recall"][ext_key]["window_recall"] - table["recall"]["lead (what truncation reads)"]["window_recall"], 2)
+            rec[ext_key]["window_recall"] - rec["lead (what truncation reads)"]["window_recall"], 2)
     print(f"[{order}, window {window}]\n" + fmt(rows), flush=True)
     for name, r in table["recall"].items():
         print(f"  recall {name:44s} {r['window_recall']:6.2f}  precision {r['window_precision']:6.2f}")
@@ -462,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "data": {"corpus": "inews", "filter": "content (first max_clauses clauses joined) longer than the window",
-                 "shuffle": "convert.shuffled_document: split_clauses (\\n and runs of 。；：，), first max_clauses, "
+                 "shuffle": "convert.shuffled_document: split_clauses (\\n and runs of 。；：，), "
+                            "first max_clauses, "
                             f"BLAKE2b-keyed permutation with seed {args.shuffle_seed}, joined by newlines"},
         "scores": "char ROUGE-1/2/L F1 (percent); cail-char = 0.2 R1 + 0.4 R2 + 0.4 RL of those; cail = the same "
                   "weighting on jieba words. Not comparable with CAIL2020 scores (other data, other summaries).",

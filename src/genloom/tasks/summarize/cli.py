@@ -72,7 +72,8 @@ TRAIN_FLAGS: dict[str, str] = {
 }
 _TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": decay, "sparse_p": unit_fraction,
           "threshold": decay, "ema_decay": decay, "lr": learning_rate, "encoder_minutes": positive_float,
-          "pretrain_minutes": nonneg_float, "extract_features": _feature_list, "minutes": nonneg_float, "copy_weight": nonneg_float,
+          "pretrain_minutes": nonneg_float, "extract_features": _feature_list, "minutes": nonneg_float,
+          "copy_weight": nonneg_float,
           **{name: positive_int for name in (
               "window", "max_target_len", "max_clauses", "folds", "batch_size", "vocab_max", "steps",
               "extract_epochs", "extract_hidden", "d_model", "n_layer", "n_head", "d_ff", "tfidf_dim")},

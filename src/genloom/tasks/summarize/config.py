@@ -46,7 +46,7 @@ class SummarizeConfig:
     extract_epochs: int = 8  # epochs of each fold model
     extract_hidden: int = 128  # DGCNN width
     extract_position: int = 0  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
-    extract_features: str = "encoder"  # the extractor's clause feature groups, a comma list of FEATURES (the post: encoder)
+    extract_features: str = "encoder"  # extractor clause features, a comma list of FEATURES (the post: encoder)
     tfidf_dim: int = 64  # LSA width of the "tfidf" feature group
     init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
     pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first

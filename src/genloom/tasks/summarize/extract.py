@@ -189,6 +189,16 @@ def _features(vectors: Tensor, k: int) -> Tensor:
     return torch.cat([vectors, position_features(len(vectors), k)], 1) if k else vectors
 
 
+def featurize(features: Sequence[str], tfidf: TfidfModel | None, encoder: nn.Module, tokenizer: Any,
+              documents: Sequence[Sequence[str]]) -> list[Tensor]:
+    """Per document (N_i, width): the encoder's clause vectors and the other groups of `features`
+    (`features.extraction_features`; `tfidf` is what the centroid / tfidf groups need)."""
+    vectors = document_vectors(encoder, tokenizer, documents)
+    if tuple(features) == ("encoder",):
+        return vectors
+    return extraction_features(features, documents, vectors, tfidf)
+
+
 class _Docs(Dataset):
     def __init__(self, vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], index: Sequence[int]) -> None:
         self.vectors, self.labels, self.index = vectors, labels, list(index)
@@ -230,12 +240,8 @@ class Extractor:
         self.config, self.input_dim, self.models, self.tfidf = config, input_dim, list(models), tfidf
 
     def featurize(self, encoder: nn.Module, tokenizer: Any, documents: Sequence[Sequence[str]]) -> list[Tensor]:
-        """The features these fold models read, per document (N_i, input_dim): the encoder's
-        clause vectors and the other groups of `config.features`."""
-        vectors = document_vectors(encoder, tokenizer, documents)
-        if self.config.features == ("encoder",):
-            return vectors
-        return extraction_features(self.config.features, documents, vectors, self.tfidf)
+        """The features these fold models read, per document (`featurize`)."""
+        return featurize(self.config.features, self.tfidf, encoder, tokenizer, documents)
 
     @staticmethod
     def build(config: ExtractorConfig, input_dim: int) -> DGCNN:

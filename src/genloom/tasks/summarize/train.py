@@ -22,7 +22,7 @@ from genloom.models import load, save
 from genloom.models.unilm import UniLMSeq2Seq
 from genloom.tasks.summarize.config import SummarizeConfig, parse_features
 from genloom.tasks.summarize.convert import extraction_labels
-from genloom.tasks.summarize.extract import (CrossFit, EncoderConfig, Extractor, ExtractorConfig, cross_fit,
+from genloom.tasks.summarize.extract import (CrossFit, EncoderConfig, ExtractorConfig, cross_fit, featurize,
                                              load_encoder, train_encoder)
 from genloom.tasks.summarize.features import TfidfModel
 from genloom.tasks.summarize.pipeline import (Summarizer, clauses_of, extracted_text, select_clauses, truncate_text,
@@ -73,7 +73,7 @@ def prepare_extraction(clauses: Sequence[Sequence[str]], summaries: Sequence[str
     if ext_cfg.features != ("encoder",):  # fitted on the training documents only
         tfidf = TfidfModel.fit(clauses, dim=ext_cfg.tfidf_dim if "tfidf" in ext_cfg.features else 0,
                                seed=config.seed)
-    vectors = Extractor(ext_cfg, 0, [], tfidf=tfidf).featurize(encoder, enc_tok, clauses)
+    vectors = featurize(ext_cfg.features, tfidf, encoder, enc_tok, clauses)
     cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress, tfidf=tfidf)
     return TrainingExtraction(encoder_dir, labels, cross)
 
