@@ -177,7 +177,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "explore": "share of uniform tokens among the proposals", "min_len": "soft minimum length in tokens",
         "max_len": "hard maximum length in tokens", "short_penalty": "nats per token below --min-len",
         "schedule": "temperature schedule", "t_start": "first temperature", "t_end": "last temperature",
-    }, types_={"chains": rows_int, "steps": nonneg_int, "top_k": positive_int, "explore": probability,
+    }, types_={"chains": rows_int, "steps": positive_int, "top_k": positive_int, "explore": probability,
                "min_len": nonneg_int, "max_len": positive_int, "short_penalty": nonneg_float,
                "t_start": temperature, "t_end": temperature},
         choices={"weighting": WEIGHTINGS, "schedule": tuple(SCHEDULES)})
