@@ -15,8 +15,8 @@ are asyncio + httpx in this process. Three parts:
    time per output token after the first (streamed), against the same requests one at a time (sent
    once, the 64 of the largest level; a level's baseline is its own requests' share of that run).
 3. faults: streaming clients that disconnect after three chunks beside normal requests, malformed
-   JSON, prompts over the limit, a flood of requests past the queue (the server runs with
-   --max-queue 32). Every request must end in a 200 whose text equals the same request sent
+   JSON, prompts over the limit, a flood of 200 requests past the queue (the server runs with
+   --max-batch 64 --max-queue 64, room for the 64 clients of part 2). Every request must end in a 200 whose text equals the same request sent
    alone, or an OpenAI-shaped error (400 / 429); the server must still answer, with no rows left
    decoding and its resident memory back near its level after warm-up.
 
@@ -116,7 +116,8 @@ async def run_set(url: str, bodies: list[dict], *, concurrency: int, stream: boo
         wall = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == 200]
     tokens = sum(r["tokens"] or 0 for r in ok)
-    return {"wall_s": wall, "requests": len(bodies), "ok": len(ok), "completion_tokens": tokens,
+    return {"wall_s": wall, "requests": len(bodies), "ok": len(ok), "not_ok": len(results) - len(ok),
+            "completion_tokens": tokens,
             "tokens_per_s": tokens / wall, "ttft_p50_s": pct([r["ttft"] for r in ok], 0.5),
             "ttft_p99_s": pct([r["ttft"] for r in ok], 0.99),
             "tpot_p50_ms": None if not stream else 1000 * (pct([r["tpot"] for r in ok if r["tpot"]], 0.5) or 0),
@@ -203,72 +204,89 @@ async def faults(url: str, reference: dict[str, str], fault_prompts: list[str]) 
     return out
 
 
+def part_batched(url: str, *, quick: bool, rounds: int) -> dict[str, Any]:
+    """Part 1: 16 greedy requests of 64 tokens one at a time, then all at once (interleaved rounds)."""
+    acc = [body(p, 64) for p in prompts(4 if quick else 16)]
+    seq, con = [], []
+    for _ in range(rounds):
+        seq.append(asyncio.run(run_set(url, acc, concurrency=1, stream=False)))
+        con.append(asyncio.run(run_set(url, acc, concurrency=len(acc), stream=False)))
+    same = all(s["texts"] == seq[0]["texts"] and s["not_ok"] == 0 for s in seq + con)
+    seq_wall = statistics.median(s["wall_s"] for s in seq)
+    con_wall = statistics.median(c["wall_s"] for c in con)
+    print(f"{len(acc)} x 64 greedy: one at a time {seq_wall:.2f} s, all at once {con_wall:.2f} s, "
+          f"{seq_wall / con_wall:.2f}x, identical: {same}", flush=True)
+    return {"requests": len(acc), "max_tokens": 64, "sequential_wall_s": [s["wall_s"] for s in seq],
+            "concurrent_wall_s": [c["wall_s"] for c in con], "sequential_wall_s_median": seq_wall,
+            "concurrent_wall_s_median": con_wall, "speedup_median": seq_wall / con_wall,
+            "identical_outputs": same, "target": ">= 3x", "met": seq_wall / con_wall >= 3 and same}
+
+
+def part_load(url: str, *, quick: bool) -> dict[str, Any]:
+    """Part 2: 1 / 4 / 16 / 64 clients, mixed lengths, streamed and not, against one at a time."""
+    load = {}
+    lengths = (16, 32, 64, 128)
+    levels = (1, 4) if quick else (1, 4, 16, 64)
+    every = [body(p, lengths[i % 4]) for i, p in enumerate(prompts(max(max(levels), 8), lo=40, hi=480))]
+    # the requests one at a time, once: a level's baseline is its first requests' share of it
+    single = asyncio.run(run_set(url, every, concurrency=1, stream=False, keep=True))
+    for level in levels:
+        bodies = every[: max(level, 8)]
+        first = single["per_request"][: len(bodies)]
+        seconds = sum(r["seconds"] for r in first)
+        alone = {"requests": len(bodies), "seconds": seconds,
+                 "tokens_per_s": sum(r["tokens"] for r in first) / seconds, "texts": [r["text"] for r in first]}
+        row = {"alone": {k: v for k, v in alone.items() if k != "texts"}}
+        for stream in (False, True):
+            got = asyncio.run(run_set(url, bodies, concurrency=level, stream=stream))
+            row["streamed" if stream else "whole"] = {
+                **{k: v for k, v in got.items() if k not in ("texts", "statuses")},
+                "identical_to_alone": got["texts"] == alone["texts"],
+                "throughput_ratio": got["tokens_per_s"] / alone["tokens_per_s"]}
+            print(f"{level:3d} clients {'stream' if stream else 'whole '}: {got['tokens_per_s']:7.1f} tok/s "
+                  f"({got['tokens_per_s'] / alone['tokens_per_s']:.2f}x alone), ttft p50/p99 "
+                  f"{got['ttft_p50_s']:.2f}/{got['ttft_p99_s']:.2f} s"
+                  + (f", tpot p50/p99 {got['tpot_p50_ms']:.0f}/{got['tpot_p99_ms']:.0f} ms" if stream else "")
+                  + f", not ok {got['not_ok']}, identical {got['texts'] == alone['texts']}", flush=True)
+        load[str(level)] = row
+    return load
+
+
+def part_faults(url: str, pid: int, base_rss: float, *, quick: bool) -> dict[str, Any]:
+    """Part 3 (module docstring), then: still serving, no rows left, resident memory."""
+    fault_prompts = prompts(8 if quick else 16, lo=40, hi=300)
+    alone = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=1, stream=False))
+    out = asyncio.run(faults(url, dict(zip(fault_prompts, alone["texts"])), fault_prompts))
+    time.sleep(2)
+    health = httpx.get(url + "/health", timeout=10).json()
+    after = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=4, stream=False))
+    out["after"] = {"health": health, "still_serving_identical": after["texts"] == alone["texts"],
+                    "rss_mib_after_warmup": base_rss, "rss_mib_after_faults": rss_mib(pid)}
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (default 1)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of part 1 (default 2)")
-    ap.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (smoke run, nothing written)")
+    ap.add_argument("--parts", default="batched,load,faults", help="which parts to run (default all three)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    parts = args.parts.split(",")
     before = machine()
-    proc, url = start_server(args.threads, max_queue=32)
+    proc, url = start_server(args.threads, max_queue=64)
     result: dict[str, Any] = {"machine_before": before, "server_threads": args.threads, "model": "smollm2-135m"}
     try:
         asyncio.run(run_set(url, [body("import num", 8)], concurrency=1, stream=False))  # warm-up
         base_rss = rss_mib(proc.pid)
-        n16 = 4 if args.quick else 16
-        acc = [body(p, 64) for p in prompts(n16)]
-        seq, con = [], []
-        for _ in range(args.rounds):
-            seq.append(asyncio.run(run_set(url, acc, concurrency=1, stream=False)))
-            con.append(asyncio.run(run_set(url, acc, concurrency=len(acc), stream=False)))
-        same = all(s["texts"] == seq[0]["texts"] for s in seq + con)
-        seq_wall = statistics.median(s["wall_s"] for s in seq)
-        con_wall = statistics.median(c["wall_s"] for c in con)
-        result["batched_vs_sequential"] = {
-            "requests": len(acc), "max_tokens": 64, "sequential_wall_s": [s["wall_s"] for s in seq],
-            "concurrent_wall_s": [c["wall_s"] for c in con], "speedup_median": seq_wall / con_wall,
-            "identical_outputs": same, "target": ">= 3x", "met": seq_wall / con_wall >= 3 and same}
-        print(f"16 x 64 greedy: one at a time {seq_wall:.2f} s, all at once {con_wall:.2f} s, "
-              f"{seq_wall / con_wall:.2f}x, identical: {same}", flush=True)
-
-        load = {}
-        lengths = (16, 32, 64, 128)
-        levels = (1, 4) if args.quick else (1, 4, 16, 64)
-        every = [body(p, lengths[i % 4]) for i, p in enumerate(prompts(max(max(levels), 8), lo=40, hi=480))]
-        # the requests one at a time, once: a level's baseline is its first requests' share of it
-        single = asyncio.run(run_set(url, every, concurrency=1, stream=False, keep=True))
-        for level in levels:
-            bodies = every[: max(level, 8)]
-            first = single["per_request"][: len(bodies)]
-            seconds = sum(r["seconds"] for r in first)
-            alone = {"requests": len(bodies), "seconds": seconds,
-                     "tokens_per_s": sum(r["tokens"] for r in first) / seconds, "texts": [r["text"] for r in first]}
-            row = {"alone": {k: v for k, v in alone.items() if k != "texts"}}
-            for stream in (False, True):
-                got = asyncio.run(run_set(url, bodies, concurrency=level, stream=stream))
-                row["streamed" if stream else "whole"] = {
-                    **{k: v for k, v in got.items() if k not in ("texts", "statuses")},
-                    "identical_to_alone": got["texts"] == alone["texts"],
-                    "throughput_ratio": got["tokens_per_s"] / alone["tokens_per_s"]}
-                print(f"{level:3d} clients {'stream' if stream else 'whole '}: {got['tokens_per_s']:7.1f} tok/s "
-                      f"({got['tokens_per_s'] / alone['tokens_per_s']:.2f}x alone), ttft p50/p99 "
-                      f"{got['ttft_p50_s']:.2f}/{got['ttft_p99_s']:.2f} s"
-                      + (f", tpot p50/p99 {got['tpot_p50_ms']:.0f}/{got['tpot_p99_ms']:.0f} ms" if stream else "")
-                      + f", identical {got['texts'] == alone['texts']}", flush=True)
-            load[str(level)] = row
-        result["load"] = load
-
-        fault_prompts = prompts(8 if args.quick else 16, lo=40, hi=300)
-        alone8 = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=1, stream=False))
-        reference = dict(zip(fault_prompts, alone8["texts"]))
-        result["faults"] = asyncio.run(faults(url, reference, fault_prompts))
-        time.sleep(2)
-        health = httpx.get(url + "/health", timeout=10).json()
-        after = asyncio.run(run_set(url, [body(p, 8) for p in fault_prompts], concurrency=4, stream=False))
-        result["after_faults"] = {"health": health, "still_serving_identical": after["texts"] == alone8["texts"],
-                                  "rss_mib_after_warmup": base_rss, "rss_mib_after_faults": rss_mib(proc.pid)}
-        print(json.dumps({"faults": result["faults"], "after_faults": result["after_faults"]}, indent=1))
+        if "batched" in parts:
+            result["batched_vs_sequential"] = part_batched(url, quick=args.quick, rounds=args.rounds)
+        if "load" in parts:
+            result["load"] = part_load(url, quick=args.quick)
+        if "faults" in parts:
+            result["faults"] = part_faults(url, proc.pid, base_rss, quick=args.quick)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
