@@ -404,7 +404,9 @@ class Transformer(nn.Module):
     def _head(self, x: Tensor) -> Tensor:
         """Decoding logits (B, C) -> (B, V). A head tied to the embedding is read from an
         input-major copy (C, V), rebuilt whenever the weight changes (its version counter or
-        storage), since one row at a time reads that layout much faster (see `input_major_`)."""
+        storage), since one row at a time reads that layout much faster (see `input_major_`).
+        Up to `blas.HEAD_ROWS` rows go through OpenBLAS (the wide head is its one product where
+        OpenBLAS beats MKL at several rows: `nn/blas.py`)."""
         w = self.lm_head.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device)
         if self._head_key != key:
@@ -413,8 +415,8 @@ class Transformer(nn.Module):
                 self._head_t = w.detach().t() if not w.is_contiguous() else w.detach().t().contiguous()  # (C, V)
                 self._head_blas = blas.qualifies(self._head_t)
             self._head_key = key
-        if self._head_blas and x.shape[0] == 1:
-            return blas.row_product(x, self._head_t)  # (1, V)
+        if self._head_blas and x.shape[0] <= blas.HEAD_ROWS:
+            return blas.row_product(x, self._head_t)  # (B, V)
         return x @ self._head_t  # (B, V)
 
     def _used(self, buffer: Tensor, n: int) -> Tensor:
