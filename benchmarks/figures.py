@@ -259,6 +259,35 @@ def _engine_rows() -> list[Figure]:
 
 
 FIGURES += _rows()
+
+
+def _serve() -> list[Figure]:
+    """genloom serve under load (benchmarks/serve_load.py)."""
+    out = [Figure("16 greedy requests of 64 tokens: {:.1f} s one at a time, {:.1f} s all at once, **{:.2f}x**",
+                  "serve.json", ("batched_vs_sequential/sequential_wall_s_median",
+                                 "batched_vs_sequential/concurrent_wall_s_median",
+                                 "batched_vs_sequential/speedup_median"))]
+    for level in ("1", "4", "16", "64"):
+        keys = [f"load/{level}/alone/tokens_per_s", f"load/{level}/whole/tokens_per_s",
+                f"load/{level}/whole/throughput_ratio", f"load/{level}/streamed/tokens_per_s",
+                f"load/{level}/streamed/throughput_ratio", f"load/{level}/streamed/ttft_p50_s",
+                f"load/{level}/streamed/ttft_p99_s", f"load/{level}/streamed/tpot_p50_ms",
+                f"load/{level}/streamed/tpot_p99_ms"]
+        out.append(Figure(f"| {level} | {{:.1f}} | {{:.1f}} ({{:.2f}}x) | {{:.1f}} ({{:.2f}}x) | {{:.2f}} / {{:.2f}} s | "
+                          "{:.0f} / {:.0f} ms |", "serve.json", tuple(keys)))
+    out.append(Figure("{:.0f} flood requests: {:.0f} answered with exactly the text they get alone, {:.0f} refused "
+                      "with 429 and Retry-After, {:.0f} otherwise", "serve.json",
+                      tuple(f"faults/flood_total/{k}" for k in ("sent", "ok_identical", "rejected_429", "other"))))
+    out.append(Figure("{:.0f} clients that leave after three chunks beside {:.0f} normal requests, {:.0f} of which "
+                      "match their lone result", "serve.json",
+                      tuple(f"faults/disconnects_total/{k}" for k in ("quitters", "normal", "normal_identical"))))
+    out.append(Figure("resident memory {:.0f} MiB after warm-up, {:.0f} / {:.0f} / {:.0f} MiB after each round",
+                      "serve.json", ("faults/rss_mib_after_warmup", "faults/rss_mib_after_round/0",
+                                     "faults/rss_mib_after_round/1", "faults/rss_mib_after_round/2")))
+    return out
+
+
+FIGURES += _serve()
 # shares quoted as percent inside otherwise unscaled figures
 PERCENT_KEYS = {"english/greedy_word_match", "chinese/greedy_word_match", "repeated_4gram", "coverage",
                 "repeated_ngram_rate", "controllability", "copied_20", "nvae_better_share"}
