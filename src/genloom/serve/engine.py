@@ -26,8 +26,9 @@ that arrive meanwhile wait for the wave to end. Beam-search jobs (best_of / num_
 through `decode.loops.beam_search` when they are admitted.
 
 Results flow back to the HTTP side as events through `Job.sink`, a thread-safe callable:
-("delta", row, text, logprob entries), ("finish", row, finish_reason), ("done", usage) or
-("error", status, message).
+("healed", HealedPrompt) once the prompt step is done, then ("delta", row, text, logprob
+entries), ("finish", row, finish_reason) and ("done", usage), or ("error", status, message) at any
+point (the job is over).
 """
 
 from __future__ import annotations
