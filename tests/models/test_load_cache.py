@@ -264,11 +264,22 @@ def test_unwritable_cache_is_skipped(llama_dir, tmp_path, monkeypatch, caplog):
 
 
 def test_unwritable_cache_folder_by_permission(llama_dir, tmp_path, monkeypatch):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into a read-only folder anyway (the regular-file case covers root)")
+    """A read-only cache folder; root writes into one anyway, so as root the write itself is made
+    to fail with the PermissionError a read-only folder gives (the same path through the cache)."""
+    import contextlib
+
+    import genloom.files
+
     root = tmp_path / "cache"
     root.mkdir()
     root.chmod(0o500)
+    if os.geteuid() == 0:
+        @contextlib.contextmanager
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(root))
+            yield  # pragma: no cover
+
+        monkeypatch.setattr(genloom.files, "atomic_directory", refused)
     monkeypatch.setenv("GENLOOM_CACHE", str(root))
     try:
         model, _ = load_converted(llama_dir)
