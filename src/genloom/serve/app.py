@@ -214,7 +214,10 @@ class Bridge:
 
     def sink(self, index: int):
         def put(event: tuple) -> None:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+            except RuntimeError:  # the event loop is closed (the server stopped): nobody to tell
+                pass
 
         return put
 
