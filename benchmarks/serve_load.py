@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import inspect
 import json
-import os
 import socket
 import statistics
 import subprocess

@@ -42,7 +42,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genloom.decode.generate import GenerateOptions, build_processors, validate_options
+from genloom.decode.generate import build_processors, validate_options
 from genloom.decode.processors import MinLength
 from genloom.errors import UserError
 from genloom.serve import chat

@@ -62,12 +62,28 @@ class Occupant:
     what: str  # in words, for messages ("a title model", "an unfinished nvae run", ...)
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def check_same_run(run_dir: Path, old: dict[str, Any], new: dict[str, Any], *, may_differ: tuple[str, ...] = (),
+                   what: str = "settings") -> None:
+    """--resume: the settings a run is resumed with (`new`) must be those it was started with
+    (`old`, as read back from its JSON), but for the keys in `may_differ`.
+
+    Raises:
+        UserError: naming the first keys that differ.
+    """
+    new = json.loads(json.dumps(new, default=str))  # as it reads back (tuples as lists)
+    differ = sorted(k for k in set(old) | set(new) if k not in may_differ and old.get(k) != new.get(k))
+    if differ:
+        raise UserError(f"--resume needs the {what} of the stopped run in {run_dir}; these differ: "
+                        f"{', '.join(differ[:5])}")
 
 
 def _run_kind(run_config: dict[str, Any]) -> str:
@@ -119,9 +135,9 @@ def occupant(directory: str | Path) -> Occupant | None:
         return None
     for marker, kind in MARKERS:
         if (d / marker).is_file():
-            label = (_json(d / marker) or {}).get("kind") if kind == "condition" else None
+            label = (read_json(d / marker) or {}).get("kind") if kind == "condition" else None
             return Occupant(kind, True, f"a condition {label!r} model" if label else WORDS[kind])
-    model = _json(d / "model" / "config.json") or {}
+    model = read_json(d / "model" / "config.json") or {}
     if model.get("model_type") in ("nvae", "vae") or model.get("model") in ("nvae", "vae"):
         return Occupant("nvae", True, WORDS["nvae"])
     if any((d / m / "config.json").is_file() for m in SEARCH_MODELS):
@@ -132,7 +148,7 @@ def occupant(directory: str | Path) -> Occupant | None:
         return Occupant("summarize", False, "an unfinished summarize run")
     if (d / "run" / "config.json").is_file():
         return Occupant("condition", False, "an unfinished condition run")
-    config = _json(d / "config.json") or _json(d / "pretrain" / "config.json")  # (title's pre-training run first)
+    config = read_json(d / "config.json") or read_json(d / "pretrain" / "config.json")  # (title's pre-training run first)
     if config is not None and "model_type" in config:
         return Occupant("model", True, f"another model ({config['model_type']})")
     if config is not None and "train" in config:

@@ -52,6 +52,7 @@ from genloom.errors import UserError
 from genloom.files import atomic_directory, write_json_atomic
 from genloom.tasks.lm.pretrain_data import PretrainCorpus, pretraining_corpus
 from genloom.train.lm import block_lm_loss, pack_blocks
+from genloom.train.outdir import read_json
 
 WRITER = "zh-base"  # recorded in OUT/zh_base.json and fit's config.json: what wrote the directory
 MARKER = "zh_base.json"
@@ -145,14 +146,6 @@ def _spaced(blocks: Tensor, n: int) -> Tensor:
     return blocks[torch.linspace(0, len(blocks) - 1, n).round().long()]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def check_out(out: str | Path, *, resume: bool = False, force: bool = False) -> bool:
     """Whether a run may write to `out` (a one-line `UserError` if not); True when `out` holds an
     earlier zh-base run that --force is to delete first. A pre-training run is resumable only in
@@ -167,7 +160,7 @@ def check_out(out: str | Path, *, resume: bool = False, force: bool = False) -> 
         if resume:
             raise UserError(f"nothing to resume: {out} holds no genloom lm pretrain run")
         return False
-    if (_read_json(out / MARKER) or {}).get("writer") != WRITER:
+    if (read_json(out / MARKER) or {}).get("writer") != WRITER:
         raise UserError(f"--out {out} holds files of something else; `genloom lm pretrain` will not write there "
                         "(with or without --force): choose another --out")
     if resume:
@@ -183,7 +176,7 @@ def check_out(out: str | Path, *, resume: bool = False, force: bool = False) -> 
 def _resumed_config(out: Path, given: PretrainConfig, asked: set[str]) -> PretrainConfig:
     """The first launch's settings, with the per-launch ones of `given`; a setting in `asked` (set
     by the caller) that differs from the first launch's is a UserError."""
-    stored = (_read_json(out / MARKER) or {}).get("config")
+    stored = (read_json(out / MARKER) or {}).get("config")
     if not isinstance(stored, dict):
         raise UserError(f"cannot resume {out}: {MARKER} holds no settings")
     first = PretrainConfig(**stored)
@@ -242,7 +235,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         raise UserError("give steps or minutes (or both): the run would never stop")
     corpus = corpus if corpus is not None else pretraining_corpus(dev_percent=cfg.dev_percent)
     counts, fingerprint = corpus.counts(), corpus.fingerprint()
-    if resume and (_read_json(out / MARKER) or {}).get("fingerprint") != fingerprint:
+    if resume and (read_json(out / MARKER) or {}).get("fingerprint") != fingerprint:
         raise UserError(f"cannot resume {out}: the corpus is not the text its first launch trained on "
                         "(another version of a corpus package?); start over with --force")
     if replace:

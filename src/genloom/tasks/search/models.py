@@ -31,7 +31,6 @@ the new model is saved.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -202,14 +201,10 @@ _NOT_SETTINGS = ("force", "resume", "progress", "models", "out", "extra")  # may
 
 def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
     """--resume: the settings must be those the stopped run was started with."""
-    try:
-        old = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("task", {})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        raise UserError(f"cannot resume {run_dir}: its config.json is missing or unreadable") from None
-    differ = sorted(k for k in set(old) | set(task) if k not in _NOT_SETTINGS and old.get(k) != task.get(k))
-    if differ:
-        raise UserError(f"--resume needs the settings of the stopped run in {run_dir}; these differ: "
-                        f"{', '.join(differ[:5])}")
+    config = outdir.read_json(run_dir / "config.json")
+    if config is None:
+        raise UserError(f"cannot resume {run_dir}: its config.json is missing or unreadable")
+    outdir.check_same_run(run_dir, config.get("task", {}), task, may_differ=_NOT_SETTINGS)
 
 
 def train_search_models(config: SearchModelsConfig) -> dict[str, Path]:

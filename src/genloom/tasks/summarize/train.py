@@ -5,7 +5,6 @@ seq2seq on predicted / oracle extractions (see `genloom.tasks.summarize`)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from genloom.tokenizers import CharTokenizer
 from genloom.train import Loader, TrainConfig, fit
 from genloom.train.checkpoint import latest_checkpoint
 from genloom.train.lm import pretrain_causal_lm
-from genloom.train.outdir import output_directory, untrained
+from genloom.train.outdir import check_same_run, output_directory, read_json, untrained
 
 
 RUN_FILE = "summarize-run.json"  # the settings and data fingerprint of a run in progress (removed once it is saved)
@@ -177,18 +176,9 @@ def _check_settings(out: Path, settings: dict[str, Any], *, resume: bool) -> Non
     """Record the run's settings and data (RUN_FILE) or, with `resume`, refuse other ones."""
     path = out / RUN_FILE
     if resume and path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-        settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples as lists)
-        was, now = {**old.get("config", {}), "data": old.get("data")}, {**settings["config"], "data": settings["data"]}
-        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
-        if differ:
-            raise UserError(f"--resume needs the settings and data of the stopped run in {out}; these differ: "
-                            f"{', '.join(differ[:5])}")
+        old = read_json(path) or {}
+        check_same_run(out, {**old.get("config", {}), "data": old.get("data")},
+                       {**settings["config"], "data": settings["data"]}, what="settings and data")
         return
     write_json_atomic(path, settings)
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, learning_rate,
-                             length_penalty, nonneg_float, nonneg_int, number, output_flag, positive_float,
-                             positive_int, require, rows_int, set_threads)
+                             length_penalty, nonneg_float, nonneg_int, number, output_flag, positive_int, require, rows_int, set_threads)
 from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
 from genloom.errors import UserError
 from genloom.machine import machine

@@ -14,7 +14,6 @@ new one.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -33,7 +32,7 @@ from genloom.tasks.title.data import Collate, Pair, PairDataset, build_tokenizer
 from genloom.tasks.title.infer import TitleModel, decode_sources, save_title_model
 from genloom.train import Loader, TrainConfig, fit
 from genloom.train.checkpoint import latest_checkpoint
-from genloom.train.outdir import output_directory, untrained
+from genloom.train.outdir import check_same_run, output_directory, read_json, untrained
 from genloom.train.lm import pretrain_causal_lm
 
 
@@ -81,20 +80,8 @@ def _check_same_run(run_dir: Path, task: dict[str, Any]) -> None:
     limits (a run stopped in its pre-training has no fine-tuning settings yet: it starts over)."""
     if not (run_dir / "config.json").is_file():
         return
-    old = _json_file(run_dir / "config.json").get("task", {})
-    task = json.loads(json.dumps(task, default=str))  # as it reads back (tuples as lists)
-    differ = sorted(k for k in set(old) | set(task) if k not in _LIMITS and old.get(k) != task.get(k))
-    if differ:
-        raise UserError(f"--resume needs the settings and data of the stopped run in {run_dir}; these differ: "
-                        f"{', '.join(differ[:5])}")
-
-
-def _json_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    old = (read_json(run_dir / "config.json") or {}).get("task", {})
+    check_same_run(run_dir, old, task, may_differ=_LIMITS, what="settings and data")
 
 
 def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequence[Pair],
