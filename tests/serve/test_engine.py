@@ -238,3 +238,20 @@ def test_a_model_without_join_runs_in_waves(tiny):
         assert [c.rows(1)[0] for c in crowd] == alone
     finally:
         engine.close()
+
+
+def test_penalties_on_the_prompt_equal_the_library(tiny, engine):
+    """Processors that look at the prompt (repetition penalty, no-repeat n-grams) get prompt +
+    generated tokens, as in decode.loops."""
+    from genloom.decode.processors import NoRepeatNGram, RepetitionPenalty
+
+    model, tok = tiny
+    procs = [RepetitionPenalty(1.8), NoRepeatNGram(2)]
+    sinks = run(engine, [(p, greedy(processors=procs)) for p in PROMPTS[:3]])
+    changed = []
+    for p, sink in zip(PROMPTS[:3], sinks):
+        want = continue_prompt(model, tok, p, max_new_tokens=12, eos_id=tok.eos_id, bos_id=2, processors=procs)[0]
+        plain = continue_prompt(model, tok, p, max_new_tokens=12, eos_id=tok.eos_id, bos_id=2)[0]
+        assert sink.rows(1)[0] == want.token_ids
+        changed.append(want.token_ids != plain.token_ids)
+    assert any(changed)  # the penalties do change the text

@@ -271,7 +271,9 @@ class Engine:
         job.rows = [Row(TextAssembler(skip=job.healed.removed, stop=s.stop)) for _ in range(job.n)]
         job.history = torch.zeros(job.n, 0, dtype=torch.long, device=self.device)
         context = torch.tensor(job.healed.context, dtype=torch.long, device=self.device)
-        job.full = context.repeat(job.n, 1)  # (n, P)
+        # prompt + generated tokens, kept only for processors that look at the prompt (as loops do)
+        sees_prompt = any(getattr(p, "sees_prompt", False) for p in job.healed.processors + s.processors)
+        job.full = context.repeat(job.n, 1) if sees_prompt else None  # (n, P)
         if s.strategy == "sample":
             job.generator = torch.Generator(device=self.device)
             if s.seed is not None:
@@ -281,15 +283,15 @@ class Engine:
         job.sink(("healed", job.healed))
         return True
 
-    def _guarded(self, job: Job, work: Callable[[], Any]) -> Any:
-        """Run one job's own work (prompt step, prefill, beam search); a failure ends that job
-        only (a UserError as a 400 with its message), never the batch or the thread."""
+    def _guarded(self, jobs: Job | list[Job], work: Callable[[], Any]) -> Any:
+        """Run the work of one job (prompt step, prefill, beam search) or of a wave; a failure
+        ends those jobs only (a UserError as a 400 with its message), never the batch or the thread."""
         try:
             return work()
-        except UserError as e:
-            self._fail(job, 400, str(e))
-        except Exception as e:  # noqa: BLE001 - reported to the client as a 500 without a traceback
-            self._fail(job, 500, f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - reported to the clients without a traceback
+            status, message = (400, str(e)) if isinstance(e, UserError) else (500, f"{type(e).__name__}: {e}")
+            for job in jobs if isinstance(jobs, list) else [jobs]:
+                self._fail(job, status, message)
         return None
 
     def _admit(self) -> None:
@@ -320,7 +322,7 @@ class Engine:
             self._logits = torch.cat(logits)
             self._jobs.extend(joined)
             return
-        self._guarded_wave(fresh)
+        self._guarded(fresh, lambda: self._wave(fresh))
 
     def _prefill(self, job: Job) -> tuple[Tensor, Any]:
         """One job's prompt on its own: logits (n, V) and its state of n rows (exact healing's
@@ -335,16 +337,6 @@ class Engine:
                 index = torch.zeros(job.n, dtype=torch.long, device=self.device)
                 logits, state = logits[index], self.model.select(state, index)
         return logits, state
-
-    def _guarded_wave(self, fresh: list[Job]) -> None:
-        try:
-            self._wave(fresh)
-        except UserError as e:
-            for job in fresh:
-                self._fail(job, 400, str(e))
-        except Exception as e:  # noqa: BLE001
-            for job in fresh:
-                self._fail(job, 500, f"{type(e).__name__}: {e}")
 
     def _wave(self, fresh: list[Job]) -> None:
         """A model without join: every job admitted now starts in one `start` (right-padded)."""
@@ -458,7 +450,8 @@ class Engine:
                     job.sink(("finish", r, row.finish_reason))
             tokens = torch.tensor(toks, dtype=torch.long, device=rows.device)
             job.history = torch.cat([job.history, tokens[:, None]], dim=1)
-            job.full = torch.cat([job.full, tokens[:, None]], dim=1)
+            if job.full is not None:
+                job.full = torch.cat([job.full, tokens[:, None]], dim=1)
             self._picked.append(tokens)
             if job.finished():
                 job.sink(("done", job.usage()))
