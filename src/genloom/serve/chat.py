@@ -7,10 +7,9 @@ its vocabulary has `<|im_start|>` and `<|im_end|>`, else a plain transcript ("Us
 
 The rendered text spells special tokens; genloom's tokenizers read such spellings as plain text
 (a prompt must not inject control tokens), so the template's output is split at the special
-tokens' spellings, which become their ids, and the text between is encoded as text. Message
-contents themselves never become special tokens: they are encoded as text before rendering
-would let them through (each content is checked, and a content that spells a special token is
-refused).
+tokens' spellings, which become their ids, and the text between is encoded as text. So that a
+message cannot inject control tokens that way, a message whose content spells a special token is
+refused.
 """
 
 from __future__ import annotations
