@@ -288,6 +288,10 @@ def _serve() -> list[Figure]:
 
 
 FIGURES += _serve()
+FIGURES.append(Figure("prints its token {:.1f} s after launch (median of {:.0f} cached calls, {:.1f}-{:.1f} s; the first, "
+                      "which converts the GGUF, {:.1f} s)", "load_once.json",
+                      ("cached/first_byte_s/median", "runs", "cached/first_byte_s/min", "cached/first_byte_s/max",
+                       "rows/0/first_byte_s")))
 # shares quoted as percent inside otherwise unscaled figures
 PERCENT_KEYS = {"english/greedy_word_match", "chinese/greedy_word_match", "repeated_4gram", "coverage",
                 "repeated_ngram_rate", "controllability", "copied_20", "nvae_better_share"}

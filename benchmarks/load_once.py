@@ -78,9 +78,11 @@ def main() -> None:
     cached = [r for r in rows if r["call"].startswith("cached")]
     result = {
         "command": shlex.join(command), "machine_before": start_machine, "machine": machine(), "rows": rows,
+        "runs": len(cached), "load_avg_before": start_machine["loadavg"],
         "cached": {key: summary([r[key] for r in cached]) for key in ("first_byte_s", "wall_s", "cpu_s")} if cached
         else None,
     }
+    result["load_avg_after"] = result["machine"]["loadavg"]
     print(f"{'call':38s} {'first byte s':>12s} {'wall s':>8s} {'cpu s':>7s}")
     for r in rows:
         print(f"{r['call']:38s} {r['first_byte_s']:12.2f} {r['wall_s']:8.2f} {r['cpu_s']:7.2f}")

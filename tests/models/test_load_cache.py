@@ -134,6 +134,34 @@ def test_cached_load_is_bitwise_the_conversion(llama_dir, cache, monkeypatch):
     assert _entries(cache) == [entry]
 
 
+def test_cached_weights_are_stored_as_laid_out_and_mapped_copy_on_write(llama_dir, cache):
+    """The entry stores input-major weights as their (in, out) storage (named in the file's
+    metadata), `load` maps them with no copy, and writing a loaded weight leaves the file as it was."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from genloom.models.io import TRANSPOSED_KEY
+
+    reference, _ = load_converted(llama_dir)
+    (entry,) = _entries(cache)
+    weights = entry / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        transposed = json.loads(f.metadata()[TRANSPOSED_KEY])
+    params = dict(reference.named_parameters())
+    assert transposed and all(params[n].dim() == 2 and params[n].t().is_contiguous() for n in transposed)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    model, tok = load_converted(llama_dir)
+    ids = _ids(tok)
+    want = _logits(model, ids)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest
+    again, _ = load_converted(llama_dir)
+    assert torch.equal(_logits(again, ids), want)
+
+
 def test_each_dtype_has_its_entry(llama_dir, cache, monkeypatch):
     load_converted(llama_dir)
     reference = convert(load_hf(llama_dir, dtype=torch.bfloat16)[0])

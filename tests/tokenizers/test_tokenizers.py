@@ -158,6 +158,10 @@ def test_byte_alphabet_matches_tokenizers() -> None:
     assert sorted(table.values()) == sorted(pre_tokenizers.ByteLevel.alphabet())
     assert all(table[b] == chr(b) for b in b"azAZ09!~")
     assert bytelevel_to_bytes("Ġhello") == b" hello" and bytelevel_to_bytes("白") is None
+    glyph_to_byte = {c: b for b, c in table.items()}
+    for c in map(chr, range(0x400)):  # every glyph, and the latin-1 characters that are none (" ")
+        assert bytelevel_to_bytes(c) == (bytes([glyph_to_byte[c]]) if c in glyph_to_byte else None)
+    assert bytelevel_to_bytes("Ġa b") is None
 
 
 def test_bpe_specials_and_vocab(bpe_tok: BPETokenizer) -> None:

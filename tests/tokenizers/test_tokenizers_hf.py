@@ -105,6 +105,8 @@ def test_smollm2_round_trip_and_token_bytes(smol: HFTokenizer) -> None:
     # Chinese comes out as byte pieces that are not valid UTF-8 alone: bytes stay exact
     pieces = [smol.token_bytes(i) for i in smol.encode("白云")]
     assert b"".join(pieces) == "白云".encode() and len(pieces) > 1
+    # the whole table at once (what the healing index reads) is token_bytes id by id
+    assert smol.all_token_bytes() == [smol.token_bytes(i) for i in range(smol.vocab_size)]
 
 
 def test_sentencepiece_style_bytes(sp_style: HFTokenizer) -> None:

@@ -57,8 +57,17 @@ def test_tokenizer_specials_are_left_out() -> None:
     assert trie.lookup("云".encode()) == [tok.token_to_id("云")]
 
 
-def test_queries_walk_only_their_bytes() -> None:
-    """Edge look-ups: len(prefix) for extensions, at most longest_token_len for prefixes_of."""
+def test_queries_look_at_few_keys() -> None:
+    """extensions: two binary searches (O(log V) keys read); prefixes_of: at most
+    longest_token_len dict look-ups, however long the data."""
+    import math
+
+    class CountingList(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            CountingList.reads += 1
+            return super().__getitem__(i)
 
     class CountingDict(dict):
         calls = 0
@@ -70,14 +79,24 @@ def test_queries_walk_only_their_bytes() -> None:
     rng = random.Random(1)
     vocab = [bytes(rng.choice(b"ab") for _ in range(rng.randint(1, 12))) for _ in range(5000)]
     trie = VocabTrie(vocab)
-    trie._edges = CountingDict(trie._edges)
+    trie._keys = CountingList(trie._keys)
+    trie._equal = CountingDict(trie._equal)
     for q in [b"a", b"abba", b"ab" * 10]:
-        CountingDict.calls = 0
+        CountingList.reads = 0
         trie.extensions(q)
-        assert CountingDict.calls <= len(q)
+        assert 0 < CountingList.reads <= 2 * (math.ceil(math.log2(len(vocab))) + 1)
         CountingDict.calls = 0
         trie.prefixes_of(q * 50)
-        assert CountingDict.calls <= trie.longest_token_len + 1
+        assert CountingDict.calls <= trie.longest_token_len
+
+
+def test_prefixes_at_the_top_of_the_byte_range() -> None:
+    """Prefixes ending in 0xff bytes (the upper end of a bisect range carries into the byte before)."""
+    vocab = [b"\xff", b"\xff\xff", b"a\xff", b"a\xff\x01", b"b", b"\xfe\xff", b"\xff\x00"]
+    trie = VocabTrie(vocab)
+    for q in [b"", b"\xff", b"\xff\xff", b"a\xff", b"\xfe", b"a", b"\xff\xff\xff"]:
+        want = sorted((vocab[i], i) for i in range(len(vocab)) if vocab[i].startswith(q))
+        assert trie.extensions(q) == [i for _, i in want]
 
 
 @pytest.fixture(scope="module")

