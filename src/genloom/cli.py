@@ -13,8 +13,10 @@ import argparse
 import importlib
 import re
 import sys
+from typing import Any
 
 from genloom import __version__
+from genloom.cliargs import DefaultsHelpFormatter
 from genloom.errors import UserError
 
 # name -> (module with add_parser, one-line help). Add a task here and nowhere else.
@@ -34,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage otherwise)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)

@@ -161,12 +161,46 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_output(value, what=flag, directory=kind == "directory", parents=kind != "file in an existing directory")
 
 
-def set_threads(n: int | None) -> None:
-    """--threads: torch's intra-op threads (torch is imported only when a command runs)."""
-    if n:
-        import torch
+def free_cores() -> tuple[int, int]:
+    """(cores free now, cores this process may use): the usable cores less the 1-minute load
+    average, rounded, at least 1. Two threads on two cores that another job also uses stall
+    each other (SmolLM2 streamed at 1.2 s/token where one thread took 25 ms), so a shared
+    machine gets one thread."""
+    import os
 
-        torch.set_num_threads(n)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5))), cores
+
+
+def set_threads(n: int | None) -> int:
+    """--threads: torch's intra-op threads (torch is imported only when a command runs); None
+    (the flag left out) takes `free_cores()`. Returns the number set."""
+    import torch
+
+    n = n or free_cores()[0]
+    torch.set_num_threads(n)
+    return n
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help shows every flag's default: "(default: X)" is added to each help that does not
+    say its default already; a flag whose default is None says in its own help what leaving
+    it out means (tests/test_cli_help.py checks every flag of every command)."""
+
+    SILENT = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+              argparse._HelpAction, argparse._VersionAction, argparse.BooleanOptionalAction,
+              argparse._SubParsersAction)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (isinstance(action, self.SILENT) or not action.option_strings or action.required
+                or action.default in (None, argparse.SUPPRESS) or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # ---- the shared flags ---------------------------------------------------------------------------
@@ -205,14 +239,41 @@ def add_common(
     if corpus is not None:
         parser.add_argument("--corpus", default=corpus, metavar="NAME", help=f"named corpus (default {corpus})")
     if data:
-        parser.add_argument("--data", default=None, metavar="FILE", help="a user file (.jsonl, .csv, .tsv, .txt) instead of --corpus")
+        parser.add_argument("--data", default=None, metavar="FILE", help="a user file (.jsonl, .csv, .tsv, .txt) instead of --corpus (default: none, --corpus is read)")
     if seed is not None:
         parser.add_argument("--seed", type=seed_int, default=seed, help=f"seed of every random choice (default {seed})")
     if threads:
-        parser.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
+        add_threads(parser)
     if quiet:
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines on stderr")
     return parser
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`, whose default is the cores free when the command starts (`free_cores`)."""
+    free, cores = free_cores()
+    parser.add_argument("--threads", type=threads_int, default=None,
+                        help=f"torch CPU threads (default: the cores free when it starts, {free} of {cores} now)")
+
+
+def add_input(parser: argparse.ArgumentParser, text: str, *, required: bool = False) -> argparse.Action:
+    """`--input FILE`, where "-" is stdin."""
+    return parser.add_argument("--input", metavar="FILE", required=required,
+                               help=f"{text}; - reads stdin" + ("" if required else " (default: none)"))
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "each result") -> argparse.Action:
+    """`--json` (and its older spelling `--jsonl`): JSON lines of one shape, `json_record`."""
+    return parser.add_argument("--json", "--jsonl", dest="json", action="store_true",
+                               help=f"print {what} as a JSON line {{id, input, output, ...}}; id is the input "
+                                    "record's \"id\" field, else its line number")
+
+
+def json_record(id_: Any, input_: Any, output: Any, **extra: Any) -> str:
+    """One JSON line of every command's --json output: {"id", "input", "output", ...extra}."""
+    import json
+
+    return json.dumps({"id": id_, "input": input_, "output": output, **extra}, ensure_ascii=False)
 
 
 # ---- config dataclass <-> flags -----------------------------------------------------------------

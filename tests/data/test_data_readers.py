@@ -117,3 +117,42 @@ def test_read_pairs(tmp_path):
         read_pairs(path, source="content", target="title")
     with pytest.raises(UserError, match="same field"):
         read_pairs(path, source="title", target="title")
+
+
+# ---- command inputs from a pipe: ids, and batches that do not wait -------------------------------
+def test_items_carry_the_record_id_or_the_line_number():
+    from genloom.data.readers import read_items
+
+    lines = [b'{"id": "a7", "content": "x"}\n', b'{"content": "y"}\n', b'{"id": 3, "content": ""}\n']
+    items = list(read_items(lines))
+    assert [(i.line, i.id, i.text) for i in items] == [(1, "a7", "x"), (2, 2, "y"), (3, 3, None)]
+    assert items[2].error == "input:3: field 'content' is empty"
+    assert [i.id for i in read_items([b"p\n", b"q\n"])] == [1, 2]
+
+
+def test_ready_batches_answer_what_a_pipe_has_sent_without_waiting_for_more():
+    import os
+    import threading
+
+    from genloom.data.readers import LineSource, ready_batches
+
+    r, w = os.pipe()
+    os.write(w, b"one\ntwo\nthree\n")
+    source = LineSource(os.fdopen(r, "rb"))
+    batches = ready_batches(iter(source), 32, source.ready)
+    assert next(batches) == [b"one\n", b"two\n", b"three\n"]  # not held until 32 lines came
+    timer = threading.Timer(0.2, lambda: (os.write(w, b"four\nfive"), os.close(w)))
+    timer.start()
+    rest = list(batches)  # however the late lines were split, all come, the last with no newline
+    assert [line for batch in rest for line in batch] == [b"four\n", b"five"]
+    timer.join()
+
+
+def test_ready_batches_of_a_regular_file_are_full(tmp_path):
+    from genloom.data.readers import LineSource, ready_batches
+
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"".join(b"%d\n" % i for i in range(70)))
+    with open(path, "rb") as f:
+        source = LineSource(f)
+        assert [len(b) for b in ready_batches(iter(source), 32, source.ready)] == [32, 32, 6]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -219,9 +220,20 @@ def _json_object(line: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def read_inputs(stream: Any, *, fmt: str = "auto", field: str = "content", name: str = "input"
-                ) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text or None, error or None) for each line of a binary `stream`.
+@dataclass(frozen=True)
+class InputItem:
+    """One line of a command's input: its number, its id (a JSONL record's "id" field when it
+    has one, else the line number: what --json output carries), and its text or why it has none."""
+
+    line: int
+    id: Any
+    text: str | None
+    error: str | None
+
+
+def read_items(stream: Any, *, fmt: str = "auto", field: str = "content", name: str = "input"
+               ) -> Iterator[InputItem]:
+    """An `InputItem` for each line of a binary `stream` (or any iterable of lines).
 
     One item per line ("lines") or one JSON object per line whose `field` is the text
     ("jsonl"); "auto" picks "jsonl" when the first non-blank line is a JSON object. A line that
@@ -238,26 +250,93 @@ def read_inputs(stream: Any, *, fmt: str = "auto", field: str = "content", name:
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
-            yield n, None, f"{name}:{n}: invalid UTF-8 (byte 0x{raw[e.start]:02x})"
+            yield InputItem(n, n, None, f"{name}:{n}: invalid UTF-8 (byte 0x{raw[e.start]:02x})")
             continue
         if n == 1:
             line = line.removeprefix("\ufeff")
         if mode is None and line.strip():
             mode = "jsonl" if _json_object(line) is not None else "lines"
         if not line.strip():
-            yield n, None, f"{name}:{n}: empty line"
+            yield InputItem(n, n, None, f"{name}:{n}: empty line")
         elif mode == "jsonl":
             obj = _json_object(line)
             if obj is None:
-                yield n, None, f"{name}:{n}: not a JSON object"
-            elif not isinstance(obj.get(field), str):
-                yield n, None, f"{name}:{n}: field {field!r} is missing or not a string"
+                yield InputItem(n, n, None, f"{name}:{n}: not a JSON object")
+                continue
+            id_ = obj.get("id", n)
+            if not isinstance(obj.get(field), str):
+                yield InputItem(n, id_, None, f"{name}:{n}: field {field!r} is missing or not a string")
             elif not obj[field].strip():
-                yield n, None, f"{name}:{n}: field {field!r} is empty"
+                yield InputItem(n, id_, None, f"{name}:{n}: field {field!r} is empty")
             else:
-                yield n, obj[field], None
+                yield InputItem(n, id_, obj[field], None)
         else:
-            yield n, line, None
+            yield InputItem(n, n, line, None)
+
+
+def read_inputs(stream: Any, *, fmt: str = "auto", field: str = "content", name: str = "input"
+                ) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text or None, error or None) of each `read_items` item."""
+    for item in read_items(stream, fmt=fmt, field=field, name=name):
+        yield item.line, item.text, item.error
+
+
+class LineSource:
+    """The lines of a binary stream, and whether another one can be had without waiting:
+    `ready()` is True while a whole line is buffered, the stream is a regular file, or the
+    descriptor has bytes to read now. `ready_batches` uses it so a command reading a pipe
+    answers each line as it arrives, yet batches lines that are already there."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.eof = False
+        try:
+            self.fd = stream.fileno()
+            import stat
+
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's BytesIO)
+            self.fd, self.regular = None, True
+
+    def ready(self) -> bool:
+        if self.regular or self.eof or b"\n" in self.buffer:
+            return True
+        import select
+
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.regular:
+            yield from self.stream
+            return
+        while True:
+            cut = self.buffer.find(b"\n")
+            if cut >= 0:
+                line, self.buffer = self.buffer[: cut + 1], self.buffer[cut + 1 :]
+                yield line
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                self.eof = True
+                if self.buffer:
+                    line, self.buffer = self.buffer, b""
+                    yield line
+                return
+            self.buffer += chunk
+
+
+def ready_batches(items: Iterator[Any], size: int, ready: Any) -> Iterator[list[Any]]:
+    """Lists of up to `size` items, each cut short when `ready()` says the next item would mean
+    waiting for input (so nothing already read waits for lines that have not come yet)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size or not ready():
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def read_all_inputs(stream: Any, *, fmt: str = "auto", field: str = "content", name: str = "input") -> list[str]:

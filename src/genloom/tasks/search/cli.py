@@ -150,12 +150,12 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     p.add_argument("--lm", default="smollm2-135m", help="English: a local Hugging Face causal LM (name, dir, .gguf)")
     p.add_argument("--engine", choices=EN_ENGINES, default="genloom",
                    help="English: run --lm converted to genloom's Transformer, or (a GGUF) on llama.cpp")
-    p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once (llama.cpp's quantizer)")
+    p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once (llama.cpp's quantizer) (default: none, the GGUF as it is)")
     if proposal:
         p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
                        help="Chinese candidates: masked LM or fwd x bwd LM")
     p.add_argument("--jsonl", action="store_true", help="print JSON lines")
-    output_flag(p, "--out", parents=False, help="write the results to this file (atomically) instead of stdout")
+    output_flag(p, "--out", parents=False, help="write the results to this file (atomically) instead of stdout (default: stdout)")
     p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the flag's earlier name
     add_common(p, seed=0, threads=True, quiet=True)
 
@@ -168,8 +168,8 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
 
     k = sub.add_parser("keywords", help="make sentences that contain given keywords (CGMH)")
     src = k.add_mutually_exclusive_group(required=True)
-    src.add_argument("--keywords", help="comma-separated keywords, e.g. 北京,大学,科学")
-    src.add_argument("--input", metavar="FILE", help="a file with one comma-separated keyword set per line")
+    src.add_argument("--keywords", help="comma-separated keywords, e.g. 北京,大学,科学 (default: none; give --keywords or --input)")
+    src.add_argument("--input", metavar="FILE", help="a file with one comma-separated keyword set per line (default: none)")
     k.add_argument("-n", dest="n", type=rows_int, help="sentences per keyword set (default 5)")
     _config_flags(k, KeywordsConfig(), default_keywords_config("en"), {
         "chains": "chains per keyword set", "steps": "Metropolis-Hastings steps per chain",
@@ -198,8 +198,8 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
 
     c = sub.add_parser("correct", help="fix typos: replace moves under an LM target with an edit penalty")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="a sentence to correct")
-    src.add_argument("--input", metavar="FILE", help="a file with one sentence per line")
+    src.add_argument("--text", help="a sentence to correct (default: none; give --text or --input)")
+    src.add_argument("--input", metavar="FILE", help="a file with one sentence per line (default: none)")
     _config_flags(c, CorrectConfig(), CorrectConfig(), {
         "penalty": "nats of fluency an edit must buy", "sweeps": "passes over the positions",
         "top_k": "candidates per position", "temperature": "search temperature",
@@ -216,7 +216,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     add_config_flags(t, SearchModelsConfig, {"steps": "optimizer steps per model (eval models: half)",
                                              "minutes": "wall-clock cap per model"},
                      types_={"steps": positive_int, "minutes": positive_float})
-    t.add_argument("--only", help="comma-separated subset of mlm,forward,backward,eval-zh,eval-en")
+    t.add_argument("--only", help="comma-separated subset of mlm,forward,backward,eval-zh,eval-en (default: all of them)")
     t.add_argument("--resume", action="store_true", help="continue stopped runs under --out (models already saved are kept)")
     t.set_defaults(func=run_train)
     return p

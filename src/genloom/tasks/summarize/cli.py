@@ -52,7 +52,7 @@ TRAIN_FLAGS: dict[str, str] = {
                         "centroid (similarity to the document's centroid, TextRank degree, length), tfidf (jieba "
                         "tf-idf LSA vectors)",
     "tfidf_dim": "LSA width of the tfidf features",
-    "init": "start the seq2seq from this pre-trained directory (summarize.train.pretrain)",
+    "init": "start the seq2seq from this pre-trained directory (summarize.train.pretrain) (default: none, from scratch)",
     "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
     "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",
     "d_ff": "seq2seq feed-forward width", "dropout": "seq2seq dropout",
@@ -61,7 +61,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "pointer": "the title task's pointer-generator copy in the seq2seq's output",
     "prior": "the title task's source-character prior in the seq2seq's output",
     "sparse_k": "Sparse Softmax top-k in training and decoding (0: plain softmax)",
-    "sparse_p": "Sparse Softmax top-p instead of top-k (with --sparse-k 0)",
+    "sparse_p": "Sparse Softmax top-p instead of top-k (with --sparse-k 0) (default: none, top-k)",
     "source_noise": "share of source characters replaced at random in training",
     "min_count": "characters rarer than this become <unk>", "vocab_max": "most vocabulary ids",
     "batch_size": "seq2seq batch", "lr": "seq2seq learning rate", "warmup_steps": "seq2seq warm-up steps",
@@ -226,7 +226,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     add_common(t, out="the summarizer directory", out_default="runs/summarize", force=True, quiet=True, seed=0,
                threads=False)
     add_config_flags(t, SummarizeConfig, TRAIN_FLAGS, types_=_TYPES, choices={"mode": MODES})
-    t.add_argument("--limit", type=positive_int, default=None, help="train on the first N long documents only")
+    t.add_argument("--limit", type=positive_int, default=None, help="train on the first N long documents only (default: all)")
     t.add_argument("--resume", action="store_true", help="continue a stopped run in --out (same flags and data)")
     t.set_defaults(func=run_train)
 
@@ -239,7 +239,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     r.add_argument("--field", default="content", help="JSONL field holding the document")
     r.add_argument("--explain", action="store_true", help="JSON lines with the source read and the extracted clauses")
     r.add_argument("--json", action="store_true", help="JSON lines {summary}")
-    output_flag(r, "--output", default=None, help="write here (atomically) instead of stdout")
+    output_flag(r, "--output", default=None, help="write here (atomically) instead of stdout (default: stdout)")
     r.set_defaults(func=run_run)
 
     e = sub.add_parser("eval", help="ROUGE / CAIL of the summarizer and extract-only", description=(
@@ -247,7 +247,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     _data_flags(e)
     _decode_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
-    e.add_argument("--limit", type=positive_int, default=None, help="score the first N long documents only")
-    output_flag(e, "--output", default=None, help="write every figure and prediction as JSON here")
+    e.add_argument("--limit", type=positive_int, default=None, help="score the first N long documents only (default: all)")
+    output_flag(e, "--output", default=None, help="write every figure and prediction as JSON here (default: printed only)")
     e.set_defaults(func=run_eval)
     return p

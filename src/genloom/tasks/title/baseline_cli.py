@@ -49,6 +49,6 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     p.add_argument("--split", default="test", help="split of the corpus (default: test)")
     add_pair_flags(p)
     p.add_argument("--lead-chars", type=positive_int, default=24, help="N of lead-N (default: 24)")
-    output_flag(p, "--output", default=None, help="also write the table as JSON here")
+    output_flag(p, "--output", default=None, help="also write the table as JSON here (default: the table is printed only)")
     p.set_defaults(func=run)
     return p

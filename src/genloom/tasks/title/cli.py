@@ -36,7 +36,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "prior": "the post's source-character prior",
     "copy": "pointer-generator copy",
     "minutes": "training time budget",
-    "max_epochs": "optional epoch limit",
+    "max_epochs": "optional epoch limit (default: no epoch limit)",
     "pretrain_minutes": "unilm: char-LM pre-training on all Chinese training text first",
     "max_source_len": "articles are cut to this many characters",
     "max_title_len": "longest title (longer training titles are cut)",
@@ -271,7 +271,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_common(t, out="run and model directory", out_default="runs/title", force=True, quiet=True, seed=0,
                data=True, corpus="inews")
     add_pair_flags(t)
-    t.add_argument("--dev-data", default=None, metavar="FILE", help="dev pairs for --data")
+    t.add_argument("--dev-data", default=None, metavar="FILE", help="dev pairs for --data (default: none, a split of --data)")
     t.add_argument("--resume", action="store_true",
                    help="continue a stopped run in --out (same flags and data; --minutes, --max-epochs and "
                         "--patience may change)")
@@ -281,7 +281,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     t.add_argument("--lr", type=learning_rate, default=None,
                    help="peak learning rate (default: 2e-3 for rnn, 1e-3 for unilm)")
     t.add_argument("--model-json", default=None, metavar="JSON",
-                   help='overrides of the model preset, e.g. \'{"enc_hidden": 96}\'')
+                   help='overrides of the model preset, e.g. \'{"enc_hidden": 96}\' (default: none, the preset)')
     t.set_defaults(func=run_train)
 
     g = sub.add_parser("generate", help="titles for articles", description=(
@@ -293,10 +293,10 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     g.add_argument("--field", default="content", help="JSONL field holding the article")
     g.add_argument("--json", action="store_true", help="write JSON lines {line, title}")
     g.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
-    g.add_argument("--max-title-len", type=TITLE_LEN, default=None, help="longest title")
+    g.add_argument("--max-title-len", type=TITLE_LEN, default=None, help="longest title (default: the model's)")
     g.add_argument("--batch-size", type=rows_int, default=32, help="articles decoded together")
     output_flag(g, "--explain", default=None, metavar="PNG",
-                   help="write the attention map of the first article and its title")
+                   help="write the attention map of the first article and its title (default: none)")
     g.set_defaults(func=run_generate)
 
     e = sub.add_parser("eval", help="ROUGE / BLEU against the baselines", description=(
@@ -306,7 +306,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_pair_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
     e.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
-    e.add_argument("--limit", type=positive_int, default=None, help="score the first N pairs only")
+    e.add_argument("--limit", type=positive_int, default=None, help="score the first N pairs only (default: all)")
     e.add_argument("--samples", type=nonneg_int, default=10, help="sample titles to print")
     e.add_argument("--no-baselines", action="store_true", help="skip lead-24 / best-sentence")
     output_flag(e, "--out", directory=True, default=None, help="where to write the table (default: --model)")
