@@ -29,7 +29,7 @@ def test_cli_matches_the_library_for_every_mode_and_strategy(zh_dir, genloom):
             want = continue_prompt(model, tok, prompt, mode=mode, strategy=strategy, max_new_tokens=4,
                                    num_beams=2, generator=torch.Generator().manual_seed(3),
                                    bos_id=tok.bos_id, index=index)[0]
-            assert record["continuation"] == want.text and record["token_ids"] == want.token_ids
+            assert record["output"] == want.text and record["token_ids"] == want.token_ids
             if mode != "none":
                 generated = b"".join(tok.token_bytes(i) for i in record["token_ids"])
                 assert generated.startswith(bytes.fromhex(record["removed_hex"]))  # healed text starts with r
@@ -50,7 +50,32 @@ def test_cli_prompt_file_cut_inside_a_character(zh_dir, genloom, tmp_path):
     generated = b"".join(tok.token_bytes(i) for i in record["token_ids"])
     assert generated.startswith(removed)
     # the printed continuation starts with the completed character
-    assert record["continuation"] == (data + generated[len(removed):]).decode("utf-8", "replace")[4:]
+    assert record["output"] == (data + generated[len(removed):]).decode("utf-8", "replace")[4:]
+
+
+def test_cli_prompt_from_stdin_is_the_file_s_bytes(zh_dir, genloom, tmp_path, monkeypatch):
+    """--input - reads the same bytes --input FILE (and its older name --prompt-file) reads; the
+    record says what was continued."""
+    import io
+
+    data = "广州的白云".encode()[:-1]
+    path = tmp_path / "p.txt"
+    path.write_bytes(data)
+    common = ["continue", "--model", str(zh_dir), "--max-new-tokens", "3", "--no-eos", "--json"]
+    rc, from_file, err = genloom(*common, "--prompt-file", str(path))
+    assert rc == 0, err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    rc, from_stdin, err = genloom(*common, "--input", "-")
+    assert rc == 0, err
+    assert from_stdin == from_file
+    record = json.loads(from_stdin)
+    assert record["id"] == 1 and record["index"] == 0 and record["input"] == data.decode("utf-8", "replace")
+
+
+def test_cli_back_off_past_the_prompt_is_refused_before_the_model_loads(genloom):
+    rc, out, err = genloom("continue", "--model", "/nonexistent/model", "--prompt", "广州", "--back-off", "7")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "--back-off 7 is more than the prompt's 6 bytes" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -101,7 +126,7 @@ def test_hf_mode_is_transformers_token_healing(hf_llama_dir, genloom):
                          max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
     full = tok.decode(ref[0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
     want = full[len(prompt):] if full.startswith(prompt) else None
-    assert record["continuation"] == want
+    assert record["output"] == want
     if want is None:
         assert record["hf_output"] == full
 

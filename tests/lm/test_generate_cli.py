@@ -67,7 +67,9 @@ def test_cli_input_file_jsonl_output_and_engines(hf_gpt2_dir, hf_gpt2, tmp_path,
     assert outs["genloom"] == outs["hf"]  # converted Transformer == HF model behind HFCausalLM
     expected = generate(model, tok, PROMPTS, strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=10)
     assert [o["output"] for o in outs["hf"]] == expected
-    assert [(o["prompt"], o["index"]) for o in outs["hf"]] == [(p, i) for p in PROMPTS for i in range(2)]
+    lines = [n for n, line in enumerate(blanks.splitlines(), start=1) if line]  # ids: the prompts' line numbers
+    assert [(o["id"], o["input"], o["index"]) for o in outs["hf"]] == \
+           [(n, p, i) for n, p in zip(lines, PROMPTS) for i in range(2)]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out-genloom.jsonl", "out-hf.jsonl", "prompts.txt"]
 
 
@@ -81,6 +83,30 @@ def test_cli_stream_equals_batch(hf_gpt2_dir, hf_gpt2, capsys):
     assert streamed == expected + "\n"
 
 
+def test_cli_json_records_carry_input_ids_and_stream_their_pieces(hf_gpt2_dir, hf_gpt2, tmp_path):
+    """--input - (stdin) with JSONL records: each output's record carries the record's id; --stream
+    --json gives a {id, index, delta} line per piece and then the same record as without --stream."""
+    _, model, tok = hf_gpt2
+    records = "".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:2]))
+    common = ["generate", "--model", str(hf_gpt2_dir), "--input", "-", "--max-new-tokens", "6", "--json"]
+    whole = subprocess.run([sys.executable, "-m", "genloom.cli", *common], input=records, capture_output=True,
+                           text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    got = [json.loads(line) for line in whole.stdout.splitlines()]
+    want = generate(model, tok, PROMPTS[:2], max_new_tokens=6)
+    assert got == [{"id": f"p{i}", "input": p, "output": w, "index": 0} for i, (p, w) in enumerate(zip(PROMPTS, want))]
+    streamed = subprocess.run([sys.executable, "-m", "genloom.cli", *common, "--stream"], input=records,
+                              capture_output=True, text=True, timeout=120)
+    assert streamed.returncode == 0, streamed.stderr
+    lines = [json.loads(line) for line in streamed.stdout.splitlines()]
+    finals = [r for r in lines if "output" in r]
+    assert finals == got
+    for record in finals:
+        pieces = [r["delta"] for r in lines if "delta" in r and r["id"] == record["id"]]
+        assert "".join(pieces) == record["output"]
+    assert sum("delta" in r for r in lines) > len(finals)  # pieces, not one line per output
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--input", "{missing}"], "no such file"),
     (["--input", "{empty}"], "holds no prompts"),
@@ -88,7 +114,7 @@ def test_cli_stream_equals_batch(hf_gpt2_dir, hf_gpt2, capsys):
     (["--prompt", "hi", "--output", "{nodir}"], "a parent is not a directory"),
     (["--prompt", "hi", "--output", "{tmp}"], "is a directory, not a file"),
     (["--prompt", "hi", "--stream", "--strategy", "beam"], "streaming works with strategy 'greedy' or 'sample'"),
-    (["--prompt", "hi", "--stream", "--jsonl"], "--stream prints to the terminal"),
+    (["--prompt", "hi", "--stream", "--out", "{tmp}/o.txt"], "--stream prints to the terminal"),
 ])
 def test_cli_in_process_bad_input(hf_gpt2_dir, tmp_path, capsys, extra, message):
     empty = tmp_path / "empty.txt"

@@ -74,4 +74,4 @@ def test_continue_runs_on_an_rtf_lm(rtf_lm_dir, capsys):
                  "--no-eos", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     want = continue_prompt(model, tok, PROMPTS[0], max_new_tokens=6, bos_id=tok.bos_id)[0]
-    assert record["token_ids"] == want.token_ids and record["continuation"] == want.text
+    assert record["token_ids"] == want.token_ids and record["output"] == want.text

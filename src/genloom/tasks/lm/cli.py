@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from genloom.cliargs import (add_common, beam_width, check_outputs, length_penalty, nonneg_int, output_flag,
+from genloom.cliargs import (add_common, add_json, beam_width, check_outputs, length_penalty, nonneg_int, output_flag,
                              penalty_factor, positive_float, positive_int, probability, rows_int, temperature)
+from genloom.data.readers import INPUT_FORMATS
 from genloom.errors import UserError
 from genloom.tasks.lm.load import ENGINES, QUANTS
 
@@ -39,8 +40,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                       "early_stopping": "--early-stopping"}, args.strategy == "beam", "--strategy beam")
     if args.min_new_tokens > args.max_new_tokens:
         raise UserError(f"--min-new-tokens {args.min_new_tokens} is above --max-new-tokens {args.max_new_tokens}")
-    if args.stream and (args.output or args.jsonl):
-        raise UserError("--stream prints to the terminal; it cannot be combined with --output or --jsonl")
+    if args.stream and args.output:
+        raise UserError("--stream prints to the terminal; it cannot be combined with --out")
     check_outputs(args)
     from genloom.tasks.lm.generate import run
 
@@ -48,15 +49,19 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_parser(p: argparse.ArgumentParser) -> None:
-    add_common(p, model=MODEL_HELP, threads=True, seed=0)
+    add_common(p, model=MODEL_HELP, threads=True, quiet=True, seed=0)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several) (default: none; give --prompt or --input)")
-    src.add_argument("--input", metavar="FILE", help="a UTF-8 text file (or - for stdin), one prompt per line (default: none)")
+    src.add_argument("--input", metavar="FILE", help="prompts, one per line or JSONL (--field); - reads stdin (default: none)")
+    p.add_argument("--format", choices=INPUT_FORMATS, default="auto",
+                   help="--input: lines, jsonl, or auto (JSONL if the first line is a JSON object)")
+    p.add_argument("--field", default="prompt", help="--input JSONL: the field holding the prompt")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how tokens are picked")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="most tokens generated per output")
     p.add_argument("--min-new-tokens", type=nonneg_int, default=0, help="no end-of-text before this many tokens")
     p.add_argument("--num-beams", type=beam_width, help="beam width (--strategy beam; default 4)")
-    p.add_argument("--num-return-sequences", type=rows_int, default=1, help="n-best (beam) or samples per prompt")
+    p.add_argument("--num-samples", "--num-return-sequences", dest="num_return_sequences", type=rows_int, default=1,
+                   help="n-best (beam) or samples per prompt")
     p.add_argument("--length-penalty", type=length_penalty, help="beam: sum log p / length ** this (default 1)")
     p.add_argument("--early-stopping", choices=("false", "true", "never"),
                    help="beam stopping rule (Hugging Face semantics; default false)")
@@ -72,9 +77,11 @@ def _generate_parser(p: argparse.ArgumentParser) -> None:
                    help="Hugging Face models: convert to genloom's Transformer (genloom), run them as they are "
                         "(hf), or convert when the architecture allows (auto); GGUF models on llama.cpp (llamacpp)")
     _quant_flag(p)
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, index, output}")
-    output_flag(p, "--output", help="write the results to this file (atomically) instead of stdout (default: stdout)")
+    p.add_argument("--stream", action="store_true",
+                   help="print tokens as they are generated (with --json: a line {id, index, delta} per piece)")
+    add_json(p, "each output (with its index among a prompt's outputs)")
+    output_flag(p, "--out", "--output", dest="output",
+                help="write the results to this file (atomically) instead of stdout (default: stdout)")
     p.set_defaults(func=_run_generate)
 
 
@@ -85,16 +92,21 @@ def _run_continue(args: argparse.Namespace) -> int:
     _only_with(args, {"back_off": "--back-off"}, args.heal in ("exact", "post"), "--heal exact or post")
     if args.bos not in ("auto", "none") and not (args.bos.isascii() and args.bos.isdigit()):
         raise UserError(f"--bos must be auto, none or a token id, got {args.bos!r}")  # the vocabulary: at load
-    from genloom.tasks.lm.continue_ import run
+    from genloom.tasks.lm.continue_ import read_prompt, run
 
+    args.prompt_text = read_prompt(args)
+    size = len(args.prompt_text.encode("utf-8") if isinstance(args.prompt_text, str) else args.prompt_text)
+    if args.back_off is not None and args.back_off > size:  # a token spells at least one byte
+        raise UserError(f"--back-off {args.back_off} is more than the prompt's {size} bytes")
     return run(args)
 
 
 def _continue_parser(p: argparse.ArgumentParser) -> None:
-    add_common(p, model=MODEL_HELP, threads=True, seed=0)
+    add_common(p, model=MODEL_HELP, threads=True, quiet=True, seed=0)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the text to continue (default: none; give --prompt or --prompt-file)")
-    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt's bytes from this file, exactly (default: none)")
+    src.add_argument("--prompt", help="the text to continue (default: none; give --prompt or --input)")
+    src.add_argument("--input", "--prompt-file", dest="prompt_file", metavar="FILE",
+                     help="read the prompt's bytes from this file, exactly; - reads stdin (default: none)")
     p.add_argument("--heal", choices=HEAL_MODES, default="exact", help="token healing mode (default exact)")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how tokens are picked")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="most tokens generated")
@@ -110,7 +122,7 @@ def _continue_parser(p: argparse.ArgumentParser) -> None:
                    help="Hugging Face models: convert to genloom's Transformer, or run them as they are; "
                         "GGUF models on llama.cpp (llamacpp)")
     _quant_flag(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per continuation")
+    add_json(p, "each continuation, with what healing did,")
     p.set_defaults(func=_run_continue)
 
 

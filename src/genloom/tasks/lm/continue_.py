@@ -3,22 +3,22 @@
     genloom continue --model smollm2-135m --prompt "import numpy as n"
     genloom continue --model models/zh-bpe-lm --prompt "广州的白" --strategy sample --seed 1
     genloom continue --model smollm2-135m --prompt "Visit http:" --heal hf
-    genloom continue --model smollm2-135m --prompt-file cut.txt --json
+    genloom continue --model smollm2-135m --input cut.txt --json
 
 `--model` is read by `load.load_model`: a genloom model directory (e.g. the Chinese LM built by
 benchmarks/build_zh_lm.py) or a Hugging Face model ("smollm2-135m", a local model directory or a
 .gguf file; nothing is downloaded). `--heal` picks the mode of `genloom.decode.heal`: exact
 (default; the exact conditional given the backed-off text), post (the post's one-token back-off),
-none (plain), hf (transformers' `token_healing`, Hugging Face models only). `--prompt-file` reads
-the prompt's bytes exactly (trailing spaces and newlines kept; it may even end inside a UTF-8
-character). The continuation is printed (the text after the prompt), or with --json one JSON
-object per continuation with what healing did.
+none (plain), hf (transformers' `token_healing`, Hugging Face models only). `--input FILE` (or
+`-`, stdin; `--prompt-file` is its older name) reads the prompt's bytes exactly (trailing spaces
+and newlines kept; it may even end inside a UTF-8 character). The continuation is printed (the
+text after the prompt), or with --json one JSON line {id, input, output, index, ...} per
+continuation with what healing did.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -48,9 +48,11 @@ def start_token(tokenizer: Any, choice: str, *, hf: bool) -> int | None:
 
 
 def read_prompt(args: argparse.Namespace) -> str | bytes:
-    """The prompt from --prompt (text) or --prompt-file (bytes, exactly)."""
+    """The prompt from --prompt (text) or --input FILE / - (bytes, exactly)."""
     if args.prompt is not None:
         prompt: str | bytes = args.prompt
+    elif args.prompt_file == "-":
+        prompt = sys.stdin.buffer.read()
     else:
         try:
             prompt = Path(args.prompt_file).read_bytes()
@@ -63,10 +65,14 @@ def read_prompt(args: argparse.Namespace) -> str | bytes:
     return prompt
 
 
-def _record(c: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The --json object of one continuation: the text, its ids and what healing did."""
+def _record(c: Any, args: argparse.Namespace, prompt: str | bytes, index: int) -> str:
+    """The --json line of one continuation: {id: 1, input: the prompt, output: the
+    continuation, index (among the samples)}, its ids and what healing did."""
+    from genloom.cliargs import json_record
+
     healed = c.healed
-    record = {"mode": args.heal, "strategy": args.strategy, "continuation": c.text,
+    text = prompt if isinstance(prompt, str) else prompt.decode("utf-8", errors="replace")
+    record = {"index": index, "mode": args.heal, "strategy": args.strategy,
               "token_ids": c.token_ids, "score": c.score,
               "removed": None if healed is None else healed.removed.decode("utf-8", errors="replace"),
               "removed_hex": None if healed is None else healed.removed.hex(),
@@ -76,7 +82,7 @@ def _record(c: Any, args: argparse.Namespace) -> dict[str, Any]:
               "approximate": None if healed is None or args.heal != "exact" else healed.approximate}
     if c.text is None:
         record["hf_output"] = c.full_text
-    return record
+    return json_record(1, text, c.text, **record)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from genloom.decode.heal_tree import VocabIndex
     from genloom.tasks.lm.load import is_genloom_dir, load_model
 
-    prompt = read_prompt(args)
+    prompt = getattr(args, "prompt_text", None) or read_prompt(args)
     hf = not is_genloom_dir(args.model)
     if args.heal == "hf" and not hf:
         raise UserError("--heal hf runs transformers' token healing: it needs a Hugging Face model")
@@ -114,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"genloom: warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for c in results:
+    for index, c in enumerate(results):
         if args.json:
-            sys.stdout.write(json.dumps(_record(c, args), ensure_ascii=False) + "\n")
+            sys.stdout.write(_record(c, args, prompt, index) + "\n")
         elif c.text is None:
             print("genloom: hf healing rewrote the end of the prompt; its whole output follows", file=sys.stderr)
             sys.stdout.write(f"{c.full_text}\n")

@@ -8,7 +8,9 @@
 `--model` is read by `load.load_model` (every genloom family, or a Hugging Face model with
 `--engine auto|genloom|hf`). `--input FILE` (or "-" for stdin) holds one prompt per line; blank
 lines are skipped. Output: the generated continuations, one per line (newlines inside a
-continuation escaped as \\n), or JSON lines with --jsonl; `--output FILE` writes them to a file
+continuation escaped as \\n), or with --json one JSON line {id, input, output, index} per output
+(id: the --input record's "id", else its line number; --prompt: 1, 2, ...); with --stream --json
+a line {id, index, delta} per piece, then the output's record; `--out FILE` writes them to a file
 (atomically) instead of stdout.
 """
 
@@ -22,12 +24,14 @@ from typing import Any
 from genloom.errors import UserError
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    """The prompts from --prompt (repeatable) or --input FILE (one per line, blank lines skipped)."""
-    from genloom.data.readers import open_input, read_inputs
+def read_prompts(args: argparse.Namespace) -> list[tuple[Any, str]]:
+    """(id, prompt) pairs from --prompt (repeatable; ids 1, 2, ...) or --input FILE / - (one per
+    line, or JSONL records whose --field is the prompt and whose "id" is carried; blank lines
+    skipped)."""
+    from genloom.data.readers import open_input, read_items
 
     if args.prompt is not None:
-        return list(args.prompt)
+        return list(enumerate(args.prompt, start=1))
     stream = open_input(args.input)
     try:
         raw = stream.readlines()
@@ -36,11 +40,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             stream.close()
     blank = {n for n, line in enumerate(raw, start=1) if not line.strip()}
     prompts = []
-    for n, text, error in read_inputs(raw, fmt="lines", name=args.input):
-        if error is not None and n not in blank:
-            raise UserError(error)
-        if text is not None:
-            prompts.append(text)
+    for item in read_items(raw, fmt=args.format, field=args.field, name=args.input):
+        if item.error is not None and item.line not in blank:
+            raise UserError(item.error)
+        if item.text is not None:
+            prompts.append((item.id, item.text))
     if not prompts:
         raise UserError(f"{args.input} holds no prompts (one per non-blank line)")
     return prompts
@@ -57,14 +61,17 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed, add_bos=args.add_bos, truncate=args.truncate)
 
 
-def format_outputs(prompts: list[str], outputs: list[str], *, jsonl: bool) -> str:
-    """One line per output: the text (backslashes and newlines escaped) or a JSON object with its prompt."""
+def format_outputs(prompts: list[tuple[Any, str]], outputs: list[str], *, json_lines: bool) -> str:
+    """One line per output: the text (backslashes and newlines escaped), or with `json_lines` the
+    record {id, input (the prompt), output, index (among its prompt's outputs)}."""
+    from genloom.cliargs import json_record
+
     per = len(outputs) // len(prompts)
     lines = []
     for i, text in enumerate(outputs):
-        if jsonl:
-            lines.append(json.dumps({"prompt": prompts[i // per], "index": i % per, "output": text},
-                                    ensure_ascii=False))
+        if json_lines:
+            id_, prompt = prompts[i // per]
+            lines.append(json_record(id_, prompt, text, index=i % per))
         else:
             lines.append(text.replace("\\", "\\\\").replace("\n", "\\n"))
     return "".join(line + "\n" for line in lines)
@@ -85,13 +92,17 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     model, tokenizer = load_model(args.model, engine=args.engine, quant=args.quant)
     if args.stream:
-        for prompt in prompts:
+        for id_, prompt in prompts:
+            pieces = []
             for piece in generate_stream(model, tokenizer, prompt, **options):
-                sys.stdout.write(piece)
+                pieces.append(piece)
+                sys.stdout.write(json.dumps({"id": id_, "index": 0, "delta": piece}, ensure_ascii=False) + "\n"
+                                 if args.json else piece)
                 sys.stdout.flush()
-            sys.stdout.write("\n")
+            sys.stdout.write(format_outputs([(id_, prompt)], ["".join(pieces)], json_lines=True) if args.json else "\n")
         return 0
-    text = format_outputs(prompts, generate(model, tokenizer, prompts, **options), jsonl=args.jsonl)
+    outputs = generate(model, tokenizer, [prompt for _, prompt in prompts], **options)
+    text = format_outputs(prompts, outputs, json_lines=args.json)
     if args.output:
         write_atomic(args.output, text, what="--output")
     else:
