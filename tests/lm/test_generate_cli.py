@@ -109,7 +109,7 @@ def test_cli_json_records_carry_input_ids_and_stream_their_pieces(hf_gpt2_dir, h
 
 @pytest.mark.parametrize("extra,message", [
     (["--input", "{missing}"], "no such file"),
-    (["--input", "{empty}"], "holds no prompts"),
+    (["--input", "{empty}"], "holds no input"),
     (["--input", "{latin}"], "latin.txt:2: invalid UTF-8 (byte 0xe9)"),
     (["--prompt", "hi", "--output", "{nodir}"], "a parent is not a directory"),
     (["--prompt", "hi", "--output", "{tmp}"], "is a directory, not a file"),

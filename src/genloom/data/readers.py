@@ -349,3 +349,28 @@ def read_all_inputs(stream: Any, *, fmt: str = "auto", field: str = "content", n
     if not texts:
         raise UserError(f"no input in {name}")
     return texts
+
+
+def read_input_file(path: str, *, fmt: str = "auto", field: str = "content") -> list[tuple[Any, str]]:
+    """(id, text) of each non-blank line of a command's --input FILE ("-": stdin), through
+    `read_items`: one text per line, or JSONL records' `field` (their "id" carried, else the
+    line number). Blank lines are skipped; any other line that cannot be used, or no text at
+    all, is a one-line UserError."""
+    import sys
+
+    name = "stdin" if path == "-" else path
+    stream = open_input(path)
+    try:
+        lines = stream.readlines()
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    items = []
+    for item, raw in zip(read_items(lines, fmt=fmt, field=field, name=name), lines):
+        if item.error is not None and raw.strip():
+            raise UserError(item.error)
+        if item.text is not None:
+            items.append((item.id, item.text))
+    if not items:
+        raise UserError(f"{name} holds no input (one per non-blank line)")
+    return items

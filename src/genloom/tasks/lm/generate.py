@@ -21,33 +21,17 @@ import json
 import sys
 from typing import Any
 
-from genloom.errors import UserError
 
 
 def read_prompts(args: argparse.Namespace) -> list[tuple[Any, str]]:
     """(id, prompt) pairs from --prompt (repeatable; ids 1, 2, ...) or --input FILE / - (one per
     line, or JSONL records whose --field is the prompt and whose "id" is carried; blank lines
     skipped)."""
-    from genloom.data.readers import open_input, read_items
+    from genloom.data.readers import read_input_file
 
     if args.prompt is not None:
         return list(enumerate(args.prompt, start=1))
-    stream = open_input(args.input)
-    try:
-        raw = stream.readlines()
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    blank = {n for n, line in enumerate(raw, start=1) if not line.strip()}
-    prompts = []
-    for item in read_items(raw, fmt=args.format, field=args.field, name=args.input):
-        if item.error is not None and item.line not in blank:
-            raise UserError(item.error)
-        if item.text is not None:
-            prompts.append((item.id, item.text))
-    if not prompts:
-        raise UserError(f"{args.input} holds no prompts (one per non-blank line)")
-    return prompts
+    return read_input_file(args.input, fmt=args.format, field=args.field)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
