@@ -46,12 +46,12 @@ test: install browser
 
 # genloom-zh-base (issue 23): the Chinese base LM, `genloom lm pretrain` into a git-ignored
 # directory, resumable: the first `make zh-base` starts the run (ZH_BASE_STEPS optimizer steps of
-# 16 x 256 tokens, about 2 epochs of the 12 M-character char stream), each later one continues it
+# 16 x 256 tokens, about 5.5 epochs of the 12 M-character char stream), each later one continues it
 # bit-exactly from its last checkpoint; every launch trains at most ZH_BASE_MINUTES and leaves
 # the model, dev_ppl.json and curves.png in ZH_BASE_OUT. A full run is many CPU-hours (README).
 # ZH_BASE_TOKENIZER=bpe is the 32k byte-level BPE variant; ZH_BASE_THREADS=1 suits a busy machine.
 ZH_BASE_TOKENIZER ?= char
-ZH_BASE_STEPS ?= 6000
+ZH_BASE_STEPS ?= 16000
 ZH_BASE_MINUTES ?= 120
 ZH_BASE_OUT ?= models/genloom-zh-base-$(ZH_BASE_TOKENIZER)
 ZH_BASE_THREADS ?=
