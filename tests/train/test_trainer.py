@@ -322,3 +322,14 @@ def test_a_budget_of_none_or_nan_is_refused_before_anything_is_written(tmp_path,
     with pytest.raises(UserError, match="a budget must be positive and finite"):
         fit(make_model(), toy_loss, loader(), config=config(**budget), run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_progress_bar_shows_the_time_budget_left(tmp_path, capsys):
+    """With --minutes, the bar says how much of the time budget is left (tqdm's own ETA needs a
+    step total, which a time budget alone does not give)."""
+    fit(make_model(), toy_loss, loader(), run_dir=tmp_path / "b",
+        config=config(max_steps=None, max_minutes=30.0, max_epochs=1, progress=True))
+    err = capsys.readouterr().err
+    assert "left=29:5" in err or "left=30:00" in err
+    fit(make_model(), toy_loss, loader(), run_dir=tmp_path / "s", config=config(progress=True))
+    assert "left=" not in capsys.readouterr().err  # no time budget, nothing left to show

@@ -155,6 +155,13 @@ def lr_factor(step: int, *, warmup: int, total: int | None, schedule: str, floor
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def _clock(seconds: float) -> str:
+    """A time budget's remainder as tqdm writes times: "1:02:03" or "02:03" (never negative)."""
+    m, sec = divmod(int(max(seconds, 0.0)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
 def budget_fraction(step: int, elapsed_s: float, *, total: int | None, max_minutes: float | None) -> float:
     """The fraction of the run's budget used, in [0, 1]: the larger of `step / total` and
     `elapsed_s / (60 max_minutes)` over the limits that are set (0 when neither is)."""
@@ -445,8 +452,9 @@ def fit(
                 log.write({"event": "train", "step": prog.step, "epoch": stream.completed_epochs(),
                            **means, "loss": prog.window_loss / prog.window_tokens, "lr": lr,
                            "grad_norm": grad_norm, "tokens_per_s": tok_s, "time": prog.elapsed_s})
+                left = {} if not cfg.max_minutes else {"left": _clock(60.0 * cfg.max_minutes - prog.elapsed_s)}
                 bar.set_postfix(loss=f"{prog.window_loss / prog.window_tokens:.4f}",
-                                tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                                tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", **left, refresh=False)
                 prog.window_loss = prog.window_tokens = prog.window_stat_tokens = 0.0
                 prog.window_stats = {}
                 window_start = now
