@@ -56,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
     app, served = build(args)
     url = f"http://{args.host}:{args.port}"
     auth = f" -H 'Authorization: Bearer {args.api_key}'" if args.api_key else ""
-    print(f"genloom serve: {served.name} at {url}/v1 (playground: {url}/)", file=sys.stderr)
-    print(f"  curl {url}/v1/completions -H 'Content-Type: application/json'{auth} "
-          f"-d '{{\"model\": \"{served.name}\", \"prompt\": \"import num\", \"max_tokens\": 16, \"temperature\": 0}}'",
-          file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(f"genloom serve: {served.name} at {url}/v1 (playground: {url}/)", file=sys.stderr)
+        print(f"  curl {url}/v1/completions -H 'Content-Type: application/json'{auth} "
+              f"-d '{{\"model\": \"{served.name}\", \"prompt\": \"import num\", \"max_tokens\": 16, \"temperature\": 0}}'",
+              file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     except OSError as e:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help, description=help)
     add_common(p, model="genloom model directory, or Hugging Face name (smollm2-135m) / directory / .gguf",
-               threads=True)
+               threads=True, quiet=True)
     p.add_argument("--engine", choices=ENGINES, default="genloom",
                    help="genloom's Transformer (continuous batching), the Hugging Face model as it is, or "
                         "llama.cpp for GGUF models (both batched by waves) (default genloom)")
