@@ -149,14 +149,20 @@ def test_truncate_mode_reads_the_first_window(tmp_path):
 
 
 def test_cli_run_explain_output_file_and_errors(pipeline, tmp_path, capsys):
-    _, model = pipeline
+    """The older spellings (positional FILE, --output) still work; --explain prints the --json
+    records with the source read and the extracted clauses; the first bad line ends the run."""
+    summ, model = pipeline
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("\n".join(json.dumps({"content": d}, ensure_ascii=False) for d, _ in _pairs("test", 2)) + "\n",
+    texts = [d for d, _ in _pairs("test", 2)]
+    docs.write_text("\n".join(json.dumps({"content": d}, ensure_ascii=False) for d in texts) + "\n",
                     encoding="utf-8")
     out = tmp_path / "out" / "s.jsonl"
     assert main(["summarize", "run", str(docs), "--model", str(model), "--explain", "--output", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
-    assert len(lines) == 2 and all("extracted" in x and "summary" in x for x in lines)
+    want = summ.summarize(texts, explain=True)
+    assert lines == [{"id": i + 1, "input": t, "output": w.pop("summary"), **w}
+                     for i, (t, w) in enumerate(zip(texts, want))]
+    assert all("extracted" in x and "source" in x for x in lines)
     assert [p.name for p in out.parent.iterdir()] == ["s.jsonl"]  # no temporary file left behind
 
     bad = tmp_path / "bad.jsonl"
@@ -169,6 +175,57 @@ def test_cli_run_explain_output_file_and_errors(pipeline, tmp_path, capsys):
     assert main(["summarize", "run", str(tmp_path / "none.txt"), "--model", str(model)]) == 2
     assert main(["summarize", "run", str(docs), "--model", str(tmp_path)]) == 2
     assert "not a summarizer directory" in capsys.readouterr().err
+
+
+def test_cli_run_input_dash_json_ids_and_out(pipeline, tmp_path, capsys, monkeypatch):
+    """--input - reads stdin; --json gives {id, input, output} with the JSONL record's id (the
+    line number where it has none); --out writes the same text; --num-beams reaches decoding."""
+    import io
+    import sys
+
+    summ, model = pipeline
+    texts = [d for d, _ in _pairs("test", 3)]
+    stdin = (json.dumps({"id": "x1", "content": texts[0]}, ensure_ascii=False) + "\n"
+             + "".join(json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in texts[1:])).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    capsys.readouterr()
+    assert main(["summarize", "run", "--input", "-", "--model", str(model), "--json", "--num-beams", "1",
+                 "--batch-size", "2", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    want = [r["summary"] for r in summ.summarize(texts, num_beams=1)]
+    assert [json.loads(x) for x in printed.out.splitlines()] == [
+        {"id": "x1", "input": texts[0], "output": want[0]}, {"id": 2, "input": texts[1], "output": want[1]},
+        {"id": 3, "input": texts[2], "output": want[2]}]
+    assert printed.err == ""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    out = tmp_path / "s.txt"
+    assert main(["summarize", "run", "--input", str(plain), "--model", str(model), "--beams", "1",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "" and out.read_text(encoding="utf-8").splitlines() == want
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summarize", "run", "--model", "m"], "no input: give --input FILE"),
+    (["summarize", "run", "a.txt", "--input", "-", "--model", "m"], "the input is given twice"),
+    (["summarize", "run", "--input", "/nonexistent.txt", "--model", "m"], "no such file: /nonexistent.txt"),
+])
+def test_cli_run_input_refusals(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_old_flag_spellings_parse_to_the_new_dests():
+    from genloom.cli import build_parser
+
+    parser = build_parser(only="summarize")
+    for action in ("run", "eval"):
+        extra = ["--input", "-"] if action == "run" else []
+        new = parser.parse_args(["summarize", action, "--model", "m", *extra, "--num-beams", "2", "--out", "o.json"])
+        old = parser.parse_args(["summarize", action, "--model", "m", *extra, "--beams", "2", "--output", "o.json"])
+        assert vars(new) == vars(old) and (new.num_beams, new.out) == (2, "o.json")
+    assert parser.parse_args(["summarize", "run", "--model", "m", "x.txt", "--jsonl"]).json
 
 
 def test_cli_eval_and_train_refuses_to_overwrite(pipeline, tmp_path, capsys):

@@ -67,15 +67,21 @@ def test_inews_test_baselines_meet_the_acceptance_figures():
     assert text.splitlines()[2].split()[:2] == ["lead-24", "945"]
 
 
-def test_score_row_and_user_file_cli(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--out", "--output", "--quiet"])
+def test_score_row_and_user_file_cli(flag, tmp_path, capsys):
+    """--out (and its older spelling --output) writes the table; --quiet is taken and changes
+    nothing printed (there is no progress to leave out)."""
     data = tmp_path / "pairs.jsonl"
     rows = [{"content": "北京天安门广场今天开放。游客很多。", "title": "天安门广场今天开放"},
             {"content": "股市大涨。成交量创新高。", "title": "成交量创新高"}]
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                     encoding="utf-8")
     out = tmp_path / "out" / "table.json"
-    assert main(["baseline", "--data", str(data), "--lead-chars", "5", "--output", str(out)]) == 0
-    printed = capsys.readouterr().out
+    extra = ["--quiet", "--out"] if flag == "--quiet" else [flag]
+    assert main(["baseline", "--data", str(data), "--lead-chars", "5", *extra, str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    printed = captured.out
     assert printed.splitlines()[0] == f"{data}: 2 pairs (content -> title)"
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["pairs"] == 2 and list(saved["rows"]) == ["lead-5", "best-sentence"]

@@ -1,6 +1,7 @@
 """The title task end to end on a tiny model: train / generate / eval through the CLI, bad inputs
-(one line on stderr, the right exit code), per-line errors in generate, truncation warnings, the
-saved model reloading to the same titles, the attention PNG, and the data helpers."""
+(one line on stderr, the right exit code), per-line errors in generate, its --input / positional
+input and --json records, piped input answered line by line, the old flag spellings, truncation
+warnings, the saved model reloading to the same titles, the attention PNG, and the data helpers."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_train_writes_model_run_files_and_config(model_dir):
 def test_generate_keeps_lines_reports_empty_articles_and_exit_code_1(model_dir):
     """A real subprocess reading stdin."""
     articles = [p["content"][:35] for p in _pairs(3, seed=5)]
-    r = _cli("title", "generate", "--model", str(model_dir), "--threads", "1",
+    r = _cli("title", "generate", "--model", str(model_dir), "--threads", "1", "--input", "-",
              stdin=f"{articles[0]}\n\n{articles[1]}\n   \n{articles[2]}\n")
     assert r.returncode == 1
     out = r.stdout.decode().split("\n")
@@ -102,25 +103,122 @@ def test_generate_keeps_lines_reports_empty_articles_and_exit_code_1(model_dir):
 
 def test_generate_jsonl_file_to_json_with_per_line_errors(model_dir, tmp_path, capsys,
                                                           monkeypatch):
+    """Every input line gets one JSON record {id, input, output, line}; a line that cannot be
+    used gets output null and its error (also on stderr), and the exit code is 1. The file is
+    given as the older positional FILE."""
     arts = [p["content"] for p in _pairs(2, seed=7)]
     f = tmp_path / "in.jsonl"
     f.write_bytes((json.dumps({"content": arts[0]}, ensure_ascii=False) + "\n"
-                   + '{"text": "no content field"}\n' + "not json\n"
+                   + '{"id": "b", "text": "no content field"}\n' + "not json\n"
                    + json.dumps({"content": arts[1]}, ensure_ascii=False) + "\n").encode()
                   + b'{"content": "\xff\xfe"}\n')
     r = _main(capsys, monkeypatch, "title", "generate", str(f), "--model", str(model_dir), "--json")
     assert r.returncode == 1
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [row["line"] for row in rows] == [1, 4]
-    assert [row["title"] for row in rows] == load_title_model(model_dir).generate(arts)
+    titles = load_title_model(model_dir).generate(arts)
     err = r.stderr.strip().splitlines()
     assert len(err) == 3 and ":2: field 'content'" in err[0] and ":3: not a JSON object" in err[1]
     assert ":5: invalid UTF-8" in err[2]
+    assert rows == [
+        {"id": 1, "input": arts[0], "output": titles[0], "line": 1},
+        {"id": "b", "input": None, "output": None, "line": 2, "error": err[0].removeprefix("genloom: error: ")},
+        {"id": 3, "input": None, "output": None, "line": 3, "error": err[1].removeprefix("genloom: error: ")},
+        {"id": 4, "input": arts[1], "output": titles[1], "line": 4},
+        {"id": 5, "input": None, "output": None, "line": 5, "error": err[2].removeprefix("genloom: error: ")},
+    ]
+
+
+def test_generate_json_carries_the_input_records_id(model_dir, tmp_path, capsys, monkeypatch):
+    """--input FILE of JSONL records: the record's "id" is the JSON line's id (the line number
+    where it has none), its article the input."""
+    arts = [p["content"] for p in _pairs(2, seed=8)]
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"id": "x1", "content": arts[0]}, ensure_ascii=False) + "\n"
+                 + json.dumps({"content": arts[1], "other": 1}, ensure_ascii=False) + "\n", encoding="utf-8")
+    r = _main(capsys, monkeypatch, "title", "generate", "--input", str(f), "--model", str(model_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    titles = load_title_model(model_dir).generate(arts)
+    assert [json.loads(x) for x in r.stdout.splitlines()] == [
+        {"id": "x1", "input": arts[0], "output": titles[0], "line": 1},
+        {"id": 2, "input": arts[1], "output": titles[1], "line": 2}]
+
+
+def test_generate_reads_stdin_with_input_dash(model_dir, capsys, monkeypatch):
+    arts = [p["content"] for p in _pairs(3, seed=10)]
+    r = _main(capsys, monkeypatch, "title", "generate", "--input", "-", "--model", str(model_dir),
+              "--batch-size", "2", stdin="".join(a + "\n" for a in arts).encode())
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == load_title_model(model_dir).generate(arts)
+    lengths = [len(a) > 40 for a in arts]  # the count of cut articles adds up over the batches
+    assert r.stderr.splitlines() == [f"warning: {sum(lengths)} of 3 articles were longer than 40 characters "
+                                     "and were cut"] and sum(lengths) >= 2
+
+
+@pytest.mark.parametrize("new, old", [
+    (["--num-beams", "1", "--max-new-tokens", "3", "--json"], ["--beams", "1", "--max-title-len", "3", "--jsonl"]),
+    (["--num-beams", "2", "--max-new-tokens", "5"], ["--beams", "2", "--max-title-len", "5"]),
+])
+def test_generate_old_flag_spellings_decode_the_same(new, old, model_dir, capsys, monkeypatch):
+    """--beams / --max-title-len / --jsonl still parse, to the same dests, and reach decoding."""
+    from genloom.cli import build_parser
+
+    parser = build_parser(only="title")
+    a_new = parser.parse_args(["title", "generate", "--input", "-", "--model", "m", *new])
+    a_old = parser.parse_args(["title", "generate", "--input", "-", "--model", "m", *old])
+    assert vars(a_new) == vars(a_old)
+    beams, length = int(new[1]), int(new[3])
+    assert (a_new.num_beams, a_new.max_new_tokens) == (beams, length)
+    arts = [p["content"] for p in _pairs(2, seed=15)]
+    stdin = "".join(a + "\n" for a in arts).encode()
+    r_new = _main(capsys, monkeypatch, "title", "generate", "--input", "-", "--model", str(model_dir), *new, stdin=stdin)
+    r_old = _main(capsys, monkeypatch, "title", "generate", "--input", "-", "--model", str(model_dir), *old, stdin=stdin)
+    assert r_new.returncode == r_old.returncode == 0 and r_new.stdout == r_old.stdout
+    expected = load_title_model(model_dir).generate(arts, num_beams=beams, max_new_tokens=length)
+    got = [json.loads(x)["output"] for x in r_new.stdout.splitlines()] if "--json" in new else r_new.stdout.splitlines()
+    assert got == expected and all(len(t) <= length for t in got)
+
+
+def test_eval_old_beams_spelling_parses_to_num_beams():
+    from genloom.cli import build_parser
+
+    parser = build_parser(only="title")
+    for flag in ("--num-beams", "--beams"):
+        assert parser.parse_args(["title", "eval", "--model", "m", flag, "2"]).num_beams == 2
+
+
+def test_generate_answers_piped_lines_as_they_arrive(model_dir):
+    """A real subprocess on a pipe: the title of the first article comes back while the second
+    has not been written yet; then stdin closes and the second title follows."""
+    import os
+    import select
+
+    arts = [p["content"] for p in _pairs(2, seed=16)]
+    expected = load_title_model(model_dir).generate(arts)
+    proc = subprocess.Popen([sys.executable, "-m", "genloom.cli", "title", "generate", "--model", str(model_dir),
+                             "--input", "-", "--threads", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write((arts[0] + "\n").encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 240)
+        assert ready, "no title for the first article while the second one was still to come"
+        first = proc.stdout.readline().decode().rstrip("\n")
+        assert proc.poll() is None  # still waiting for more input
+        assert first == expected[0]
+        proc.stdin.write((arts[1] + "\n").encode())
+        proc.stdin.close()
+        rest, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+        assert proc.wait(timeout=240) == 0, err
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, 9)
+            proc.wait()
+    assert rest.splitlines() == [expected[1]]
 
 
 def test_long_article_is_truncated_with_a_warning(model_dir, capsys, monkeypatch):
     long = "".join(_pairs(1, seed=3)[0]["content"] for _ in range(10))  # > 40 characters
-    r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir),
+    r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), "--input", "-",
               stdin=(long + "\n" + long[:30] + "\n").encode())
     assert r.returncode == 0
     assert r.stdout.splitlines() == load_title_model(model_dir).generate([long, long[:30]])
@@ -189,7 +287,9 @@ def test_eval_prints_table_with_baselines_and_writes_it(model_dir, tmp_path, cap
     rc = main(["title", "eval", "--model", str(model_dir), "--data", str(data), "--samples", "3",
                "--quiet", "--out", str(tmp_path)])
     assert rc == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err == ""  # --quiet: no progress bar, no "table written to" line
     assert "rnn (beam 3)" in out and "lead-24" in out and "best-sentence" in out
     assert "repeated 4-gram" in out and out.count("  |  ") == 3
     saved = json.loads((tmp_path / "eval-test.json").read_text())
@@ -229,9 +329,14 @@ def test_eval_of_a_model_that_outputs_the_reference_scores_100(model_dir, monkey
 def test_explain_writes_a_png(model_dir, tmp_path, capsys, monkeypatch):
     png = tmp_path / "attn.png"
     r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), "--explain",
-              str(png), stdin=(_pairs(1, seed=2)[0]["content"] + "\n").encode())
+              str(png), "--input", "-", stdin=(_pairs(1, seed=2)[0]["content"] + "\n").encode())
     assert r.returncode == 0, r.stderr
+    assert "attention map of the first article" in r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    png.unlink()
+    r = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), "--explain",
+              str(png), "--input", "-", "--quiet", stdin=(_pairs(1, seed=2)[0]["content"] + "\n").encode())
+    assert r.returncode == 0 and r.stderr == "" and png.is_file()  # --quiet: no line on stderr
 
 
 def test_attention_map_rows_are_distributions(model_dir):
@@ -244,7 +349,11 @@ def test_attention_map_rows_are_distributions(model_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["title", "generate", "--model", "/nonexistent/dir"], "is not a title model directory"),
+    (["title", "generate", "--model", "/nonexistent/dir", "--input", "-"], "is not a title model directory"),
+    (["title", "generate", "--model", "/nonexistent/dir"], "no input: give --input FILE"),
+    (["title", "generate", "a.txt", "--input", "b.txt", "--model", "/nonexistent/dir"],
+     "the input is given twice (FILE a.txt and --input b.txt)"),
+    (["title", "generate", "--input", "/nonexistent.txt", "--model", "/nonexistent/dir"], "no such file"),
     (["title", "eval", "--model", "/nonexistent/dir"], "is not a title model directory"),
     (["title", "train", "--data", "/nonexistent.jsonl", "--out", "/tmp/x"], "/nonexistent.jsonl"),
     (["title", "train", "--arch", "gru"], "invalid choice"),
@@ -265,6 +374,9 @@ def test_missing_input_in_a_subprocess_and_existing_model_guard(model_dir, tmp_p
     r = _cli("title", "generate", str(tmp_path / "none.txt"), "--model", str(model_dir))
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "no such file" in err[0]
+    r = _cli("title", "generate", str(tmp_path / "a.txt"), "--input", "-", "--model", str(model_dir))
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "the input is given twice" in err[0]
     r = _main(capsys, monkeypatch, "title", "train", "--out", str(model_dir), "--minutes", "1")
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "already holds a title model" in err[0]

@@ -2,12 +2,26 @@
 
 train: on the inews documents longer than the window (title as the summary) or on a user file of
 (document, summary) pairs (--data, JSONL/CSV/TSV/TXT with named fields); its flags are
-`SummarizeConfig`'s fields (`genloom.cliargs.add_config_flags`). run: summaries of documents read
-one per line or as JSONL (--field) from a file or stdin (`genloom.data.readers.read_all_inputs`:
-a bad line is a one-line error naming it); `--explain` adds the source the seq2seq read and the
-extracted clauses with their probabilities (JSON lines). eval: char ROUGE-1/2/L and the CAIL word
-score of the summarizer and of extract-only, plus the extractor's recall of the aligned clauses,
-on the documents longer than the window.
+`SummarizeConfig`'s fields (`genloom.cliargs.add_config_flags`).
+
+run: summaries of documents read one per line or as JSONL (--field) from `--input FILE` or stdin
+(`--input -`; the older positional FILE still works, one of the two must be given), one summary
+line per document on stdout or, atomically at the end, in `--out FILE` (alias `--output`). Piped
+input is answered as it arrives (the documents already there are summarized together, up to
+--batch-size, and flushed before more input is waited for: `genloom.tasks.title.cli.item_batches`).
+The first line that cannot be used (blank, bad JSON, missing field, invalid UTF-8) ends the run
+with a one-line error naming it and exit 2; summaries of earlier batches already printed stay,
+--out is not written. `--json` (alias `--jsonl`): one JSON line per document,
+`cliargs.json_record`: {"id", "input": the document, "output": the summary}; id is the JSONL
+record's "id" field, else the line number. `--explain` prints the same JSON lines with the source
+the seq2seq read ("source") and the extracted clauses with their probabilities ("extracted").
+
+eval: char ROUGE-1/2/L and the CAIL word score of the summarizer and of extract-only, plus the
+extractor's recall of the aligned clauses, on the documents longer than the window; every figure
+and prediction as JSON in `--out FILE` (alias `--output`).
+
+run and eval decode with `--num-beams` (alias `--beams`; default: the model's); `--quiet` on every
+action: no progress bars or progress lines on stderr.
 """
 
 from __future__ import annotations
@@ -18,12 +32,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, decay,
-                             learning_rate, nonneg_float, output_flag, positive_float, positive_int, probability,
-                             require, set_threads, unit_fraction)
-from genloom.data.readers import INPUT_FORMATS, open_input, read_all_inputs
+from genloom.cliargs import (add_common, add_config_flags, add_json, beam_width, check_outputs, config_from_args, decay,
+                             json_record, learning_rate, nonneg_float, output_flag, positive_float, positive_int,
+                             probability, require, rows_int, set_threads, unit_fraction)
 from genloom.errors import UserError
 from genloom.tasks.summarize.config import MODES, SummarizeConfig, parse_features
+from genloom.tasks.title.cli import add_item_input, add_num_beams, input_path, item_batches
 
 def _feature_list(text: str) -> str:
     """--extract-features: a comma list of FEATURES, checked where parsed."""
@@ -111,7 +125,7 @@ def _long(pairs: list[tuple[str, str]], min_chars: int, max_clauses: int) -> lis
 def _write(path: str, text: str) -> None:
     from genloom.files import write_atomic
 
-    write_atomic(path, text, what="--output")
+    write_atomic(path, text, what="--out")
 
 
 # ---- train ----------------------------------------------------------------------------------------
@@ -142,26 +156,35 @@ def run_train(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     from genloom.tasks.summarize.pipeline import Summarizer
 
+    path = input_path(args)
     check_outputs(args)
-    stream = open_input(args.input)
-    try:
-        docs = read_all_inputs(stream, fmt=args.format, field=args.field,
-                               name="stdin" if args.input == "-" else args.input)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    summarizer = Summarizer.load(args.model)
-    set_threads(args.threads)
-    rows = summarizer.summarize(docs, num_beams=args.beams, copy=False if args.no_copy else None,
-                                explain=args.explain)
-    if args.explain or args.json:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    else:
-        text = "".join(r["summary"] + "\n" for r in rows)
-    if args.output:
-        _write(args.output, text)
-    else:
-        sys.stdout.write(text)
+    kept: list[str] = []  # the text of --out, written once every document is summarized
+    count = 0
+    with item_batches(args, path, args.batch_size) as batches:
+        summarizer = Summarizer.load(args.model)
+        set_threads(args.threads)
+        for batch in batches:
+            bad = next((item.error for item in batch if item.error is not None), None)
+            if bad is not None:
+                raise UserError(bad)
+            rows = summarizer.summarize([item.text for item in batch], num_beams=args.num_beams,
+                                        copy=False if args.no_copy else None, explain=args.explain,
+                                        batch_size=args.batch_size)
+            if args.explain or args.json:
+                text = "".join(json_record(item.id, item.text, row.pop("summary"), **row) + "\n"
+                               for item, row in zip(batch, rows))
+            else:
+                text = "".join(row["summary"] + "\n" for row in rows)
+            count += len(batch)
+            if args.out:
+                kept.append(text)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+    if count == 0:
+        raise UserError(f"no input in {'stdin' if path == '-' else path}")
+    if args.out:
+        _write(args.out, "".join(kept))
     return 0
 
 
@@ -178,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pairs = _long(pairs, min_chars, summarizer.config.max_clauses)[: args.limit]
     if not pairs:
         raise UserError(f"no documents of at least {min_chars} characters in {what}")
-    result = evaluate(summarizer, pairs, num_beams=args.beams, copy=False if args.no_copy else None)
+    result = evaluate(summarizer, pairs, num_beams=args.num_beams, copy=False if args.no_copy else None)
     lines = [f"summarize eval on {what}: {len(pairs)} documents with >= {min_chars} characters",
              format_rows(result["rows"])]
     if "extraction" in result:
@@ -187,10 +210,10 @@ def run_eval(args: argparse.Namespace) -> int:
                      f"above threshold; recall {w['recall']:.1f}% within the filled window")
     lines.append(f"decoding: {result['decode_seconds']} s")
     print("\n".join(lines))
-    if args.output:
+    if args.out:
         payload = {**result, "source": what, "config": asdict(summarizer.config), "info": summarizer.info,
                    "references": [r for _, r in pairs]}
-        _write(args.output, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+        _write(args.out, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
     return 0
 
 
@@ -206,8 +229,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _decode_flags(p: argparse.ArgumentParser) -> None:
-    add_common(p, model="directory written by `summarize train`", threads=False)
-    p.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
+    add_common(p, model="directory written by `summarize train`", threads=False, quiet=True)
+    add_num_beams(p)
     p.add_argument("--no-copy", action="store_true", help="decode without the copy constraint")
 
 
@@ -231,15 +254,18 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     t.set_defaults(func=run_train)
 
     r = sub.add_parser("run", help="summarize documents", description=(
-        "Summaries of documents read one per line (or JSONL) from FILE or stdin."))
-    r.add_argument("input", nargs="?", default="-", help="file of documents, - for stdin")
+        "Summaries of documents read one per line (or JSONL) from --input FILE or stdin (--input -), "
+        "each answered as it arrives."))
+    add_item_input(r, "document")
     _decode_flags(r)
     add_common(r)
-    r.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="lines, jsonl, or auto")
-    r.add_argument("--field", default="content", help="JSONL field holding the document")
-    r.add_argument("--explain", action="store_true", help="JSON lines with the source read and the extracted clauses")
-    r.add_argument("--json", action="store_true", help="JSON lines {summary}")
-    output_flag(r, "--output", default=None, help="write here (atomically) instead of stdout (default: stdout)")
+    r.add_argument("--batch-size", type=rows_int, default=32,
+                   help="documents summarized together (fewer when a pipe has no more yet)")
+    r.add_argument("--explain", action="store_true",
+                   help="JSON lines as --json, with the source read and the extracted clauses")
+    add_json(r, "each document's summary")
+    output_flag(r, "--out", "--output", default=None,
+                help="write here (atomically, once every document is summarized) instead of stdout (default: stdout)")
     r.set_defaults(func=run_run)
 
     e = sub.add_parser("eval", help="ROUGE / CAIL of the summarizer and extract-only", description=(
@@ -248,6 +274,6 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
     _decode_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
     e.add_argument("--limit", type=positive_int, default=None, help="score the first N long documents only (default: all)")
-    output_flag(e, "--output", default=None, help="write every figure and prediction as JSON here (default: printed only)")
+    output_flag(e, "--out", "--output", default=None, help="write every figure and prediction as JSON here (default: printed only)")
     e.set_defaults(func=run_eval)
     return p

@@ -1,5 +1,8 @@
 """`genloom baseline`: the extractive title baselines (lead-N, best-sentence; baselines.py) scored
-with char ROUGE-1/2/L F1 and BLEU on a named corpus split (with its cleaning counts) or a user file."""
+with char ROUGE-1/2/L F1 and BLEU on a named corpus split (with its cleaning counts) or a user file.
+
+The table is printed; `--out FILE` (alias `--output`) also writes it as JSON. `--quiet` is taken as
+on every command (the command prints no progress to leave out)."""
 
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     table = baseline_table(pairs, lead_chars=args.lead_chars)
     print(header)
     print(format_table(table, n=len(pairs)))
-    if args.output is not None:
-        write_json_atomic(args.output, {**source, "pairs": len(pairs), "rows": table}, what="--output")
+    if args.out is not None:
+        write_json_atomic(args.out, {**source, "pairs": len(pairs), "rows": table}, what="--out")
     return 0
 
 
@@ -45,10 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str) 
         "Score the extractive title baselines (lead-N: first sentence cut to N characters; "
         "best-sentence: the oracle sentence with the best ROUGE-L against the title) with "
         "char-level ROUGE-1/2/L F1 and BLEU, on a named corpus or on a user file."))
-    add_common(p, corpus="inews", data=True, threads=False)
+    add_common(p, corpus="inews", data=True, threads=False, quiet=True)
     p.add_argument("--split", default="test", help="split of the corpus (default: test)")
     add_pair_flags(p)
     p.add_argument("--lead-chars", type=positive_int, default=24, help="N of lead-N (default: 24)")
-    output_flag(p, "--output", default=None, help="also write the table as JSON here (default: the table is printed only)")
+    output_flag(p, "--out", "--output", default=None, help="also write the table as JSON here (default: the table is printed only)")
     p.set_defaults(func=run)
     return p

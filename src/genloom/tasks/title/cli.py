@@ -4,28 +4,46 @@ train: on a named corpus (inews: train split, dev split for selection) or on a u
 pairs (--data; dev held out unless --dev-data); its flags are `TitleConfig`'s fields
 (`genloom.cliargs.add_config_flags`), plus `--model-json` for the architecture preset's own fields.
 
-generate reads one article per line, or JSONL objects (field --field, default "content"), from a
-file or stdin (`-`), through `genloom.data.readers.read_inputs`, and writes one title per input
-line to stdout (`--json`: one JSON object per line, {"line": n, "title": ...}). A line that cannot
-be used (blank, bad JSON, missing field, invalid UTF-8) gets a one-line error on stderr naming its
-line; plain output keeps the line alignment with an empty line there, JSON output skips it; the
-run goes on and the exit code is 1 if any line failed. Articles longer than the model's window
-are cut, with a warning count.
+generate reads one article per line, or JSONL objects (field --field, default "content"), from
+`--input FILE` or stdin (`--input -`; the older positional FILE still works, one of the two must be
+given), through `genloom.data.readers.read_items`, and writes one title per input line to stdout
+(`--json`, alias `--jsonl`: one JSON line per input line, `cliargs.json_record`: {"id", "input":
+the article, "output": the title, "line": n}; id is the JSONL record's "id" field, else n). Piped
+input is answered as it arrives: lines already there are decoded together (up to --batch-size),
+and each batch's titles are flushed before more input is waited for (`LineSource`,
+`ready_batches`). A line that cannot be used (blank, bad JSON, missing field, invalid UTF-8) gets
+a one-line error on stderr naming its line; plain output keeps the line alignment with an empty
+line there, JSON output a record with "output": null and "error"; the run goes on and the exit
+code is 1 if any line failed. Articles longer than the model's window are cut, with a warning
+count. Beam width `--num-beams` (alias `--beams`), longest title `--max-new-tokens` (alias
+`--max-title-len`), both defaulting to the model's.
+
+eval: ROUGE / BLEU of the model's titles beside the baselines, `--num-beams` (alias `--beams`),
+the table written to `--out DIR` (default: the model directory).
+
+`--quiet` (every action): no progress bars and no progress lines on stderr (warnings and errors
+are still printed).
+
+`add_item_input`, `input_path` and `item_batches` are the input of every command that answers
+items one per line (`summarize run` uses them too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from genloom.cliargs import (add_common, add_config_flags, beam_width, check_outputs, config_from_args, learning_rate,
-                             length_penalty, nonneg_float, nonneg_int, number, output_flag, positive_int, require, rows_int, set_threads)
-from genloom.data.readers import INPUT_FORMATS, open_input, read_inputs
+from genloom.cliargs import (add_common, add_config_flags, add_input, add_json, beam_width, check_outputs,
+                             config_from_args, json_record, learning_rate, length_penalty, nonneg_float, nonneg_int,
+                             number, output_flag, positive_int, require, rows_int, set_threads)
+from genloom.data.readers import INPUT_FORMATS, InputItem, LineSource, open_input, read_items, ready_batches
 from genloom.errors import UserError
 from genloom.machine import machine
 from genloom.tasks.title.config import ARCHS, TitleConfig
@@ -141,34 +159,59 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- reading items (title generate, summarize run) -----------------------------------------------
+def add_item_input(p: argparse.ArgumentParser, what: str) -> None:
+    """The input of a command that answers items one per line: `--input FILE` ("-" is stdin) or
+    the older positional FILE (one of them, `input_path`), as lines or JSONL (--format, --field)."""
+    p.add_argument("input_file", nargs="?", default=None, metavar="FILE",
+                   help=f"file of {what}s, - for stdin (the older spelling of --input FILE)")
+    add_input(p, f"file of {what}s, one per line or JSONL objects (field --field)")
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS,
+                   help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
+    p.add_argument("--field", default="content", help=f"JSONL field holding the {what}")
+
+
+def input_path(args: argparse.Namespace) -> str:
+    """The file (or "-") named by --input or by the positional FILE; both or neither is a
+    one-line UserError (exit 2), before anything is opened or loaded."""
+    if args.input is not None and args.input_file is not None:
+        raise UserError(f"the input is given twice (FILE {args.input_file} and --input {args.input}): give one")
+    if args.input is None and args.input_file is None:
+        raise UserError("no input: give --input FILE (--input - reads stdin)")
+    return args.input if args.input is not None else args.input_file
+
+
+@contextlib.contextmanager
+def item_batches(args: argparse.Namespace, path: str, size: int) -> Iterator[Iterator[list[InputItem]]]:
+    """The `InputItem`s of `path` (stdin for "-") in lists of up to `size`, each cut short when
+    another item would mean waiting for a pipe, so every item is answered as soon as it arrives.
+    The file is opened on entry (a missing one is a UserError before any model loads) and closed
+    on exit."""
+    stream = open_input(path)
+    try:
+        source = LineSource(stream)
+        items = read_items(source, fmt=args.format, field=args.field, name="stdin" if path == "-" else path)
+        yield ready_batches(items, size, source.ready)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
 # ---- generate -----------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> int:
     from genloom.tasks.title.infer import load_title_model
 
+    path = input_path(args)
     check_outputs(args)
-    stream = open_input(args.input)
-    tm = load_title_model(args.model)
-    set_threads(args.threads)
     failed = cut = total = 0
     first: str | None = None
-    try:
-        chunk: list[tuple[int, str | None, str | None]] = []
-        lines = read_inputs(stream, fmt=args.format, field=args.field,
-                            name="stdin" if args.input == "-" else args.input)
-        for item in lines:
-            chunk.append(item)
-            if len(chunk) == args.batch_size:
-                f, c, t = _emit(tm, chunk, args, sys.stdout)
-                failed, cut, total = failed + f, cut + c, total + t
-                first = first or next((a for _, a, _ in chunk if a), None)
-                chunk = []
-        if chunk:
-            f, c, t = _emit(tm, chunk, args, sys.stdout)
+    with item_batches(args, path, args.batch_size) as batches:
+        tm = load_title_model(args.model)
+        set_threads(args.threads)
+        for batch in batches:
+            f, c, t = _emit(tm, batch, args, sys.stdout)
             failed, cut, total = failed + f, cut + c, total + t
-            first = first or next((a for _, a, _ in chunk if a), None)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+            first = first or next((item.text for item in batch if item.text), None)
     if total == 0 and failed == 0:
         raise UserError("no articles in the input")
     if cut:
@@ -178,33 +221,34 @@ def run_generate(args: argparse.Namespace) -> int:
         from genloom.tasks.title.explain import explain
 
         path = explain(tm, first, args.explain)
-        print(f"title: attention map of the first article -> {path}", file=sys.stderr)
+        if not args.quiet:
+            print(f"title: attention map of the first article -> {path}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _emit(tm: Any, chunk: list, args: argparse.Namespace, out: IO[str]) -> tuple[int, int, int]:
-    """Decode the good lines of a chunk and print every line's result in order;
+def _emit(tm: Any, batch: list[InputItem], args: argparse.Namespace, out: IO[str]) -> tuple[int, int, int]:
+    """Decode the good lines of a batch and print every line's result in order, then flush;
     returns (failed, cut, decoded)."""
-    good = [(n, a) for n, a, err in chunk if err is None]
+    good = [item for item in batch if item.error is None]
     titles: dict[int, str] = {}
     cut = 0
     if good:
-        _, cut = tm.sources([a for _, a in good])
-        preds = tm.generate([a for _, a in good], num_beams=args.beams,
-                            max_new_tokens=args.max_title_len)
-        titles = {n: t for (n, _), t in zip(good, preds)}
+        articles = [item.text for item in good]
+        _, cut = tm.sources(articles)
+        preds = tm.generate(articles, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size)
+        titles = {item.line: t for item, t in zip(good, preds)}
     failed = 0
-    for n, _, err in chunk:
-        if err is not None:
+    for item in batch:
+        if item.error is not None:
             failed += 1
             out.flush()
-            print(f"genloom: error: {err}", file=sys.stderr, flush=True)
-            if not args.json:
-                print("", file=out)
-        elif args.json:
-            print(json.dumps({"line": n, "title": titles[n]}, ensure_ascii=False), file=out)
+            print(f"genloom: error: {item.error}", file=sys.stderr, flush=True)
+        if args.json:
+            extra = {} if item.error is None else {"error": item.error}
+            print(json_record(item.id, item.text, titles.get(item.line), line=item.line, **extra), file=out)
         else:
-            print(titles[n], file=out)
+            print(titles.get(item.line, ""), file=out)
     out.flush()
     return failed, cut, len(good)
 
@@ -223,7 +267,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pairs, what = _pairs(args, args.split)
     pairs = pairs[:args.limit] if args.limit else pairs
     before = machine()
-    result = evaluate(tm, pairs, num_beams=args.beams, baselines=not args.no_baselines,
+    result = evaluate(tm, pairs, num_beams=args.num_beams, baselines=not args.no_baselines,
                       progress=not args.quiet)
     result["machine"] = {"before": before, "after": machine()}
     lines = [f"title eval on {what}: {len(pairs)} pairs", format_table(result["rows"], n=len(pairs)),
@@ -243,7 +287,8 @@ def run_eval(args: argparse.Namespace) -> int:
     name = f"eval-{Path(args.data).stem if args.data else args.corpus + '-' + args.split}"
     payload = {**result, "source": what, "config": asdict(tm.config), "references": [t for _, t in pairs]}
     path = write_eval(payload, out, name, text)
-    print(f"title: table written to {path}", file=sys.stderr)
+    if not args.quiet:
+        print(f"title: table written to {path}", file=sys.stderr)
     return 0
 
 
@@ -254,6 +299,12 @@ def add_pair_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="title", help="field holding the title (default title)")
     p.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv", "txt"),
                    help="format of --data (default: from the extension)")
+
+
+def add_num_beams(p: argparse.ArgumentParser) -> None:
+    """`--num-beams N` (and its older spelling `--beams`): the beam width of decoding."""
+    p.add_argument("--num-beams", "--beams", dest="num_beams", type=beam_width, default=None, metavar="N",
+                   help="beam width (default: the model's)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
@@ -285,16 +336,16 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     t.set_defaults(func=run_train)
 
     g = sub.add_parser("generate", help="titles for articles", description=(
-        "Titles for articles read one per line (or JSONL) from FILE or stdin."))
-    g.add_argument("input", nargs="?", default="-", help="file of articles, - for stdin")
-    add_common(g, model="directory written by `title train`")
-    g.add_argument("--format", default="auto", choices=INPUT_FORMATS,
-                   help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
-    g.add_argument("--field", default="content", help="JSONL field holding the article")
-    g.add_argument("--json", action="store_true", help="write JSON lines {line, title}")
-    g.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
-    g.add_argument("--max-title-len", type=TITLE_LEN, default=None, help="longest title (default: the model's)")
-    g.add_argument("--batch-size", type=rows_int, default=32, help="articles decoded together")
+        "Titles for articles read one per line (or JSONL) from --input FILE or stdin (--input -), "
+        "each answered as it arrives."))
+    add_item_input(g, "article")
+    add_common(g, model="directory written by `title train`", quiet=True)
+    add_json(g, "each input line's title")
+    add_num_beams(g)
+    g.add_argument("--max-new-tokens", "--max-title-len", dest="max_new_tokens", type=TITLE_LEN, default=None, metavar="N",
+                   help="longest title in characters (default: the model's)")
+    g.add_argument("--batch-size", type=rows_int, default=32,
+                   help="articles decoded together (fewer when a pipe has no more yet)")
     output_flag(g, "--explain", default=None, metavar="PNG",
                    help="write the attention map of the first article and its title (default: none)")
     g.set_defaults(func=run_generate)
@@ -305,7 +356,7 @@ def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
     add_common(e, model="directory written by `title train`", quiet=True, data=True, corpus="inews")
     add_pair_flags(e)
     e.add_argument("--split", default="test", help="corpus split (default test)")
-    e.add_argument("--beams", type=beam_width, default=None, help="beam size (default: the model's)")
+    add_num_beams(e)
     e.add_argument("--limit", type=positive_int, default=None, help="score the first N pairs only (default: all)")
     e.add_argument("--samples", type=nonneg_int, default=10, help="sample titles to print")
     e.add_argument("--no-baselines", action="store_true", help="skip lead-24 / best-sentence")
