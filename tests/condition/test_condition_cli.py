@@ -24,14 +24,20 @@ def run(argv: list[str]) -> int:
 def test_generate_and_eval_cli(trained, tmp_path, capsys, in_alphabet):
     vec = tmp_path / "v.json"
     vec.write_text(json.dumps(json.loads((trained / "vec" / "condition.json").read_text())["class_means"]["pos"]))
-    assert main(["condition", "generate", "--model", str(trained / "vec"), "--vector-file", str(vec), "-n", "6",
-                 "--json"]) == 0
+    assert main(["condition", "generate", "--model", str(trained / "vec"), "--vector-file", str(vec),
+                 "--num-samples", "6", "--json", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 6 and in_alphabet([r["text"] for r in rows], "pos") >= 0.9
+    assert len(rows) == 6 and in_alphabet([r["output"] for r in rows], "pos") >= 0.9
+    assert [r["id"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(list(r) == ["id", "input", "output"] for r in rows)
+    assert all(r["input"] == json.loads(vec.read_text()) for r in rows)  # the vector conditioned on
     out = tmp_path / "table.json"
     assert main(["condition", "eval", "--model", str(trained / "cln"), str(trained / "prefix"), "--judge",
-                 str(trained / "judge"), "--lm", str(trained / "plain"), "-n", "30", "--out", str(out),
+                 str(trained / "judge"), "--lm", str(trained / "plain"), "--num-samples", "30", "--out", str(out),
                  "--threads", "1"]) == 0
+    printed, err = capsys.readouterr()
+    assert "control" in printed
+    progress = err.splitlines()  # a line per model (without --quiet)
+    assert len(progress) == 2 and progress[0].startswith("condition eval [1/2]: ") and "prefix" in progress[1]
     table = json.loads(out.read_text())
     assert table["reference"]["judge_test_accuracy"] == 1.0
     assert [r["kind"] for r in table["models"]] == ["cln", "prefix"]
@@ -42,7 +48,24 @@ def test_generate_and_eval_cli(trained, tmp_path, capsys, in_alphabet):
         # equal samples per label: the overall share is the mean of the per-label shares
         assert row["controllability"] == pytest.approx(sum(v["controllability"] for v in per_label.values()) / 2)
         assert 1 < row["perplexity"] < 8  # 6 equally likely characters (+ <eos>) per class
-    assert "control" in capsys.readouterr().out
+
+
+def test_generate_json_and_the_old_spellings(trained, capsys):
+    """--json rows carry the label as input; -n and --jsonl (the old spellings) give the same
+    seeded samples; --quiet keeps the progress bar of a run of several batches off stderr."""
+    base = ["condition", "generate", "--model", str(trained / "cln"), "--label", "neg", "--threads", "1"]
+    assert main([*base, "--num-samples", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["input"]) for r in rows] == [(1, "neg"), (2, "neg"), (3, "neg")]
+    assert main([*base, "-n", "3", "--jsonl"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == rows
+    assert main([*base, "-n", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["output"] for r in rows]
+    assert main([*base, "-n", "251", "--max-new-tokens", "2"]) == 0
+    assert "sampling" in capsys.readouterr().err  # two batches: a progress bar
+    assert main([*base, "-n", "251", "--max-new-tokens", "2", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 251
 
 
 def test_old_model_flag_still_names_the_arch(trained, tmp_path):
@@ -108,7 +131,10 @@ def test_bad_training_numbers_fail_before_anything_is_written(trained, tmp_path,
      "argument --guidance: '-1' must be a number >= 0"),
     (["generate", "--model", "{cln}", "--label", "pos", "--temperature", "0"],
      "argument --temperature: '0' must be a positive number"),
-    (["generate", "--model", "{cln}", "--label", "pos", "-n", "0"], "argument -n: '0' must be a positive integer"),
+    (["generate", "--model", "{cln}", "--label", "pos", "-n", "0"],
+     "argument --num-samples/-n: '0' must be a positive integer"),
+    (["eval", "--model", "{cln}", "--judge", "{plain}", "--lm", "{plain}", "--num-samples", "0"],
+     "argument --num-samples/-n: '0' must be a positive integer"),
     (["generate", "--model", "{vecmodel}", "--vector-file", "{vec_file}", "--guidance", "1"],
      "--guidance contrasts a --label"),
     (["generate", "--model", "{root}", "--label", "pos"], "not a `genloom condition` model directory"),

@@ -31,18 +31,27 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 def test_cli_eval_and_sample(tiny_run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tiny_run.run_dir
     results = []
-    for how in ([str(run)], ["--model", str(run / "model")]):
-        out = tmp_path / "nll.json"
+    # --json FILE is the old spelling of --out FILE
+    for how, flag in (([str(run)], "--out"), (["--model", str(run / "model")], "--json")):
+        out = tmp_path / f"nll{flag}.json"
         assert cli_main(["nvae", "eval", *how, "--data", "shapes", "--k", "8", "--limit", "16",
-                         "--json", str(out), "--quiet"]) == 0
+                         flag, str(out), "--quiet"]) == 0
         results.append(json.loads(out.read_text()))
     res = results[0]
     assert results[1] == res and res["k"] == 8 and res["images"] == 16 and res["nll_nats"] > 0
     assert res["bpd"] == pytest.approx(res["nll_nats"] / (math.log(2) * 256))
-    png = tmp_path / "s.png"
-    assert cli_main(["nvae", "sample", "--model", str(run), "--out", str(png), "--n", "16",
-                     "--bn-iters", "3", "--threads", "1"]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    grids = []
+    # --n is the old spelling of --num-samples; --quiet keeps the BatchNorm progress bar off stderr
+    for flag, quiet in (("--num-samples", ["--quiet"]), ("--n", [])):
+        png = tmp_path / f"s{flag}.png"
+        assert cli_main(["nvae", "sample", "--model", str(run), "--out", str(png), flag, "16",
+                         "--bn-iters", "3", "--threads", "1", *quiet]) == 0
+        out, err = capsys.readouterr()
+        assert "wrote 16 samples" in out and ("BatchNorm" in err) != bool(quiet)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        grids.append(png.read_bytes())
+    assert grids[0] == grids[1]  # seeded: the same grid
 
 
 def test_cli_train_force_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -90,7 +99,7 @@ def test_cli_train_and_eval_on_the_real_fashion_mnist_sample(tmp_path: Path,
     assert cli_main([*TRAIN[:2], "--data", sample, *TRAIN[4:], "--out", str(out), "--steps", "2"]) == 0
     res = tmp_path / "nll.json"
     assert cli_main(["nvae", "eval", str(out), "--data", sample, "--k", "2", "--limit", "8",
-                     "--json", str(res), "--quiet"]) == 0
+                     "--out", str(res), "--quiet"]) == 0
     got = json.loads(res.read_text())
     assert got["images"] == 8 and math.isfinite(got["nll_nats"]) and got["nll_nats"] > 0
     assert got["bpd"] == pytest.approx(got["nll_nats"] / (math.log(2) * 28 * 28))

@@ -1,11 +1,17 @@
 """`genloom condition train|generate|eval`: parse, call the package, print.
 
     genloom condition train --arch cln --out DIR [--corpus NAME | --data FILE] --steps N
-    genloom condition generate --model DIR --label pos -n 10 [--guidance W] [--json]
-    genloom condition eval --model DIR [DIR ...] --judge DIR --lm DIR [-n 500] [--out FILE]
+    genloom condition generate --model DIR --label pos --num-samples 10 [--guidance W] [--json]
+    genloom condition eval --model DIR [DIR ...] --judge DIR --lm DIR [--num-samples 500] [--out FILE]
 
 `--model DIR` is always a model directory to read; what `train` builds is `--arch` (the old
-spelling `train --model cln` still works).
+spelling `train --model cln` still works). `--num-samples` (old spelling `-n`) is how many texts
+`generate` samples, and how many per label `eval` samples. `generate` prints one text per line,
+or with `--json` (old spelling `--jsonl`) one JSON line per text, `{"id", "input", "output"}`:
+id the sample number from 1, input the label (the vector of --vector-file; null for a plain
+LM), output the text. `eval` prints the table; `--out FILE` also writes it as JSON. Unless
+`--quiet`, `generate` shows a progress bar on stderr when it samples more than one batch (250
+texts) and `eval` a line per model and guidance weight.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from genloom.cliargs import (add_common, add_config_flags, check_outputs, config_from_args, guidance_weight,
-                             learning_rate, number, output_flag, positive_float, positive_int, require, set_threads,
-                             temperature)
+from genloom.cliargs import (add_common, add_config_flags, add_json, check_outputs, config_from_args,
+                             guidance_weight, json_record, learning_rate, number, output_flag, positive_float,
+                             positive_int, require, set_threads, temperature)
 from genloom.errors import UserError
 from genloom.files import write_json_atomic
 from genloom.nn.cln import ACTIVATIONS
@@ -105,11 +111,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError("--guidance contrasts a --label with the other labels: give --label")
     texts, _ = generate(model, tokenizer, meta, condition=condition, n=args.n, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, guidance=args.guidance,
-                        temperature=args.temperature,
+                        temperature=args.temperature, progress=not args.quiet,
                         contrast=other_conditions(meta, args.label) if args.guidance else None)
+    given = args.label if vector is None else vector
     try:
-        for t in texts:
-            print(json.dumps({"label": args.label, "text": t}, ensure_ascii=False) if args.json else t)
+        for i, t in enumerate(texts, start=1):
+            print(json_record(i, given, t) if args.json else t)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader (e.g. `head`) stopped early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -124,9 +131,17 @@ def run_eval(args: argparse.Namespace) -> int:
     scorers = make_scorers(args.judge, args.lm, data.splits["train"].texts)
     reference = reference_figures(scorers, data.splits["test"], data.label_names,
                                   n_texts=args.n * len(data.label_names))
-    rows = [evaluate_generator(d, scorers, n=args.n, top_p=args.top_p, seed=args.seed,
-                               max_new_tokens=args.max_new_tokens, guidance=w, temperature=args.temperature)
-            for w in args.guidance for d in args.model]
+    rows = []
+    for w in args.guidance:
+        for d in args.model:
+            rows.append(evaluate_generator(d, scorers, n=args.n, top_p=args.top_p, seed=args.seed,
+                                           max_new_tokens=args.max_new_tokens, guidance=w,
+                                           temperature=args.temperature))
+            if not args.quiet:
+                row, total = rows[-1], len(args.guidance) * len(args.model)
+                print(f"condition eval [{len(rows)}/{total}]: {d} at guidance {w:g}: controllability "
+                      f"{row['controllability']:.3f} ({row['sample_seconds']:.0f} s sampling)",
+                      file=sys.stderr, flush=True)
     print(format_table(rows, reference))
     if args.out:
         write_json_atomic(args.out, {"reference": reference, "models": rows}, what="--out")
@@ -169,14 +184,14 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     _train_parser(sub.add_parser("train", help="train a conditional LM (cln / prefix), the plain LM or the judge"))
 
     g = sub.add_parser("generate", help="sample texts under a label or a condition vector")
-    add_common(g, model="the condition model directory to sample from", seed=0)
+    add_common(g, model="the condition model directory to sample from", seed=0, quiet=True)
     g.add_argument("--label", help="label name (or id) (default: none; give --label or --vector-file)")
     g.add_argument("--vector-file", help="cln: a JSON list of numbers to condition on (default: none)")
-    g.add_argument("-n", type=SAMPLES, default=10, help="number of samples (default 10)")
+    g.add_argument("--num-samples", "-n", dest="n", type=SAMPLES, default=10, help="number of samples (default 10)")
     _sampling_flags(g)
     g.add_argument("--guidance", type=guidance_weight, default=0.0,
                    help="guidance weight w >= 0 against the other labels (default 0: plain sampling)")
-    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_json(g, "each sample")
     g.set_defaults(func=run_generate)
 
     e = sub.add_parser("eval", help="the controllability table of one or more generators")
@@ -184,8 +199,8 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
                    help="generator model directories (cln, prefix) to evaluate")
     e.add_argument("--judge", required=True, metavar="DIR", help="the judge's model directory")
     e.add_argument("--lm", required=True, metavar="DIR", help="the plain LM's model directory (perplexity)")
-    add_common(e, seed=0)
-    e.add_argument("-n", type=SAMPLES, default=500, help="samples per label (default 500)")
+    add_common(e, seed=0, quiet=True)
+    e.add_argument("--num-samples", "-n", dest="n", type=SAMPLES, default=500, help="samples per label (default 500)")
     _sampling_flags(e)
     e.add_argument("--guidance", type=guidance_weight, nargs="+", default=[0.0],
                    help="guidance weights to evaluate, each a row per model (default 0: plain sampling)")

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from genloom.decode.guidance import Guided
 from genloom.decode.loops import sample
@@ -77,16 +78,17 @@ def _start_inputs(kind: str, meta: dict[str, Any], tokenizer: CharTokenizer, con
 def generate(model: Transformer, tokenizer: CharTokenizer, meta: dict[str, Any], *, condition: Any, n: int,
              top_p: float = 0.95, max_new_tokens: int | None = None, seed: int = 0,
              batch_size: int = 250, guidance: float = 0.0, contrast: list[Any] | None = None,
-             temperature: float = 1.0) -> tuple[list[str], list[bool]]:
+             temperature: float = 1.0, progress: bool = False) -> tuple[list[str], list[bool]]:
     """Sample `n` texts under `condition` (from `condition_for`) with nucleus sampling; with
     `guidance` w > 0, from the guided scores of `genloom.decode.guidance.Guided` against the
-    `contrast` conditions (the other labels: `other_conditions`).
+    `contrast` conditions (the other labels: `other_conditions`). `progress`: a tqdm bar on
+    stderr over the batches when there is more than one.
 
     Returns:
         (texts, ended): ended[i] is True when sample i stopped with <eos> (not at the length cap).
     """
     if n < 1:
-        raise UserError(f"-n must be at least 1, got {n}")
+        raise UserError(f"--num-samples must be at least 1, got {n}")
     if not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     kind = meta["kind"]
@@ -106,7 +108,8 @@ def generate(model: Transformer, tokenizer: CharTokenizer, meta: dict[str, Any],
     processors = [BannedTokens(banned), *([Temperature(temperature)] if temperature != 1 else []), TopP(top_p)]
     g = torch.Generator().manual_seed(seed)
     texts, ended = [], []
-    for s in range(0, n, batch_size):
+    for s in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", leave=False,
+                  disable=not progress or n <= batch_size):
         b = min(batch_size, n - s)
         inputs = _start_inputs(kind, meta, tokenizer, condition, b, rows=guidance > 0)
         decoder: Any = model

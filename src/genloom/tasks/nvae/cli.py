@@ -2,11 +2,13 @@
 
 train   fits a model (`genloom.tasks.nvae.train`) and writes the run directory --out, its
         model/, recon.png and samples.png.
-eval    importance-weighted NLL with K samples on the test split, in nats and bits/dim.
-sample  a PNG grid of samples at a temperature, after re-estimating BatchNorm statistics.
+eval    importance-weighted NLL with K samples on the test split, in nats and bits/dim;
+        `--out FILE` (old spelling `--json FILE`) also writes the figures as JSON.
+sample  a PNG grid of `--num-samples` (old spelling `--n`) samples at a temperature, written
+        to `--out PNG`, after re-estimating BatchNorm statistics.
 
 eval and sample read a model as `--model DIR` or as the positional DIR: a run directory or its
-model/ folder.
+model/ folder. Every command takes `--threads` and `--quiet` (no progress bars on stderr).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _model_dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> tuple[ImageVAE, torch.device]:
-    check_outputs(args)  # eval --json, sample --out: before the model is read
+    check_outputs(args)  # eval and sample --out: before the model is read
     set_threads(args.threads)
     device = resolve_device(args.device)
     return load_image_model(_model_dir(args), device=device, weights=args.weights), device
@@ -85,7 +87,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     with result.ema.applied(model) if result.ema else nullcontext():
         reconstruction_grid(model, x, result.run_dir / "recon.png")
         sample_grid(model, result.run_dir / "samples.png", temperature=args.temperature,
-                    bn_iters=args.bn_iters)
+                    bn_iters=args.bn_iters, progress=not args.quiet)
     print(f"trained {cfg.model} for {result.steps} steps ({result.train_seconds / 60:.1f} min), "
           f"eval -ELBO {result.eval_nelbo:.2f} nats, NaN-skipped steps {result.nan_skipped}; "
           f"wrote {result.run_dir}")
@@ -103,8 +105,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     res = iw_nll(model, x.to(device), k=args.k, chunk=args.chunk, progress=not args.quiet)
     print(f"IW-NLL (K={res['k']}, {res['images']} test images): {res['nll_nats']:.2f} "
           f"+- {res['nll_stderr']:.2f} nats, {res['bpd']:.4f} bits/dim")
-    if args.json:
-        write_json_atomic(args.json, res, what="--json")
+    if args.out:
+        write_json_atomic(args.out, res, what="--out")
     return 0
 
 
@@ -112,7 +114,7 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     model, _ = _load(args)
     torch.manual_seed(args.seed)
     path = sample_grid(model, args.out, n=args.n, temperature=args.temperature,
-                       bn_iters=args.bn_iters)
+                       bn_iters=args.bn_iters, progress=not args.quiet)
     print(f"wrote {args.n} samples at temperature {args.temperature} to {path}")
     return 0
 
@@ -145,7 +147,8 @@ def _add_train(sub: Any) -> None:
 def _add_reader(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
     s = sub.add_parser(name, help=help_)
     s.add_argument("model_dir", nargs="?", metavar="DIR", help="the model (same as --model)")
-    add_common(s, model="a run directory or its model/ folder (default: none; this or the MODEL_DIR argument)", model_required=False, seed=0)
+    add_common(s, model="a run directory or its model/ folder (default: none; this or the MODEL_DIR argument)",
+               model_required=False, seed=0, quiet=True)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--weights", choices=("ema", "raw"), default="ema", help="the EMA weights or the raw ones")
     return s
@@ -158,17 +161,17 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
                            parser_class=type(p), required=True)
     _add_train(sub)
     e = _add_reader(sub, "eval", "importance-weighted NLL on the test split")
-    add_common(e, threads=False, quiet=True)
     e.add_argument("--data", default="fashion-mnist", help=DATA_HELP)
     e.add_argument("--k", type=number(int, lo=1, hi=100_000), default=100,
                    help="importance samples per image")
     e.add_argument("--limit", type=positive_int, help="first N test images only (default: all)")
     e.add_argument("--chunk", type=rows_int, default=256, help="rows per forward pass")
-    output_flag(e, "--json", help="also write the figures to this JSON file (default: printed only)")
+    output_flag(e, "--out", "--json", dest="out",
+                help="also write the figures to this JSON file (default: printed only)")
     e.set_defaults(func=_eval_cmd)
     s = _add_reader(sub, "sample", "a PNG grid of samples")
     output_flag(s, "--out", required=True, metavar="PNG", help="PNG to write")
-    s.add_argument("--n", type=rows_int, default=64, help="samples in the grid")
+    s.add_argument("--num-samples", "--n", dest="n", type=rows_int, default=64, help="samples in the grid")
     s.add_argument("--temperature", type=temperature, default=0.7, help="scales the prior's standard deviations")
     s.add_argument("--bn-iters", dest="bn_iters", type=BN_ITERS, default=100,
                    help="BatchNorm re-estimation passes before sampling")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from genloom.files import write_with
 from genloom.models.nvae import ImageVAE
@@ -47,12 +48,18 @@ def reconstruction_grid(model: ImageVAE, x: Tensor, path: str | Path, *, nrow: i
 
 @torch.no_grad()
 def sample_grid(model: ImageVAE, path: str | Path, *, n: int = 64, temperature: float = 0.7,
-                bn_iters: int = 100, bn_batch: int = 64, nrow: int = 8) -> Path:
+                bn_iters: int = 100, bn_batch: int = 64, nrow: int = 8, progress: bool = False) -> Path:
     """Re-estimate BatchNorm statistics from `bn_iters` prior samples at `temperature` (in
-    train mode), then write a grid of n samples (Bernoulli means / mixture samples)."""
+    train mode; `progress`: a tqdm bar over them on stderr), then write a grid of n samples
+    (Bernoulli means / mixture samples)."""
     if bn_iters > 0:
-        reestimate_batchnorm(model, lambda: model.sample(bn_batch, temperature=temperature),
-                             iters=bn_iters)
+        with tqdm(total=bn_iters, desc="BatchNorm re-estimation", unit="batch", leave=False,
+                  disable=not progress) as bar:
+            def run() -> object:
+                bar.update()
+                return model.sample(bn_batch, temperature=temperature)
+
+            reestimate_batchnorm(model, run, iters=bn_iters)
     model.eval()
     images = model.to_image(model.sample(n, temperature=temperature), mode="mean")
     return write_grid(images, path, nrow=nrow)

@@ -1,34 +1,45 @@
 """`genloom search`: text found by search (【搜出来的文本】) with no paired data.
 
     nice genloom search train-models --out models/search        # the Chinese models (once)
-    genloom search keywords --keywords 北京,大学,科学 -n 5          # CGMH: a sentence with the words
+    genloom search keywords --keywords 北京,大学,科学 --num-samples 5   # CGMH: a sentence with the words
     genloom search keywords --lang en --keywords library,function,value
-    genloom search gibbs -n 10                                    # sample sentences from the masked LM
+    genloom search keywords --input sets.jsonl --json              # {"id": ..., "keywords": "北京,大学"} a line
+    genloom search gibbs --num-samples 10                         # sample sentences from the masked LM
     genloom search correct --text "今天天汽很好，我们去公园玩。"     # fix typos
     genloom search correct --lang en --text "The functoin returns a value."
+    cat typos.txt | genloom search correct --input - --json
 
 Chinese runs on the models of `train-models` (`--models DIR`, default models/search), English on
 SmolLM2-135M (`--lm`, any local Hugging Face causal LM); backend.py and infer.py say how.
-Outputs go to stdout, one per line (or JSON lines with --jsonl), or atomically to `--out FILE`.
+
+`keywords` and `correct` read `--keywords` / `--text`, or `--input FILE` ("-" reads stdin): one
+keyword set (comma-separated) or sentence per line, or JSONL records whose `--field` holds it
+(`keywords` / `text`) and whose "id" field, if any, is carried to the output (else the line
+number is the id; blank lines are skipped; `--format` picks lines or jsonl, by default JSONL
+when the first line is a JSON object). `--num-samples` (old spelling `-n`) is how many
+sentences per keyword set or how many samples. Outputs go to stdout, one per line, or with
+`--json` (old spelling `--jsonl`) one JSON line per result, `{"id", "input", "output", ...}`:
+keywords: input the keyword list, output the sentence, plus `rank` (0 best) and `score`;
+correct: input the sentence, output the correction, plus `changed`; gibbs: id the sample number
+from 1, input null. A text given on the command line has id 1. `--out FILE` (old spelling
+`--output`) writes them atomically to a file instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 import types
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from genloom.cliargs import (add_common, add_config_flags, at_most, check_outputs, config_from_args, nonneg_float,
-                             nonneg_int, output_flag, positive_float, positive_int, probability, rows_int,
-                             set_threads, temperature)
-from genloom.data.readers import read_records
+from genloom.cliargs import (add_common, add_config_flags, add_input, add_json, at_most, check_outputs,
+                             config_from_args, json_record, nonneg_float, nonneg_int, output_flag, positive_float,
+                             positive_int, probability, rows_int, set_threads, temperature)
+from genloom.data.readers import INPUT_FORMATS, read_input_file
 from genloom.decode.mcmc import SCHEDULES
 from genloom.decode.mcmc_edits import WEIGHTINGS
 from genloom.errors import UserError
@@ -57,11 +68,14 @@ def _override(config: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(config, **given)
 
 
-def _read_lines(path: str) -> list[str]:
-    """The non-blank lines of a text file, stripped."""
-    if not Path(path).is_file():
-        raise UserError(f"no input file {path}")
-    return [r["text"].strip() for r in read_records(path, fields=("text",), fmt="txt")]
+def _read_items(args: argparse.Namespace, given: str | None) -> list[tuple[Any, str]]:
+    """(id, text) of the text `given` on the command line (id 1), or of each non-blank line of
+    --input ("-": stdin) or of its JSONL records' --field (their "id" field carried, else the
+    line number): `read_input_file`. A line that cannot be used is a one-line UserError."""
+    check_outputs(args)  # --out: before the input is read
+    if not args.input:
+        return [(1, given)]
+    return [(id_, text.strip()) for id_, text in read_input_file(args.input, fmt=args.format, field=args.field)]
 
 
 def _backend(args: argparse.Namespace, proposal: str) -> Backend:
@@ -84,15 +98,14 @@ def run_keywords(args: argparse.Namespace) -> int:
     config = _override(default_keywords_config(args.lang), args)
     if config.min_len > config.max_len:
         raise UserError(f"need --min-len <= --max-len, got {config.min_len} and {config.max_len}")
-    lines = _read_lines(args.input) if args.input else [args.keywords]
-    sets = [[w for w in _SPLIT.split(line) if w] for line in lines]
+    items = _read_items(args, args.keywords)
+    sets = [[w for w in _SPLIT.split(line) if w] for _, line in items]
     found = keywords_search(_backend(args, args.proposal), sets, config, generator=_generator(args),
                             progress=not args.quiet)
     out = []
-    for words, results in zip(sets, found):
+    for (id_, _), words, results in zip(items, sets, found):
         for rank, f in enumerate(results):
-            out.append(json.dumps({"keywords": words, "rank": rank, "text": f.text, "score": round(f.score, 4)},
-                                  ensure_ascii=False) if args.jsonl else f.text)
+            out.append(json_record(id_, words, f.text, rank=rank, score=round(f.score, 4)) if args.json else f.text)
     _write(args, out)
     return 0
 
@@ -100,11 +113,12 @@ def run_keywords(args: argparse.Namespace) -> int:
 def run_correct(args: argparse.Namespace) -> int:
     """`genloom search correct`."""
     config = _override(CorrectConfig(), args)
-    texts = _read_lines(args.input) if args.input else [args.text]
+    items = _read_items(args, args.text)
+    texts = [text for _, text in items]
     fixed = correct_texts(_backend(args, args.proposal), texts, config, generator=_generator(args),
                           progress=not args.quiet)
-    _write(args, [json.dumps({"input": t, "output": f, "changed": t != f}, ensure_ascii=False) if args.jsonl else f
-                  for t, f in zip(texts, fixed)])
+    _write(args, [json_record(id_, t, f, changed=t != f) if args.json else f
+                  for (id_, t), f in zip(items, fixed)])
     return 0
 
 
@@ -115,8 +129,7 @@ def run_gibbs(args: argparse.Namespace) -> int:
         at_most(config, "min_len", "max_len")
     texts = gibbs_texts(_backend(args, "mlm"), config, init=args.init, generator=_generator(args),
                         progress=not args.quiet)
-    _write(args, [json.dumps({"index": i, "text": t}, ensure_ascii=False) if args.jsonl else t
-                  for i, t in enumerate(texts)])
+    _write(args, [json_record(i, None, t) if args.json else t for i, t in enumerate(texts, start=1)])
     return 0
 
 
@@ -154,10 +167,18 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     if proposal:
         p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
                        help="Chinese candidates: masked LM or fwd x bwd LM")
-    p.add_argument("--jsonl", action="store_true", help="print JSON lines")
-    output_flag(p, "--out", parents=False, help="write the results to this file (atomically) instead of stdout (default: stdout)")
-    p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the flag's earlier name
+    add_json(p, "each result")
+    output_flag(p, "--out", "--output", dest="out", parents=False,
+                help="write the results to this file (atomically) instead of stdout (default: stdout)")
     add_common(p, seed=0, threads=True, quiet=True)
+
+
+def _input_flags(p: argparse.ArgumentParser, src: Any, what: str, *, field: str) -> None:
+    """`--input FILE` (in the group `src`, beside --keywords / --text), `--format`, `--field`."""
+    add_input(src, what)
+    p.add_argument("--format", choices=INPUT_FORMATS, default="auto",
+                   help="--input: lines, jsonl, or auto (JSONL if the first line is a JSON object)")
+    p.add_argument("--field", default=field, help="--input JSONL: the field holding the text")
 
 
 def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentParser:
@@ -169,8 +190,8 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     k = sub.add_parser("keywords", help="make sentences that contain given keywords (CGMH)")
     src = k.add_mutually_exclusive_group(required=True)
     src.add_argument("--keywords", help="comma-separated keywords, e.g. 北京,大学,科学 (default: none; give --keywords or --input)")
-    src.add_argument("--input", metavar="FILE", help="a file with one comma-separated keyword set per line (default: none)")
-    k.add_argument("-n", dest="n", type=rows_int, help="sentences per keyword set (default 5)")
+    _input_flags(k, src, "one comma-separated keyword set per line, or JSONL records", field="keywords")
+    k.add_argument("--num-samples", "-n", dest="n", type=rows_int, help="sentences per keyword set (default 5)")
     _config_flags(k, KeywordsConfig(), default_keywords_config("en"), {
         "chains": "chains per keyword set", "steps": "Metropolis-Hastings steps per chain",
         "top_k": "candidates per edit", "weighting": "weigh candidates by the target or the proposal",
@@ -185,7 +206,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     k.set_defaults(func=run_keywords)
 
     g = sub.add_parser("gibbs", help="sample sentences (Gibbs with the masked LM; English: MH under SmolLM2)")
-    g.add_argument("-n", dest="n", type=rows_int, help="sentences (default 10)")
+    g.add_argument("--num-samples", "-n", dest="n", type=rows_int, help="sentences (default 10)")
     g.add_argument("--init", help="start every chain from this sentence (default: all [MASK])")
     _config_flags(g, GibbsConfig(), GibbsConfig(), {
         "steps": "resampled positions per chain", "min_len": "shortest random length",
@@ -199,7 +220,7 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
     c = sub.add_parser("correct", help="fix typos: replace moves under an LM target with an edit penalty")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="a sentence to correct (default: none; give --text or --input)")
-    src.add_argument("--input", metavar="FILE", help="a file with one sentence per line (default: none)")
+    _input_flags(c, src, "one sentence per line, or JSONL records", field="text")
     _config_flags(c, CorrectConfig(), CorrectConfig(), {
         "penalty": "nats of fluency an edit must buy", "sweeps": "passes over the positions",
         "top_k": "candidates per position", "temperature": "search temperature",
