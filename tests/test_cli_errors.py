@@ -102,7 +102,7 @@ def test_output_directory_lost_during_the_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(baseline_cli, "baseline_table", work_then_break)
     rc, out, err = _main(["baseline", "--data", str(data), "--output", str(target)], capsys)
     assert rc == 2 and "Traceback" not in err
-    assert err.splitlines() == [f"genloom: error: cannot write --output {target}: a parent is not a directory"]
+    assert err.splitlines() == [f"genloom: error: cannot write --out {target}: a parent is not a directory"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pairs.jsonl"]
     assert target.parent.read_text() == "now a file"
 
@@ -124,7 +124,7 @@ def test_write_failing_half_way_keeps_the_old_file(tmp_path, capsys, monkeypatch
     rc, out, err = _main(["baseline", "--data", str(data), "--output", str(target)], capsys)
     monkeypatch.undo()
     assert rc == 2 and "Traceback" not in err
-    assert err.splitlines() == [f"genloom: error: cannot write --output {target}: No space left on device"]
+    assert err.splitlines() == [f"genloom: error: cannot write --out {target}: No space left on device"]
     assert target.read_text() == "old result\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "table.json"]
 

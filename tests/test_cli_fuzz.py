@@ -158,7 +158,7 @@ def test_bad_numbers_are_one_line_exit_2(path, flag, workdir, capsys):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([*path, f"{flag}={value}"])
         out, err = capsys.readouterr()
-        _one_line_error(e.value.code, out, err, time.perf_counter() - t0, f"argument {flag}")
+        _one_line_error(e.value.code, out, err, time.perf_counter() - t0, flag)  # "argument --a/--b: ..." names every spelling
     assert _tree(workdir) == before
 
 
@@ -302,7 +302,7 @@ SUBPROCESS = [
     (["search", "train-models", "--minutes", "-1"], "argument --minutes"),
     (["continue", "--model", MISSING, "--prompt", "x", "--tol", "nan"], "argument --tol"),
     (["title", "train", "--data", MISSING, "--out", "m", "--model-json", '{"enc_hidden": -4}'], "enc_hidden"),
-    (["generate", "--model", MISSING, "--prompt", "hi", "--output", "file/x.txt"], "--output"),
+    (["generate", "--model", MISSING, "--prompt", "hi", "--output", "file/x.txt"], "--out"),
     (["title", "eval", "--model", MISSING, "--limit", "0"], "argument --limit"),
     # in every range a flag takes, but far beyond the machine: the refused allocation is one line
     (["condition", "train", "--data", "texts.jsonl", "--out", "m", "--width", "1000000", "--heads", "1",

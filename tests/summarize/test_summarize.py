@@ -210,7 +210,12 @@ def test_cli_run_input_dash_json_ids_and_out(pipeline, tmp_path, capsys, monkeyp
     (["summarize", "run", "a.txt", "--input", "-", "--model", "m"], "the input is given twice"),
     (["summarize", "run", "--input", "/nonexistent.txt", "--model", "m"], "no such file: /nonexistent.txt"),
 ])
-def test_cli_run_input_refusals(argv, message, capsys):
+def test_cli_run_input_refusals(argv, message, capsys, monkeypatch):
+    class Terminal:  # no FILE and no --input: refused only when stdin is a terminal
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

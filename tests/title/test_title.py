@@ -350,7 +350,6 @@ def test_attention_map_rows_are_distributions(model_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["title", "generate", "--model", "/nonexistent/dir", "--input", "-"], "is not a title model directory"),
-    (["title", "generate", "--model", "/nonexistent/dir"], "no input: give --input FILE"),
     (["title", "generate", "a.txt", "--input", "b.txt", "--model", "/nonexistent/dir"],
      "the input is given twice (FILE a.txt and --input b.txt)"),
     (["title", "generate", "--input", "/nonexistent.txt", "--model", "/nonexistent/dir"], "no such file"),
@@ -367,6 +366,26 @@ def test_bad_inputs_give_one_line_and_exit_2(args, message, capsys, monkeypatch)
     r = _main(capsys, monkeypatch, *args)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and message in err[0], r.stderr.decode()
+
+
+def test_no_input_reads_a_piped_stdin_and_refuses_a_terminal(model_dir, capsys, monkeypatch):
+    """Neither FILE nor --input: stdin when it is a pipe or a file (as before --input existed),
+    a one-line refusal when it is a terminal (it would wait for typing, with no prompt)."""
+    article = _pairs(1, seed=4)[0]["content"]
+    piped = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), stdin=(article + "\n").encode())
+    given = _main(capsys, monkeypatch, "title", "generate", "--model", str(model_dir), "--input", "-",
+                  stdin=(article + "\n").encode())
+    assert piped.returncode == 0 and piped.stdout == given.stdout and piped.stdout.strip()
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    capsys.readouterr()
+    assert main(["title", "generate", "--model", "/nonexistent/dir"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no input: give --input FILE" in err[0]
 
 
 def test_missing_input_in_a_subprocess_and_existing_model_guard(model_dir, tmp_path, capsys,

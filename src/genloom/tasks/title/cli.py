@@ -172,12 +172,16 @@ def add_item_input(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def input_path(args: argparse.Namespace) -> str:
-    """The file (or "-") named by --input or by the positional FILE; both or neither is a
-    one-line UserError (exit 2), before anything is opened or loaded."""
+    """The file (or "-") named by --input or by the positional FILE, or "-" when neither is
+    given and stdin is a pipe or a file (as before --input existed). Both given, or neither with
+    stdin a terminal (which would wait for typing with no prompt), is a one-line UserError
+    (exit 2), before anything is opened or loaded."""
     if args.input is not None and args.input_file is not None:
         raise UserError(f"the input is given twice (FILE {args.input_file} and --input {args.input}): give one")
     if args.input is None and args.input_file is None:
-        raise UserError("no input: give --input FILE (--input - reads stdin)")
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError("no input: give --input FILE (--input - reads stdin)")
+        return "-"
     return args.input if args.input is not None else args.input_file
 
 
