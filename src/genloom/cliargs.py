@@ -269,6 +269,41 @@ def add_json(parser: argparse.ArgumentParser, what: str = "each result") -> argp
                                     "record's \"id\" field, else its line number")
 
 
+def add_item_input(p: argparse.ArgumentParser, what: str) -> None:
+    """The input of a command that answers items one per line: `--input FILE` ("-" is stdin) or
+    the older positional FILE (one of them, `input_path`), as lines or JSONL (--format, --field)."""
+    p.add_argument("input_file", nargs="?", default=None, metavar="FILE",
+                   help=f"file of {what}s, - for stdin (the older spelling of --input FILE)")
+    add_input(p, f"file of {what}s, one per line or JSONL objects (field --field)")
+    from genloom.data.readers import INPUT_FORMATS
+
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS,
+                   help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
+    p.add_argument("--field", default="content", help=f"JSONL field holding the {what}")
+
+
+def input_path(args: argparse.Namespace) -> str:
+    """The file (or "-") named by --input or by the positional FILE, or "-" when neither is
+    given and stdin is a pipe or a file (as before --input existed). Both given, or neither with
+    stdin a terminal (which would wait for typing with no prompt), is a one-line UserError
+    (exit 2), before anything is opened or loaded."""
+    if args.input is not None and args.input_file is not None:
+        raise UserError(f"the input is given twice (FILE {args.input_file} and --input {args.input}): give one")
+    if args.input is None and args.input_file is None:
+        import sys
+
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError("no input: give --input FILE (--input - reads stdin)")
+        return "-"
+    return args.input if args.input is not None else args.input_file
+
+
+def add_num_beams(p: argparse.ArgumentParser) -> None:
+    """`--num-beams N` (and its older spelling `--beams`): the beam width of decoding."""
+    p.add_argument("--num-beams", "--beams", dest="num_beams", type=beam_width, default=None, metavar="N",
+                   help="beam width (default: the model's)")
+
+
 def json_record(id_: Any, input_: Any, output: Any, **extra: Any) -> str:
     """One JSON line of every command's --json output: {"id", "input", "output", ...extra}."""
     import json

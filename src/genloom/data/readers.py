@@ -21,6 +21,7 @@ Blank lines are skipped in every format (their line numbers still count).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -374,3 +375,22 @@ def read_input_file(path: str, *, fmt: str = "auto", field: str = "content") -> 
     if not items:
         raise UserError(f"{name} holds no input (one per non-blank line)")
     return items
+
+
+@contextlib.contextmanager
+def item_batches(path: str, size: int, *, fmt: str = "auto", field: str = "content"
+                 ) -> Iterator[Iterator[list[InputItem]]]:
+    """The `InputItem`s of `path` (stdin for "-") in lists of up to `size`, each cut short when
+    another item would mean waiting for a pipe, so every item is answered as soon as it arrives.
+    The file is opened on entry (a missing one is a UserError before any model loads) and closed
+    on exit."""
+    stream = open_input(path)
+    try:
+        source = LineSource(stream)
+        items = read_items(source, fmt=fmt, field=field, name="stdin" if path == "-" else path)
+        yield ready_batches(items, size, source.ready)
+    finally:
+        import sys
+
+        if stream is not sys.stdin.buffer:
+            stream.close()

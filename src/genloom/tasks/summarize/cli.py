@@ -32,12 +32,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from genloom.cliargs import (add_common, add_config_flags, add_json, beam_width, check_outputs, config_from_args, decay,
-                             json_record, learning_rate, nonneg_float, output_flag, positive_float, positive_int,
-                             probability, require, rows_int, set_threads, unit_fraction)
+from genloom.cliargs import (add_common, add_config_flags, add_item_input, add_json, add_num_beams, beam_width,
+                             check_outputs, config_from_args, decay, input_path, json_record, learning_rate,
+                             nonneg_float, output_flag, positive_float, positive_int, probability, require, rows_int,
+                             set_threads, unit_fraction)
+from genloom.data.readers import item_batches
 from genloom.errors import UserError
 from genloom.tasks.summarize.config import MODES, SummarizeConfig, parse_features
-from genloom.tasks.title.cli import add_item_input, add_num_beams, input_path, item_batches
 
 def _feature_list(text: str) -> str:
     """--extract-features: a comma list of FEATURES, checked where parsed."""
@@ -160,7 +161,7 @@ def run_run(args: argparse.Namespace) -> int:
     check_outputs(args)
     kept: list[str] = []  # the text of --out, written once every document is summarized
     count = 0
-    with item_batches(args, path, args.batch_size) as batches:
+    with item_batches(path, args.batch_size, fmt=args.format, field=args.field) as batches:
         summarizer = Summarizer.load(args.model)
         set_threads(args.threads)
         for batch in batches:

@@ -31,19 +31,18 @@ items one per line (`summarize run` uses them too).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from genloom.cliargs import (add_common, add_config_flags, add_input, add_json, beam_width, check_outputs,
-                             config_from_args, json_record, learning_rate, length_penalty, nonneg_float, nonneg_int,
-                             number, output_flag, positive_int, require, rows_int, set_threads)
-from genloom.data.readers import INPUT_FORMATS, InputItem, LineSource, open_input, read_items, ready_batches
+from genloom.cliargs import (add_common, add_config_flags, add_item_input, add_json, add_num_beams, beam_width,
+                             check_outputs, config_from_args, input_path, json_record, learning_rate, length_penalty,
+                             nonneg_float, nonneg_int, number, output_flag, positive_int, require, rows_int,
+                             set_threads)
+from genloom.data.readers import InputItem, item_batches
 from genloom.errors import UserError
 from genloom.machine import machine
 from genloom.tasks.title.config import ARCHS, TitleConfig
@@ -159,48 +158,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- reading items (title generate, summarize run) -----------------------------------------------
-def add_item_input(p: argparse.ArgumentParser, what: str) -> None:
-    """The input of a command that answers items one per line: `--input FILE` ("-" is stdin) or
-    the older positional FILE (one of them, `input_path`), as lines or JSONL (--format, --field)."""
-    p.add_argument("input_file", nargs="?", default=None, metavar="FILE",
-                   help=f"file of {what}s, - for stdin (the older spelling of --input FILE)")
-    add_input(p, f"file of {what}s, one per line or JSONL objects (field --field)")
-    p.add_argument("--format", default="auto", choices=INPUT_FORMATS,
-                   help="lines, jsonl, or auto (JSONL if the first line is a JSON object)")
-    p.add_argument("--field", default="content", help=f"JSONL field holding the {what}")
-
-
-def input_path(args: argparse.Namespace) -> str:
-    """The file (or "-") named by --input or by the positional FILE, or "-" when neither is
-    given and stdin is a pipe or a file (as before --input existed). Both given, or neither with
-    stdin a terminal (which would wait for typing with no prompt), is a one-line UserError
-    (exit 2), before anything is opened or loaded."""
-    if args.input is not None and args.input_file is not None:
-        raise UserError(f"the input is given twice (FILE {args.input_file} and --input {args.input}): give one")
-    if args.input is None and args.input_file is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UserError("no input: give --input FILE (--input - reads stdin)")
-        return "-"
-    return args.input if args.input is not None else args.input_file
-
-
-@contextlib.contextmanager
-def item_batches(args: argparse.Namespace, path: str, size: int) -> Iterator[Iterator[list[InputItem]]]:
-    """The `InputItem`s of `path` (stdin for "-") in lists of up to `size`, each cut short when
-    another item would mean waiting for a pipe, so every item is answered as soon as it arrives.
-    The file is opened on entry (a missing one is a UserError before any model loads) and closed
-    on exit."""
-    stream = open_input(path)
-    try:
-        source = LineSource(stream)
-        items = read_items(source, fmt=args.format, field=args.field, name="stdin" if path == "-" else path)
-        yield ready_batches(items, size, source.ready)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-
-
 # ---- generate -----------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> int:
     from genloom.tasks.title.infer import load_title_model
@@ -209,7 +166,7 @@ def run_generate(args: argparse.Namespace) -> int:
     check_outputs(args)
     failed = cut = total = 0
     first: str | None = None
-    with item_batches(args, path, args.batch_size) as batches:
+    with item_batches(path, args.batch_size, fmt=args.format, field=args.field) as batches:
         tm = load_title_model(args.model)
         set_threads(args.threads)
         for batch in batches:
@@ -303,12 +260,6 @@ def add_pair_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="title", help="field holding the title (default title)")
     p.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv", "txt"),
                    help="format of --data (default: from the extension)")
-
-
-def add_num_beams(p: argparse.ArgumentParser) -> None:
-    """`--num-beams N` (and its older spelling `--beams`): the beam width of decoding."""
-    p.add_argument("--num-beams", "--beams", dest="num_beams", type=beam_width, default=None, metavar="N",
-                   help="beam width (default: the model's)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction, *, name: str, help: str
