@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             _launch(todo, logs, args.nice)
     table_json = models / "eval.json"
     evaluate = [*cli, "eval", "--model", str(models / "cln"), str(models / "prefix"), "--judge", str(models / "judge"),
-                "--lm", str(models / "plain"), "-n", str(args.n), "--top-p", str(args.top_p),
+                "--lm", str(models / "plain"), "--num-samples", str(args.n), "--top-p", str(args.top_p),
                 "--guidance", *map(str, args.guidance), "--temperature", str(args.temperature),
                 "--out", str(table_json)]
     commands.append(" ".join(["OMP_NUM_THREADS=1", *evaluate]))

@@ -137,11 +137,13 @@ def at_most(args: argparse.Namespace, low: str, high: str) -> None:
 
 
 # ---- checked output paths ---------------------------------------------------------------------
-def output_flag(parser: argparse.ArgumentParser, *names: str, directory: bool = False, parents: bool = True,
+def output_flag(parser: argparse.ArgumentParser, *names: str, directory: bool = False, parents: bool = False,
                 **kwargs: Any) -> argparse.Action:
-    """Add an output-path flag (a file, whose missing directories are made unless `parents=False`;
-    or with `directory=True` a directory files are written into) and register it for
-    `check_outputs`, which the command calls before its work starts."""
+    """Add an output-path flag (a file in a directory that exists, or with `parents=True` one
+    whose missing directories are made; or with `directory=True` a directory files are written
+    into) and register it for `check_outputs`, which the command calls before its work starts:
+    a file in a directory that does not exist is refused there, as a shell redirect would be,
+    so a typo in a path never makes folders."""
     action = parser.add_argument(*names, metavar=kwargs.pop("metavar", "DIR" if directory else "FILE"), **kwargs)
     known = parser.get_default("output_flags") or ()
     kind = "directory" if directory else "file" if parents else "file in an existing directory"

@@ -157,6 +157,7 @@ def test_cli_run_explain_output_file_and_errors(pipeline, tmp_path, capsys):
     docs.write_text("\n".join(json.dumps({"content": d}, ensure_ascii=False) for d in texts) + "\n",
                     encoding="utf-8")
     out = tmp_path / "out" / "s.jsonl"
+    out.parent.mkdir()
     assert main(["summarize", "run", str(docs), "--model", str(model), "--explain", "--output", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     want = summ.summarize(texts, explain=True)

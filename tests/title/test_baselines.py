@@ -78,6 +78,9 @@ def test_score_row_and_user_file_cli(flag, tmp_path, capsys):
                     encoding="utf-8")
     out = tmp_path / "out" / "table.json"
     extra = ["--quiet", "--out"] if flag == "--quiet" else [flag]
+    assert main(["baseline", "--data", str(data), "--lead-chars", "5", *extra, str(out)]) == 2  # no such folder
+    assert "no directory" in capsys.readouterr().err and not out.parent.exists()  # refused, nothing made
+    out.parent.mkdir()
     assert main(["baseline", "--data", str(data), "--lead-chars", "5", *extra, str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""

@@ -168,7 +168,7 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
         p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
                        help="Chinese candidates: masked LM or fwd x bwd LM")
     add_json(p, "each result")
-    output_flag(p, "--out", "--output", dest="out", parents=False,
+    output_flag(p, "--out", "--output", dest="out",
                 help="write the results to this file (atomically) instead of stdout (default: stdout)")
     add_common(p, seed=0, threads=True, quiet=True)
 
