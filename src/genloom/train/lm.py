@@ -1,6 +1,7 @@
 """Language-model pre-training pieces every task shares: token windows, padding, the causal-LM
-objective, BERT masking for masked LMs (`MaskedLMCollate`, `masked_lm_loss`), and
-`pretrain_causal_lm`, which runs the causal pieces through `fit`.
+objective, BERT masking for masked LMs (`MaskedLMCollate`, `masked_lm_loss`),
+`pretrain_causal_lm`, which runs the causal pieces through `fit`, and `init_from_causal_lm`, which
+starts a task's Transformer from a pre-trained causal LM (genloom-zh-base).
 
 Letters: B batch rows, T tokens per row, V vocabulary size.
 
@@ -183,3 +184,43 @@ def masked_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
     logits = model(batch["inputs"], attention_mask=batch["valid"])  # (B, T, V)
     n = (batch["targets"] != -100).sum()
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100), n
+
+
+# ---- starting a task's Transformer from a pre-trained causal LM ------------------------------------
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "head_dim", "norm", "mlp", "pos", "bias")
+
+
+def init_from_causal_lm(lm: nn.Module, base: nn.Module) -> dict[str, list[str]]:
+    """Copy a pre-trained causal LM `base` (a genloom `Transformer`, e.g. genloom-zh-base) into
+    the Transformer `lm` of a task model (the UniLM title model's `.lm`), which has the same
+    blocks and vocabulary: every weight of the same name and shape is copied; a learned position
+    table longer than the base's gets the base's rows first (the rest keep their initialisation:
+    positions the base never saw); weights the base lacks (segment embeddings) are left as they
+    are. The attention mask (causal / prefix) is a setting, not a weight, so the same blocks
+    serve a prefix LM. Returns {"copied", "partial", "fresh"} weight names.
+
+    Raises:
+        UserError: the two differ in block shape or vocabulary size.
+    """
+    a, b = lm.config, base.config
+    differ = [k for k in (*SHAPE_FIELDS, "vocab_size") if getattr(a, k) != getattr(b, k)]
+    if differ:
+        raise UserError("the pre-trained LM has another shape: " + ", ".join(
+            f"{k} {getattr(b, k)} (here {getattr(a, k)})" for k in differ))
+    src = base.state_dict()
+    out: dict[str, list[str]] = {"copied": [], "partial": [], "fresh": []}
+    with torch.no_grad():
+        for name, t in lm.state_dict().items():
+            s = src.get(name)
+            if s is None:
+                out["fresh"].append(name)
+            elif s.shape == t.shape:
+                t.copy_(s)
+                out["copied"].append(name)
+            elif name == "pos_emb.weight" and s.shape[1:] == t.shape[1:]:
+                n = min(s.shape[0], t.shape[0])
+                t[:n].copy_(s[:n])
+                out["partial"].append(name)
+            else:
+                raise UserError(f"the pre-trained LM's {name} has shape {tuple(s.shape)}, here {tuple(t.shape)}")
+    return out

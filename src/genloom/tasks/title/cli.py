@@ -55,6 +55,8 @@ TRAIN_FLAGS: dict[str, str] = {
     "minutes": "training time budget",
     "max_epochs": "optional epoch limit (default: no epoch limit)",
     "pretrain_minutes": "unilm: char-LM pre-training on all Chinese training text first",
+    "init": "unilm: start from this pre-trained causal LM directory (genloom-zh-base's model/), taking its "
+            "shape and characters (default: none, from scratch)",
     "max_source_len": "articles are cut to this many characters",
     "max_title_len": "longest title (longer training titles are cut)",
     "min_count": "rarer characters become <unk>",
@@ -141,6 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
     require(args.gen_vocab is None or args.gen_vocab == 0 or args.gen_vocab > 4,
             f"--gen-vocab must be 0 (the whole vocabulary) or above 4, got {args.gen_vocab}")
     config = config_from_args(TitleConfig, args, model=_model_overrides(args.model_json, args.arch))
+    require(config.init is None or (Path(config.init) / "config.json").is_file(),
+            f"--init {config.init} is not a model directory (no config.json)")
     set_threads(args.threads)
     train_pairs, what = _pairs(args, "train")
     if args.data is not None and args.dev_data is not None:

@@ -37,6 +37,8 @@ class TitleConfig:
     minutes: float = 15.0  # training time budget (evaluations included)
     max_epochs: int | None = None  # optional epoch limit besides the time budget
     pretrain_minutes: float = 0.0  # unilm only: char-LM pre-training on chinese_lm_texts first
+    init: str | None = None  # unilm only: a pre-trained causal LM directory (genloom-zh-base) whose
+    # blocks, embeddings and characters the model starts from (its shape and tokenizer are taken)
     ema_decay: float | None = 0.99  # EMA of the weights (evaluated and saved); None: off
     dev_size: int = 200  # dev pairs decoded greedily at each evaluation (ROUGE-L selects)
     eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
@@ -71,6 +73,8 @@ class TitleConfig:
                             f"{self.eval_every}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise UserError(f"the EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.init is not None and self.arch != "unilm":
+            raise UserError("--init needs --arch unilm (the RNN has no Transformer to start from a pre-trained LM)")
         if self.pretrain_minutes > 0 and self.arch != "unilm":
             raise UserError("--pretrain-minutes needs --arch unilm (the RNN has no LM to pre-train)")
         if self.no_repeat_ngram < 0:

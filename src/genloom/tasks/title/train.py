@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from genloom.tasks.title.infer import TitleModel, decode_sources, save_title_mod
 from genloom.train import Loader, TrainConfig, fit
 from genloom.train.checkpoint import latest_checkpoint
 from genloom.train.outdir import check_same_run, output_directory, read_json, untrained
-from genloom.train.lm import pretrain_causal_lm
+from genloom.train.lm import init_from_causal_lm, pretrain_causal_lm
 
 
 def pretrain_lm(model: nn.Module, tokenizer: Any, texts: list[str], *, minutes: float, run_dir: str | Path,
@@ -120,6 +120,19 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
     return tm, result
 
 
+def _base_lm(directory: str) -> tuple[Any, Any]:
+    """The pre-trained causal LM of --init and its tokenizer; anything else is a UserError."""
+    from genloom.models import io as model_io
+    from genloom.models.transformer import Transformer
+
+    base, tokenizer = model_io.load(directory)
+    if not isinstance(base, Transformer) or base.config.mask != "causal" or base.config.n_segment:
+        raise UserError(f"--init {directory} is not a causal Transformer LM (e.g. genloom-zh-base's model/)")
+    if tokenizer is None or tokenizer.pad_id is None or tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise UserError(f"--init {directory} has no tokenizer with padding, start and end ids")
+    return base, tokenizer
+
+
 def _train_in(config: TitleConfig, task: dict[str, Any], train_pairs: Sequence[Pair], dev_pairs: list[Pair],
               out: Path, *, progress: bool, log: Callable[[str], None],
               lm_texts: Callable[[], list[str]] | None, resume: bool) -> tuple[TitleModel, Any]:
@@ -130,9 +143,18 @@ def _train_in(config: TitleConfig, task: dict[str, Any], train_pairs: Sequence[P
     texts = lm_texts() if pretrain and lm_texts is not None else []
     if pretrain and not texts:
         raise UserError("pre-training needs texts (chinese_lm_texts)")
-    tokenizer = build_tokenizer([t for p in train_pairs for t in p] + texts,
-                                min_count=config.min_count)
-    model = ARCHS[config.arch](config, tokenizer)
+    if config.init is not None:
+        base, tokenizer = _base_lm(config.init)
+        shape = {k: getattr(base.config, k) for k in ("d_model", "n_layer", "n_head", "d_ff")}
+        model = ARCHS[config.arch](replace(config, model={**(config.model or {}), **shape}), tokenizer)
+        report = init_from_causal_lm(model.lm, base)
+        log(f"title: the Transformer starts from {config.init} ({len(report['copied'])} weights copied, "
+            f"{', '.join(report['partial']) or 'none'} in part, {', '.join(report['fresh']) or 'none'} new; "
+            f"its {tokenizer.vocab_size} characters)")
+    else:
+        tokenizer = build_tokenizer([t for p in train_pairs for t in p] + texts,
+                                    min_count=config.min_count)
+        model = ARCHS[config.arch](config, tokenizer)
     tm = TitleModel(model, tokenizer, config)
     data = PairDataset(train_pairs, tokenizer, max_source_len=config.max_source_len,
                        max_title_len=config.max_title_len)
