@@ -117,8 +117,8 @@ def test_flags_against_each_other():
 # ---- output_flag / check_outputs: refused before the work, nothing created ---------------------
 def _out_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    output_flag(p, "--output", help="a file")
-    output_flag(p, "--strict", parents=False, help="a file in an existing directory")
+    output_flag(p, "--output", help="a file in an existing directory (the default)")
+    output_flag(p, "--made", parents=True, help="a file whose missing directories are made")
     output_flag(p, "--dir", directory=True, help="a directory")
     return p
 
@@ -130,10 +130,10 @@ def _tree(root):
 @pytest.mark.parametrize("flag, target, message", [
     ("--output", ".", "--output . is a directory, not a file"),
     ("--output", "file/x.json", "cannot write --output file/x.json: a parent is not a directory (file is a file)"),
-    ("--output", "file/a/b.json", "a parent is not a directory (file is a file)"),
+    ("--made", "file/a/b.json", "a parent is not a directory (file is a file)"),
     ("--output", "/proc/genloom-test.json", "cannot write --output /proc/genloom-test.json: "),
     ("--output", "", "--output: an empty path"),
-    ("--strict", "none/x.json", "no directory none for --strict"),
+    ("--output", "none/x.json", "no directory none for --output"),
     ("--dir", "file", "--dir file is a file, not a directory"),
     ("--dir", "file/sub", "a parent is not a directory"),
 ])
@@ -150,7 +150,7 @@ def test_bad_output_paths(tmp_path, monkeypatch, flag, target, message):
 def test_good_output_paths_create_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
-    for argv in (["--output", "new/deeper/x.json"], ["--output", "d/x.json"], ["--strict", "d/x.json"],
+    for argv in (["--made", "new/deeper/x.json"], ["--output", "d/x.json"], ["--made", "d/x.json"],
                  ["--dir", "runs/eval"], ["--dir", "d"], []):
         check_outputs(_out_parser().parse_args(argv))
     assert _tree(tmp_path) == ["d"]
