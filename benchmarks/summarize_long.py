@@ -43,7 +43,10 @@ reused for larger windows (their documents are a subset; the k-fold guarantee ho
 subset, and is checked).
 
 --recall-only measures just the rankers that need no training (lead, tf-idf centroid, TextRank
-degree, oracle) in about two minutes: results/summarize_long_recall.json.
+degree, oracle) in about two minutes: results/summarize_long_recall.json. --extract-only trains the
+sentence encoder and the cross-fitted extractors and reports the recall table with the trained
+extractors and the extractive rows, no seq2seq (the extractions it leaves under --out are what a
+later full run with --reuse takes).
 
 Writes benchmarks/results/summarize_long.json (machine, versions, settings, every figure,
 samples; --quick writes under --out instead). Model directories stay under --out; --reuse takes
@@ -222,7 +225,7 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
         if not table["kfold_verified"]:
             raise SystemExit("k-fold check failed: a document was labelled by a model trained on it")
     c_sources = None
-    for key in args.rows.split(","):
+    for key in ([] if args.extract_only else args.rows.split(",")):
         label, overrides = ROWS[key]
         cfg = replace(cfg_w, **overrides)
         row_dir = where / key
@@ -376,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny everything (a smoke test of every path, < 2 minutes)")
     ap.add_argument("--result", default=None, help=f"result JSON (default {RESULT}; with --quick, under --out)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only join result files into --result, then exit")
+    ap.add_argument("--extract-only", action="store_true",
+                    help="train the encoder and the extractors, then report the recall table and the extractive "
+                         "rows only (no seq2seq; an hour where the whole benchmark takes five)")
     ap.add_argument("--recall-only", action="store_true",
                     help="only the window recall of the rankers that need no training (minutes, no model)")
     args = ap.parse_args(argv)
@@ -419,29 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     w0 = min(args.windows)
     natural_train = long_pairs("train", w0, base.max_clauses, "natural", 0)[: args.limit_train]
 
-    # one pre-training per window (its context), on the natural-order documents, shared by both orders
-    pretraining = {}
-    if args.pretrain_steps > 0:
-        for window in args.windows:
-            pre_dir = out / f"w{window}" / "pretrained"
-            info_path = out / f"w{window}" / "pretrained.json"
-            if not (args.reuse and (pre_dir / "config.json").is_file() and info_path.is_file()):
-                print(f"pre-training the window-{window} seq2seq init ...", flush=True)
-                t0 = time.perf_counter()
-                pairs = [p for p in natural_train if len(joined(p[0], base.max_clauses)) > window]
-                pretrain(replace(base, window=window, pretrain_steps=args.pretrain_steps, pretrain_minutes=0.0),
-                         pairs, out=pre_dir, progress=not args.quick)
-                write_json_atomic(info_path, {"seconds": round(time.perf_counter() - t0, 1),
-                                              "steps": args.pretrain_steps, "documents": len(pairs)})
-            pretraining[str(window)] = json.loads(info_path.read_text(encoding="utf-8"))
-
     needs_extraction = any(ROWS[r][1].get("mode", "pipeline") == "pipeline" for r in args.rows.split(","))
     enc_dir, enc_info = (None, None)
     if needs_extraction:
         enc_dir, enc_info = encoder_dir(args, out, [split_clauses(d)[: base.max_clauses] for d, _ in natural_train])
         base = replace(base, encoder=str(enc_dir))
 
-    tables, extraction_info = {}, {}
+    # the extractions first (the extractor's window recall is known before any seq2seq trains)
+    tables, extraction_info, prepared = {}, {}, {}
     for order in args.orders:
         train_all = long_pairs("train", w0, base.max_clauses, order, args.shuffle_seed)[: args.limit_train]
         test_all = long_pairs("test", w0, base.max_clauses, order, args.shuffle_seed)[: args.limit_test]
@@ -455,6 +446,25 @@ def main(argv: list[str] | None = None) -> int:
                                                   out / order / "extraction-baseline", reuse=args.reuse,
                                                   progress=not args.quick)
                 extraction_info[order]["baseline"] = {"features": args.baseline_features, "seconds": secs_b}
+        prepared[order] = (train_all, test_all, ext, ext_base)
+
+    # one pre-training per window (its context), on the natural-order documents, shared by both orders
+    pretraining = {}
+    if args.pretrain_steps > 0 and not args.extract_only:
+        for window in args.windows:
+            pre_dir = out / f"w{window}" / "pretrained"
+            info_path = out / f"w{window}" / "pretrained.json"
+            if not (args.reuse and (pre_dir / "config.json").is_file() and info_path.is_file()):
+                print(f"pre-training the window-{window} seq2seq init ...", flush=True)
+                t0 = time.perf_counter()
+                pairs = [p for p in natural_train if len(joined(p[0], base.max_clauses)) > window]
+                pretrain(replace(base, window=window, pretrain_steps=args.pretrain_steps, pretrain_minutes=0.0),
+                         pairs, out=pre_dir, progress=not args.quick)
+                write_json_atomic(info_path, {"seconds": round(time.perf_counter() - t0, 1),
+                                              "steps": args.pretrain_steps, "documents": len(pairs)})
+            pretraining[str(window)] = json.loads(info_path.read_text(encoding="utf-8"))
+
+    for order, (train_all, test_all, ext, ext_base) in prepared.items():
         for window in args.windows:
             tables[f"{order}, window {window}"] = one_table(args, base, out, order, window, train_all, test_all,
                                                             ext, ext_base)
