@@ -13,7 +13,6 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
-import gc
 
 import json
 from pathlib import Path
@@ -56,14 +55,6 @@ def load_model(source: str, *, engine: str = "auto", quant: str | None = None) -
     Raises:
         UserError: an unknown engine, an unreadable model, or no tokenizer files.
     """
-    loaded = _load_model(source, engine=engine, quant=quant)
-    # what exists now (torch, the model, its tokenizer) lives as long as the command: the
-    # cyclic GC stops walking it, which took 0.1 s of the vocabulary index built next
-    gc.freeze()
-    return loaded
-
-
-def _load_model(source: str, *, engine: str, quant: str | None) -> tuple[Any, Any]:
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
     if quant is not None and engine != "llamacpp":
