@@ -166,8 +166,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 def free_cores() -> tuple[int, int]:
     """(cores free now, cores this process may use): the usable cores less the 1-minute load
     average, rounded, at least 1. Two threads on two cores that another job also uses stall
-    each other (SmolLM2 streamed at 1.2 s/token where one thread took 25 ms), so a shared
-    machine gets one thread."""
+    each other (issue 24 saw SmolLM2 stream at 1.2 s/token where one thread took 25 ms), so a
+    shared machine gets one thread."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

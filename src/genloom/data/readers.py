@@ -201,16 +201,25 @@ def read_pairs(path: str | os.PathLike[str], *, source: str, target: str,
 INPUT_FORMATS = ("auto", "lines", "jsonl")
 
 
-def open_input(path: str) -> Any:
-    """A binary stream of `path`, or of stdin for "-"; a missing file is a UserError."""
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[Any]:
+    """A binary stream of `path` (closed on exit), or of stdin for "-" (left open); a missing
+    file is a UserError."""
     import sys
 
     if path == "-":
-        return sys.stdin.buffer
+        yield sys.stdin.buffer
+        return
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no such file: {path}")
-    return open(p, "rb")
+    with open(p, "rb") as stream:
+        yield stream
+
+
+def _input_name(path: str) -> str:
+    """How messages name a command's input."""
+    return "stdin" if path == "-" else path
 
 
 def _json_object(line: str) -> dict | None:
@@ -357,15 +366,9 @@ def read_input_file(path: str, *, fmt: str = "auto", field: str = "content") -> 
     `read_items`: one text per line, or JSONL records' `field` (their "id" carried, else the
     line number). Blank lines are skipped; any other line that cannot be used, or no text at
     all, is a one-line UserError."""
-    import sys
-
-    name = "stdin" if path == "-" else path
-    stream = open_input(path)
-    try:
+    name = _input_name(path)
+    with open_input(path) as stream:
         lines = stream.readlines()
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
     items = []
     for item, raw in zip(read_items(lines, fmt=fmt, field=field, name=name), lines):
         if item.error is not None and raw.strip():
@@ -384,13 +387,6 @@ def item_batches(path: str, size: int, *, fmt: str = "auto", field: str = "conte
     another item would mean waiting for a pipe, so every item is answered as soon as it arrives.
     The file is opened on entry (a missing one is a UserError before any model loads) and closed
     on exit."""
-    stream = open_input(path)
-    try:
+    with open_input(path) as stream:
         source = LineSource(stream)
-        items = read_items(source, fmt=fmt, field=field, name="stdin" if path == "-" else path)
-        yield ready_batches(items, size, source.ready)
-    finally:
-        import sys
-
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        yield ready_batches(read_items(source, fmt=fmt, field=field, name=_input_name(path)), size, source.ready)

@@ -79,7 +79,6 @@ def _read_items(args: argparse.Namespace, given: str | None) -> list[tuple[Any, 
 
 
 def _backend(args: argparse.Namespace, proposal: str) -> Backend:
-    check_outputs(args)  # --out: before the models are read
     set_threads(args.threads)
     if args.quant is not None and args.engine != "llamacpp":
         raise UserError("--quant applies to --engine llamacpp only")
@@ -124,6 +123,7 @@ def run_correct(args: argparse.Namespace) -> int:
 
 def run_gibbs(args: argparse.Namespace) -> int:
     """`genloom search gibbs`."""
+    check_outputs(args)  # --out: before the models are read
     config = _override(GibbsConfig(), args)
     if args.init is None:  # the random lengths of all-[MASK] starts
         at_most(config, "min_len", "max_len")
