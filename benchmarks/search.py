@@ -82,8 +82,9 @@ def stats(values: list[float]) -> dict:
 # ---- keyword sets -------------------------------------------------------------------------------
 
 
-def chinese_sets(tokenizer: Any, n: int, seed: int) -> list[dict]:
-    """Up to 3 distinct nouns (2+ characters, all known) of inews test titles, 2 at least."""
+def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None) -> list[dict]:
+    """Up to 3 distinct nouns (2+ characters, all known to `tokenizer` and to `also`, the evaluation
+    LM's) of inews test titles, 2 at least."""
     import jieba
     import jieba.posseg as pseg
 
@@ -96,7 +97,8 @@ def chinese_sets(tokenizer: Any, n: int, seed: int) -> list[dict]:
         words = []
         for w in pseg.cut(r["title"]):
             if (w.flag.startswith("n") and len(w.word) >= 2 and all(_HAN.fullmatch(c) for c in w.word)
-                    and tokenizer.unk_id not in tokenizer.encode(w.word) and w.word not in words):
+                    and tokenizer.unk_id not in tokenizer.encode(w.word) and w.word not in words
+                    and (also is None or also.unk_id not in also.encode(w.word))):
                 words.append(w.word)
         if len(words) >= 2:
             out.append({"source": r["title"], "keywords": sorted(rng.sample(words, min(3, len(words))),
@@ -218,7 +220,9 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
                    args: argparse.Namespace) -> dict:
     if lang == "zh":
         config = task.KeywordsConfig(n=1, chains=args.zh_chains, steps=args.zh_steps, weighting=args.zh_weighting,
-                                     top_k=args.top_k, min_len=args.zh_min_len, max_len=32, short_penalty=5.0)
+                                     top_k=args.top_k, min_len=args.zh_min_len, max_len=32, short_penalty=5.0,
+                                     natural_len=args.zh_natural_len, natural_len_sd=args.zh_natural_len_sd,
+                                     no_repeat=args.zh_no_repeat, length_temperature=args.zh_length_temperature)
     else:
         config = task.KeywordsConfig(n=1, chains=args.en_chains, steps=args.en_steps, weighting="model",
                                      top_k=args.top_k, min_len=args.en_min_len, max_len=24, short_penalty=5.0)
@@ -271,7 +275,7 @@ def correction_sentences(tokenizer: Any, n: int, seed: int, split: str = "test")
     return pool[:n]
 
 
-def correction_bench(backend: task.Backend, args: argparse.Namespace) -> dict:
+def correction_bench(backend: task.Backend, args: argparse.Namespace, edits: task.BestEdits | None = None) -> dict:
     tok = backend.tokenizer
     clean = correction_sentences(tok, args.correct, args.seed, args.correct_split)
     han = [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))]
@@ -286,8 +290,9 @@ def correction_bench(backend: task.Backend, args: argparse.Namespace) -> dict:
         where.append(pos)
     t0 = time.perf_counter()
     config = task.CorrectConfig(penalty=args.penalty, top_k=args.correct_top_k, sweeps=args.sweeps,
-                                both=args.both)
-    fixed = task.correct_texts(backend, corrupted + clean, config,
+                                both=args.both, search=args.correct_search, max_edits=args.max_edits,
+                                positions=args.positions, shortlist=args.shortlist)
+    fixed = task.correct_texts(backend, corrupted + clean, config, edits=edits,
                                generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - t0
     fixed_bad, fixed_clean = fixed[: len(clean)], fixed[len(clean):]
@@ -341,12 +346,19 @@ def print_keywords(lang: str, res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="models/search")
+    p.add_argument("--zh-lm", help="a genloom causal LM directory (genloom-zh-base) as the Chinese target and "
+                   "proposal instead of --models' forward / masked LMs; eval-zh of --models still scores fluency")
+    p.add_argument("--tag", default="", help="suffix of this run's result keys (e.g. 'base': keywords_zh_base)")
     p.add_argument("--sets", type=int, default=100, help="keyword sets per language")
     p.add_argument("--correct", type=int, default=200, help="sentences for error correction")
     p.add_argument("--zh-steps", type=int, default=100)
     p.add_argument("--zh-chains", type=int, default=2)
     p.add_argument("--zh-weighting", default="target", choices=("target", "model"))
     p.add_argument("--zh-min-len", type=int, default=12, help="CGMH: soft minimum length (characters)")
+    p.add_argument("--zh-natural-len", type=float, default=0.0, help="CGMH: length model mean (characters; 0: none)")
+    p.add_argument("--zh-natural-len-sd", type=float, default=6.0, help="CGMH: length model standard deviation")
+    p.add_argument("--zh-length-temperature", type=float, default=0.8, help="CGMH: length model's sample temperature")
+    p.add_argument("--zh-no-repeat", type=int, default=0, help="CGMH: ban repeated n-grams of this size (0: none)")
     p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")
     p.add_argument("--en-chains", type=int, default=1)
@@ -356,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--correct-top-k", type=int, default=8, help="correction: candidates per position")
     p.add_argument("--sweeps", type=int, default=1, help="correction: passes over the positions")
     p.add_argument("--both", action="store_true", help="correction: forward and backward LM as the fluency")
+    p.add_argument("--correct-search", default="sweep", choices=("sweep", "best"), help="correction: the search")
+    p.add_argument("--max-edits", type=int, default=3, help="correction, search best: edits per sentence")
+    p.add_argument("--positions", type=int, default=0, help="correction, search best: most surprising positions tried")
+    p.add_argument("--shortlist", type=int, default=0, help="correction, search best: candidates scored whole")
     p.add_argument("--correct-split", default="test", help="inews split of the correction sentences (dev: tuning)")
     p.add_argument("--throughput-rows", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
@@ -382,32 +398,39 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("merged_runs", []).append({"settings": vars(args), "load_average_before": load_before})
     else:
         result = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
-    zh = task.load_backend("zh", models=args.models, proposal="mlm")
-    eval_zh, _ = load(Path(args.models) / "eval-zh")
-    zh_eval = (CausalLMScorer(eval_zh, bos_id=zh.tokenizer.bos_id, eos_id=zh.tokenizer.eos_id), zh.tokenizer)
+    zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
+    eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
+    zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
+    tag = f"_{args.tag}" if args.tag else ""
     parts = set(args.parts.split(","))
     if "throughput" in parts:
-        result["throughput_zh"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
-        t = result["throughput_zh"]
+        result[f"throughput_zh{tag}"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
+        t = result[f"throughput_zh{tag}"]
         print(f"throughput (zh target LM, {args.throughput_rows} rows): batched {t['batched_rows_per_s']['median']:.0f}"
               f" rows/s, one at a time {t['single_rows_per_s']['median']:.0f} rows/s, x{t['speedup']['median']:.1f}")
     if "zh" in parts:
-        result["keywords_zh"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed), args)
-        print_keywords("zh", result["keywords_zh"])
+        result[f"keywords_zh{tag}"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed,
+                                                                                  eval_zh_tok), args)
+        print_keywords("zh", result[f"keywords_zh{tag}"])
     if "correct" in parts:
-        result["correction_zh"] = correction_bench(zh, args)
-        c = result["correction_zh"]
+        result[f"correction_zh{tag}"] = correction_bench(zh, args)
+        c = result[f"correction_zh{tag}"]
         print(f"\ncorrection ({c['sentences']} sentences, 1 substitution each): restored {c['restored']:.1%}, error "
               f"position changed {c['error_position_changed']:.1%}, clean sentences changed {c['clean_changed']:.1%}")
     if "correct-sweep" in parts:  # the trade-off of the edit penalty (the headline uses --penalty, chosen on dev)
         sweep = []
+        edits = None  # search best: every penalty reads the same memo of best edits
+        if args.correct_search == "best":
+            tok = zh.tokenizer
+            edits = task.BestEdits(zh, zh.lm, [i for i in zh.vocab if _HAN.fullmatch(tok.id_to_token(i))],
+                                   args.correct_top_k, args.positions, args.shortlist)
         for pen in (float(x) for x in args.penalties.split(",")):
-            r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}))
+            r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}), edits)
             sweep.append({k: r[k] for k in ("restored", "error_position_changed", "clean_changed", "seconds")}
                          | {"penalty": pen})
             print(f"penalty {pen:5.1f}: restored {r['restored']:.1%}, error position changed "
                   f"{r['error_position_changed']:.1%}, clean sentences changed {r['clean_changed']:.1%}", flush=True)
-        result["correction_zh_penalty_sweep"] = sweep
+        result[f"correction_zh_penalty_sweep{tag}"] = sweep
     if "en" in parts and not args.skip_en:
         en = task.load_backend("en", lm=args.en_lm)
         eval_en, eval_en_tok = load(Path(args.models) / "eval-en")

@@ -23,8 +23,8 @@ from genloom.decode.mcmc import (Chains, Constant, Geometric, Linear, gibbs, key
 from genloom.decode.mcmc_edits import (EditConfig, EditProposal, LMSlots, MaskedSlots, UniformSlots,
                                        _delete, _insert, _slot_ok)
 from genloom.decode.targets import (CausalLMScorer, CosineSimilarity, ExactConditional, ForbiddenTokens,
-                                    HammingPenalty, KeywordsPresent, LengthRange, MaskedLMScorer, MeanHidden, Target,
-                                    reverse_rows)
+                                    HammingPenalty, KeywordsPresent, LengthPrior, LengthRange, MaskedLMScorer,
+                                    MeanHidden, NoRepeatNgram, Target, entropy_rate, reverse_rows)
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig
 
@@ -489,3 +489,56 @@ def sampler_log_q(lm: Transformer, chains: Chains) -> torch.Tensor:
                 logits, state = lm.step(torch.tensor([tok]), state)
         out.append(total)
     return torch.tensor(out)
+
+
+# ---- the length model and the repeat ban of CGMH's keyword search -----------------------------------
+
+
+def test_length_prior_values_and_its_gaussian():
+    prior = LengthPrior.gaussian(3.0, 1.5, 6)
+    assert prior[0] == -math.inf and float(prior.logsumexp(0)) == pytest.approx(0.0, abs=1e-6)
+    assert int(prior.argmax()) == 3 and prior[2] == pytest.approx(float(prior[4]), abs=1e-6)
+    chains = make_chains([[2], [2, 3, 4], [2, 3, 4, 5, 6, 2, 3, 4]], width=8)
+    got = LengthPrior(prior, per_token=0.7)(chains.tokens, chains.mask)
+    want = [float(prior[1]) + 0.7, float(prior[3]) + 2.1, float(prior[6]) + 5.6]  # 8 > T = 6: log P(6)
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    with pytest.raises(UserError):
+        LengthPrior.gaussian(3.0, 0.0, 6)
+    with pytest.raises(UserError):
+        LengthPrior([], per_token=1.0)
+
+
+def test_entropy_rate_matches_the_enumerated_one():
+    """E[-log p(sample)] / E[tokens] over every sample of <= 3 tokens (EOS counted where it stops),
+    under the LM renormalised to the allowed tokens, against 6,000 drawn samples."""
+    model = tiny_lm()
+    allowed = [2, 3, 4]
+    keep = torch.tensor(allowed + [EOS])
+    nll = tokens = 0.0
+    for n in range(0, 4):
+        for seq in itertools.product(allowed, repeat=n):
+            stop = n < 3
+            ids = torch.tensor([[BOS, *seq]])
+            with torch.no_grad():
+                logits = model(ids)[0]
+            logp = torch.full_like(logits, -math.inf)
+            logp[:, keep] = logits[:, keep].log_softmax(-1)
+            lp = sum(float(logp[i, t]) for i, t in enumerate(seq)) + (float(logp[n, EOS]) if stop else 0.0)
+            p = math.exp(lp)
+            nll -= p * lp
+            tokens += p * (n + stop)
+    got = entropy_rate(model, bos_id=BOS, eos_id=EOS, samples=6000, max_new_tokens=3, allowed=allowed,
+                       generator=torch.Generator().manual_seed(0))
+    assert got == pytest.approx(nll / tokens, rel=0.03)
+
+
+def test_no_repeat_ngram_matches_python_lists():
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(2, 5, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (300,), generator=g)]
+    chains = make_chains(rows, width=8)
+    for n in (1, 2, 3):
+        got = NoRepeatNgram(n)(chains.tokens, chains.mask)
+        grams = [[tuple(r[i: i + n]) for i in range(len(r) - n + 1)] for r in rows]
+        want = [0.0 if len(set(gs)) == len(gs) else -math.inf for gs in grams]
+        assert got.tolist() == want
+    assert NoRepeatNgram.hard and NoRepeatNgram(9)(chains.tokens, chains.mask).eq(0).all()

@@ -260,3 +260,35 @@ def test_minutes_alone_plan_the_steps_and_each_resumed_launch_gets_its_own_minut
                          resume=True, asked={"n_layer"})
     assert second["steps"] == first["steps"] and second["step"] > first["step"]
     assert second["train_minutes"] > first["train_minutes"] + 0.01  # a launch's own budget, not the total
+
+
+def test_snapshot_writes_the_newest_checkpoints_ema_weights_as_a_model(tmp_path, tiny_corpus, genloom, no_plots):
+    from safetensors.torch import load_file
+
+    from genloom.models import load
+    from genloom.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = tmp_path / "run"
+    pt.pretrain(run, pt.PretrainConfig(**TINY, steps=5), corpus=tiny_corpus)
+    newest = latest_checkpoint(run / "checkpoints")
+    shadow = load_checkpoint(newest)["state"]["ema"]["shadow"]
+    rc, out, err = genloom("lm", "pretrain", "--out", str(run), "--snapshot", str(tmp_path / "snap"))
+    assert rc == 0, err
+    assert f"step {int(newest.name.split('-')[1])} of 5" in out
+    saved = load_file(str(tmp_path / "snap" / "model_ema.safetensors"))
+    assert saved.keys() <= shadow.keys() and all(torch.equal(saved[k], shadow[k]) for k in saved)
+    model, tok = load(tmp_path / "snap")  # the default weights are the EMA ones, and they decode
+    assert torch.equal(model.state_dict()["tok_emb.weight"], shadow["tok_emb.weight"])
+    assert tok.encode(tiny_corpus.dev["news"][0]) == load(run / "model")[1].encode(tiny_corpus.dev["news"][0])
+    before = sorted(p.name for p in run.rglob("*"))
+    for args, msg in ((["--snapshot", str(tmp_path / "snap")], "already exists"),
+                      (["--snapshot", str(run / "inside")], "inside the run"),
+                      (["--snapshot", str(tmp_path / "s2"), "--minutes", "3"], "drop --minutes"),
+                      (["--snapshot", str(tmp_path / "s2"), "--resume"], "drop --resume")):
+        rc, _, err = genloom("lm", "pretrain", "--out", str(run), *args)
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "nothing"), "--snapshot", str(tmp_path / "s3"))
+    assert rc == 2 and "no genloom lm pretrain run" in err
+    assert sorted(p.name for p in run.rglob("*")) == before and not (tmp_path / "s2").exists()
+    rc, _, err = genloom("lm", "pretrain", "--out", str(run), "--snapshot", str(tmp_path / "snap"), "--force")
+    assert rc == 0, err

@@ -149,6 +149,65 @@ def test_correction_restores_what_the_target_prefers(zh_models):
     assert search.correct_texts(backend, typo, strict, generator=g) == typo
 
 
+def test_best_edit_search_takes_the_brute_force_best_replacement(zh_models):
+    """search "best" against every replacement of every Han position scored one by one."""
+    from genloom.tasks.search.data import HAN
+
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"))
+    tok = backend.tokenizer
+    han = [i for i in backend.vocab if HAN.fullmatch(tok.id_to_token(i))]
+    text = "北京天学，好。"
+    row = tok.encode(text)
+    ones = torch.ones(1, len(row), dtype=torch.bool)
+    base = float(backend.lm(torch.tensor([row]), ones)[0])
+    brute = max((float(backend.lm(torch.tensor([row[:i] + [t] + row[i + 1:]]), ones)[0]) - base, i, t)
+                for i, c in enumerate(text) if HAN.fullmatch(c) for t in han if t != row[i])
+    edits = search.BestEdits(backend, backend.lm, han, top_k=len(han))
+    [(gain, pos, tok_id)] = edits([row], [[bool(HAN.fullmatch(c)) for c in text]])
+    assert (pos, tok_id) == brute[1:] and gain == pytest.approx(brute[0], abs=1e-4)
+    g = torch.Generator().manual_seed(0)
+    below = search.CorrectConfig(search="best", top_k=len(han), penalty=brute[0] - 1e-3, max_edits=1)
+    above = search.CorrectConfig(search="best", top_k=len(han), penalty=brute[0] + 1e-3, max_edits=1)
+    fixed = search.correct_texts(backend, [text], below, generator=g, edits=edits)[0]
+    assert fixed == text[:pos] + tok.id_to_token(tok_id) + text[pos + 1:]
+    assert search.correct_texts(backend, [text], above, generator=g, edits=edits) == [text]
+    assert len(edits.memo) == 1  # the second and third calls scored nothing again
+    # more edits: each one the best of its own row, never the same position twice, stopping below the penalty
+    many = search.CorrectConfig(search="best", top_k=len(han), penalty=0.0, max_edits=3)
+    out = search.correct_texts(backend, [text], many, generator=g)[0]
+    assert 1 <= sum(a != b for a, b in zip(out, text)) <= 3 and out[4] + out[6] == "，。"
+
+
+def test_shortlist_ranks_candidates_by_the_one_token_look_ahead(zh_models):
+    """BestEdits' cached look-ahead against whole forwards: log p(w | x_<i) + log p(x_i+1 | x_<i, w)."""
+    from genloom.tasks.search.data import HAN
+
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"))
+    tok, model = backend.tokenizer, backend.lm.model
+    han = [i for i in backend.vocab if HAN.fullmatch(tok.id_to_token(i))]
+    key = tuple(tok.encode("北京天学很好"))
+    pos, k = [0, 2, 5], 12
+    ids = [tok.bos_id, *key, tok.eos_id]
+    with torch.no_grad():
+        first = model(torch.tensor([ids[:-1]]))[0].float().log_softmax(-1)  # p(. | x_<i) at every i
+    scores, cand = first[pos][:, han].topk(k, dim=-1)
+    cand = torch.tensor(han)[cand]
+    want = []
+    for row, p in enumerate(pos):
+        look = []
+        for w in cand[row].tolist():
+            with torch.no_grad():
+                nxt = model(torch.tensor([[*ids[: p + 1], w]]))[0, -1].float().log_softmax(-1)
+            look.append(float(scores[row, len(look)]) + float(nxt[ids[p + 2]]))
+        want.append(sorted(range(k), key=lambda j: -look[j])[:4])
+    edits = search.BestEdits(backend, backend.lm, han, top_k=k, shortlist=4)
+    got = edits._shortlist(key, pos, scores, cand)
+    assert [sorted(r) for r in got.tolist()] == [sorted(cand[i, w].tolist()) for i, w in enumerate(want)]
+    # and the whole search runs with it, choosing among the shortlisted candidates only
+    [(gain, at, _)] = edits([list(key)], [[True] * len(key)])
+    assert gain > float("-inf") and 0 <= at < len(key)
+
+
 def test_correct_cli_keeps_non_han_characters(zh_models, capsys):
     text = "2019年Apple在北京，科学！"
     rc, out, _ = run_cli(capsys, "correct", "--models", str(zh_models), "--text", text, "--penalty", "0", "--json")
@@ -184,6 +243,9 @@ def test_english_keywords_gibbs_and_correct(en_lm, capsys):
     (["correct", "--models", "{models}", "--input", "{records}", "--format", "jsonl"], "field 'text' is missing"),
     (["gibbs", "--models", "{models}", "--init", " "], "--init is empty"),
     (["train-models", "--out", "{missing}", "--only", "bert"], "unknown model"),
+    (["gibbs", "--lm", "{models}/forward"], "Gibbs sampling needs the masked LM"),
+    (["keywords", "--lm", "{models}/forward", "--keywords", "北京", "--proposal", "mlm"], "with --lm the proposals"),
+    (["keywords", "--lm", "{models}/mlm", "--keywords", "北京"], "is not a causal LM"),
 ])
 def test_errors_are_one_line(zh_models, tmp_path, capsys, argv, message):
     (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
@@ -214,3 +276,36 @@ def test_bad_numbers_are_one_line_errors(capsys, argv, message):
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_causal_lm_directory_alone_is_target_and_proposal(zh_models, capsys):
+    """`--lm DIR` (genloom-zh-base's way in): the LM's log p is the target, its next-token scores the
+    proposal, and the search still pins every keyword."""
+    from genloom.models import load
+
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"))
+    model, tok = load(zh_models / "forward")
+    assert backend.masked is None and backend.lm_backward is None and backend.slots.backward is None
+    ids = tok.encode("北京大学")
+    with torch.no_grad():
+        logp = model(torch.tensor([[tok.bos_id, *ids]]))[0].double().log_softmax(-1)
+    by_hand = sum(float(logp[i, t]) for i, t in enumerate([*ids, tok.eos_id]))
+    got = backend.lm(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
+    assert float(got[0]) == pytest.approx(by_hand, abs=1e-4)
+    rc, out, err = run_cli(capsys, "keywords", "--lm", str(zh_models / "forward"), "--keywords", "北京,科学",
+                           "--num-samples", "2", "--steps", "15", "--chains", "2", "--max-len", "12", "--json")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and all("北京" in r["output"] and "科学" in r["output"] for r in rows)
+    rc, out, err = run_cli(capsys, "correct", "--lm", str(zh_models / "forward"), "--text", "今天天气很好。")
+    assert rc == 0 and len(out.splitlines()) == 1, err
+
+
+def test_length_model_and_repeat_ban_keep_every_keyword(zh_models, capsys):
+    rc, out, err = run_cli(capsys, "keywords", "--lm", str(zh_models / "forward"), "--keywords", "北京,科学",
+                           "--num-samples", "3", "--steps", "30", "--chains", "3", "--max-len", "14",
+                           "--natural-len", "10", "--natural-len-sd", "2", "--no-repeat", "2", "--json")
+    assert rc == 0, err
+    rows = [json.loads(line)["output"] for line in out.splitlines()]
+    assert rows and all("北京" in r and "科学" in r and len(r) <= 14 for r in rows)
+    assert all(len({r[i: i + 2] for i in range(len(r) - 1)}) == len(r) - 1 for r in rows)  # no 2-gram twice

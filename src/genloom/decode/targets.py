@@ -26,6 +26,7 @@ conditional of one masked position, BERT's "mouth") and its pseudo-log-likelihoo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -286,6 +287,104 @@ class LengthRange(Target):
             return torch.where((n >= self.min_len) & (n <= self.max_len), 0.0, NEG_INF)
         outside = (self.min_len - n).clamp(min=0) + (n - self.max_len).clamp(min=0)
         return -self.weight * outside.float()
+
+
+class LengthPrior(Target):
+    """A length model for a search whose fluency term is log p(x): log P(L) + per_token * L.
+
+    log p(x) falls by about the LM's entropy rate H (nats per token) with every token, so a search
+    for high log p(x) shortens its sentences to the fewest tokens the constraints allow.
+    `per_token` = H gives that back: log p(x) + H * L is near 0 for a typical sentence of any
+    length, and the prior P(L) over natural lengths decides the length.
+
+    Args:
+        log_prior: log P(L) for L = 0, 1, ..., T (lengths beyond T take log P(T)).
+        per_token: nats added per token (e.g. `entropy_rate` of the fluency LM).
+    """
+
+    def __init__(self, log_prior: Sequence[float] | Tensor, *, per_token: float) -> None:
+        self.log_prior = torch.as_tensor(log_prior, dtype=torch.float32)
+        if self.log_prior.ndim != 1 or len(self.log_prior) == 0 or torch.isnan(self.log_prior).any():
+            raise UserError("a length prior needs log P(L) for L = 0, 1, ..., T")
+        if not math.isfinite(per_token):
+            raise UserError(f"per_token must be finite, got {per_token}")
+        self.per_token = float(per_token)
+
+    @staticmethod
+    def gaussian(mean: float, sd: float, max_len: int) -> Tensor:
+        """log P(L) of a Gaussian over lengths 1..max_len, normalised (P(0) = 0)."""
+        if not (0 < mean and 0 < sd < math.inf) or max_len < 1:
+            raise UserError(f"need a mean > 0, 0 < sd < inf and max_len >= 1, got {mean}, {sd}, {max_len}")
+        lengths = torch.arange(max_len + 1, dtype=torch.float64)
+        logp = -0.5 * ((lengths - mean) / sd) ** 2
+        logp[0] = NEG_INF
+        return (logp - torch.logsumexp(logp, 0)).float()
+
+    def __call__(self, tokens: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        n = mask.sum(1)
+        prior = self.log_prior.to(tokens.device)[n.clamp(max=len(self.log_prior) - 1)]
+        return prior + self.per_token * n.float()
+
+
+@torch.inference_mode()
+def entropy_rate(model: Any, *, bos_id: int, eos_id: int | None, samples: int = 32, max_new_tokens: int = 48,
+                 generator: torch.Generator | None = None, allowed: Sequence[int] | None = None,
+                 temperature: float = 1.0) -> float:
+    """H, the mean NLL per token of the LM's own samples under the distribution they were drawn
+    from (the cost of a typical token of its text): `samples` ancestral samples after BOS, EOS
+    counted as a token where a sample stopped. `allowed`: the tokens a sample may hold (the
+    others banned and the rest renormalised, as a search over that vocabulary sees the LM).
+    `temperature` < 1 draws likelier text (the cost of a token of what a search settles on); its
+    NLL is still measured under the LM at temperature 1."""
+    from genloom.decode.loops import sample
+    from genloom.decode.processors import BannedTokens, Temperature
+
+    if temperature != 1.0:
+        scorer = CausalLMScorer(model, bos_id=bos_id, eos_id=eos_id)
+        out = sample(model, max_new_tokens=max_new_tokens, eos_id=eos_id, generator=generator,
+                     processors=[*([BannedTokens(sorted(set(range(model.vocab_size)) - set(int(i) for i in allowed)
+                                                        - ({eos_id} if eos_id is not None else set())))]
+                                   if allowed is not None else []), Temperature(temperature)],
+                     input_ids=torch.full((samples, 1), bos_id, dtype=torch.long))
+        rows = out.sequences
+        width = max(1, max(map(len, rows)))
+        tokens = torch.tensor([list(r) + [bos_id] * (width - len(r)) for r in rows])
+        mask = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
+        lp = scorer.token_log_probs(tokens, mask)  # (B, W + 1): x then EOS
+        stopped = torch.tensor([len(r) < max_new_tokens for r in rows])
+        keep = torch.arange(width + 1)[None] < (mask.sum(1) + stopped)[:, None]
+        return -float(lp[keep].double().sum()) / max(1, int(keep.sum()))
+    processors = []
+    if allowed is not None:
+        keep = set(int(i) for i in allowed) | ({eos_id} if eos_id is not None else set())
+        processors.append(BannedTokens(sorted(set(range(model.vocab_size)) - keep)))
+    out = sample(model, max_new_tokens=max_new_tokens, eos_id=eos_id, processors=processors, generator=generator,
+                 input_ids=torch.full((samples, 1), bos_id, dtype=torch.long))
+    tokens = sum(len(r) + (len(r) < max_new_tokens) for r in out.sequences)  # EOS where a sample stopped
+    return -sum(out.scores) / max(1, tokens)
+
+
+class NoRepeatNgram(Target):
+    """0 if no n-gram of real tokens occurs twice in the row, else -inf (a search's version of
+    `no_repeat_ngram_size`: the loops it bans are what makes beam search's text fluent-looking)."""
+
+    hard = True
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise UserError(f"a repeated n-gram needs n >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, tokens: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        b, t = tokens.shape
+        if t < self.n:
+            return torch.zeros(b, device=tokens.device)
+        grams = tokens.unfold(1, self.n, 1)  # (B, G, n)
+        real = mask.unfold(1, self.n, 1).all(-1)  # (B, G)
+        same = (grams[:, :, None, :] == grams[:, None, :, :]).all(-1)  # (B, G, G)
+        pair = real[:, :, None] & real[:, None, :] & torch.ones(grams.shape[1], grams.shape[1], dtype=torch.bool,
+                                                                 device=tokens.device).triu(1)
+        return torch.where((same & pair).flatten(1).any(1), NEG_INF, 0.0)
 
 
 class ForbiddenTokens(Target):

@@ -312,6 +312,37 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     return summary
 
 
+def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Write the EMA weights of `out`'s newest checkpoint to `dest` as a model directory, so a run
+    still in progress (or stopped between launches) can be tried; `out` is only read.
+
+    Returns {"step", "steps", "dest"}: the checkpoint's step and the run's planned steps.
+    """
+    from genloom.models import Transformer, TransformerConfig, save
+    from genloom.tokenizers import load_tokenizer
+    from genloom.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    out, dest = Path(out), Path(dest)
+    marker = read_json(out / MARKER)
+    if not marker or marker.get("writer") != WRITER:
+        raise UserError(f"{out} holds no genloom lm pretrain run")
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise UserError(f"{out} has no checkpoint yet")
+    if dest.resolve() == out.resolve() or out.resolve() in dest.resolve().parents:
+        raise UserError(f"--snapshot {dest} is inside the run {out}: pick a folder outside it")
+    cfg = PretrainConfig(**{k: v for k, v in marker["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    tokenizer = load_tokenizer(out / "tokenizer")
+    model = Transformer(TransformerConfig(
+        vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
+        d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
+    ckpt = load_checkpoint(path, model=model)
+    shadow = (ckpt["state"].get("ema") or {}).get("shadow")
+    with atomic_directory(dest, replace=force, what="model directory") as tmp:
+        save(model, tokenizer, tmp, ema=shadow)
+    return {"step": ckpt["step"], "steps": cfg.steps, "dest": str(dest)}
+
+
 def _metrics(out: Path) -> list[dict[str, Any]]:
     path = out / "metrics.jsonl"
     if not path.is_file():

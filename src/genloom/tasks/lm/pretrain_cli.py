@@ -3,6 +3,7 @@
     genloom lm pretrain --tokenizer char --steps 60000              # a first launch
     genloom lm pretrain --tokenizer char --resume --minutes 120     # go on for two more hours
     genloom lm pretrain --tokenizer bpe --minutes 30 --out DIR      # the 32k BPE variant
+    genloom lm pretrain --out DIR --snapshot runs/base-now          # try a run in progress
 
 Every number is checked where it is parsed; the flags are checked against each other and --out
 before the corpora are read. The run directory's flag is `--out` (dest `out_dir`: a training
@@ -40,8 +41,15 @@ TYPES = {"vocab_size": number(int, lo=260, hi=1 << 20), "char_min_count": positi
 
 
 def run(args: argparse.Namespace) -> int:
-    from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain
+    from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain, snapshot
 
+    if args.snapshot is not None:
+        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes"]
+                 if getattr(args, n) is not None] + ["--resume"] * args.resume
+        require(not given, f"--snapshot only reads --out's newest checkpoint; drop {', '.join(given)}")
+        done = snapshot(args.out_dir or default_out("char"), args.snapshot, force=args.force)
+        print(f"step {done['step']} of {done['steps']} (EMA weights) -> {done['dest']}")
+        return 0
     asked = {name for name in [*HELPS, "tokenizer", "steps", "seed"] if getattr(args, name) is not None}
     values = {name: getattr(args, name) for name in asked}
     require(args.resume or args.steps is not None or args.minutes is not None,
@@ -69,7 +77,10 @@ def _pretrain_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=positive_float,
                    help="training minutes of this launch (alone, on a first launch: steps planned to fit them) (default: no time limit)")
     p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint, bit-exactly")
-    p.add_argument("--force", action="store_true", help="delete the genloom lm pretrain run in --out and start over")
+    p.add_argument("--force", action="store_true", help="delete the genloom lm pretrain run in --out and start over "
+                   "(with --snapshot: replace DIR)")
+    p.add_argument("--snapshot", metavar="DIR", help="write the EMA weights of --out's newest checkpoint to DIR as a "
+                   "model directory and stop, training nothing (default: none, train)")
     for name, text in HELPS.items():  # default None: on --resume, a flag given is checked against the first launch
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=TYPES[name], default=None,
                        help=f"{text} (default {getattr(defaults, name):g})")

@@ -6,13 +6,14 @@ sentences (CGMH), Gibbs sampling from a masked LM, typo correction; the samplers
   with its [MASK] character;
 - `models.py`: the shapes, training (genloom.train.lm + `fit`) and loading of the search LMs;
 - `backend.py`: a language's models wired as target, slot model and vocabulary (`Backend`);
-- `infer.py`: `keywords_search`, `correct_texts`, `gibbs_texts` and their configs;
+- `infer.py`: `keywords_search`, `correct_texts` (with `BestEdits`, the steepest-ascent search), `gibbs_texts`
+  and their configs;
 - `cli.py`: the `genloom search keywords|gibbs|correct|train-models` parser.
 """
 
 from genloom.tasks.search.backend import Backend, load_backend
-from genloom.tasks.search.infer import (CorrectConfig, Found, GibbsConfig, KeywordsConfig, correct_texts,
+from genloom.tasks.search.infer import (BestEdits, CorrectConfig, Found, GibbsConfig, KeywordsConfig, correct_texts,
                                         default_keywords_config, gibbs_texts, keywords_search)
 
-__all__ = ["Backend", "load_backend", "CorrectConfig", "Found", "GibbsConfig", "KeywordsConfig", "correct_texts",
+__all__ = ["Backend", "load_backend", "BestEdits", "CorrectConfig", "Found", "GibbsConfig", "KeywordsConfig", "correct_texts",
            "default_keywords_config", "gibbs_texts", "keywords_search"]

@@ -3,8 +3,10 @@ ranks edit candidates, the vocabulary a move may write.
 
 Chinese runs on the models of `train-models` (a directory of several models): the target is the
 forward character LM, the proposals come from the masked LM (`proposal="mlm"`) or the forward x
-backward LMs (`proposal="lm"`). English runs on SmolLM2-135M (any local Hugging Face causal LM):
-it is the target and, read left to right, the proposal.
+backward LMs (`proposal="lm"`). Given `lm`, a genloom causal LM directory (genloom-zh-base, from
+`genloom lm pretrain`), Chinese runs on that LM alone instead: it is the target and, read left to
+right, the proposal (no masked LM: no Gibbs sampling). English runs on SmolLM2-135M (any local
+Hugging Face causal LM): it is the target and, read left to right, the proposal.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ class Backend:
         return self.tokenizer.decode(list(ids)).strip()
 
 
-def chinese_backend(models: str, *, proposal: str = "mlm") -> Backend:
-    """The Chinese models of a `train-models` directory (module docstring)."""
+def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None) -> Backend:
+    """The Chinese models of a `train-models` directory, or the causal LM directory `lm` alone
+    (module docstring)."""
     from genloom.decode.mcmc_edits import LMSlots, MaskedSlots
     from genloom.decode.targets import CausalLMScorer, MaskedLMScorer
     from genloom.tasks.search.models import load_chinese_models
 
     if proposal not in PROPOSALS:
         raise UserError(f"--proposal must be 'mlm' or 'lm', got {proposal!r}")
+    if lm is not None:
+        return chinese_lm_backend(lm)
     m = load_chinese_models(models)
     tok = m.tokenizer
     masked = MaskedLMScorer(m.mlm, mask_id=m.mask_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
@@ -66,6 +71,26 @@ def chinese_backend(models: str, *, proposal: str = "mlm") -> Backend:
     return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(m.forward, bos_id=tok.bos_id, eos_id=tok.eos_id),
                    slots=slots, vocab=vocab, masked=masked, mask_id=m.mask_id, pad_id=tok.pad_id,
                    lm_backward=CausalLMScorer(m.backward, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True))
+
+
+def chinese_lm_backend(directory: str) -> Backend:
+    """A genloom causal LM directory (e.g. models/genloom-zh-base-char) as the Chinese target and,
+    read left to right, the proposal."""
+    from genloom.decode.mcmc_edits import LMSlots
+    from genloom.decode.targets import CausalLMScorer
+    from genloom.models import load
+
+    model, tok = load(directory)
+    if getattr(getattr(model, "config", None), "mask", "causal") != "causal":
+        raise UserError(f"--lm {directory} is not a causal LM (its mask is {model.config.mask!r})")
+    if tok is None or tok.bos_id is None or tok.eos_id is None:
+        raise UserError(f"--lm {directory} has no tokenizer with BOS and EOS to frame sentences with")
+    model.eval()
+    vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(model, bos_id=tok.bos_id, eos_id=tok.eos_id),
+                   slots=LMSlots(model, None, bos_id=tok.bos_id), vocab=vocab, masked=None, mask_id=None,
+                   pad_id=pad)
 
 
 def english_backend(lm: str = "smollm2-135m", *, engine: str = "genloom", quant: str | None = None) -> Backend:
@@ -99,11 +124,13 @@ def english_backend(lm: str = "smollm2-135m", *, engine: str = "genloom", quant:
                    pad_id=boundary)
 
 
-def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str = "smollm2-135m",
+def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str | None = None,
                  engine: str = "genloom", quant: str | None = None) -> Backend:
-    """Load the models of `lang` (module docstring) and wire targets and slot models."""
+    """Load the models of `lang` (module docstring) and wire targets and slot models. `lm`:
+    Chinese, a genloom causal LM directory used instead of `models`; English, the Hugging Face
+    LM (default smollm2-135m)."""
     if lang not in LANGS:
         raise UserError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
     if lang == "zh":
-        return chinese_backend(models, proposal=proposal)
-    return english_backend(lm, engine=engine, quant=quant)
+        return chinese_backend(models, proposal=proposal, lm=lm)
+    return english_backend(lm or "smollm2-135m", engine=engine, quant=quant)

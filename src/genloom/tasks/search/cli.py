@@ -9,8 +9,12 @@
     genloom search correct --lang en --text "The functoin returns a value."
     cat typos.txt | genloom search correct --input - --json
 
-Chinese runs on the models of `train-models` (`--models DIR`, default models/search), English on
-SmolLM2-135M (`--lm`, any local Hugging Face causal LM); backend.py and infer.py say how.
+Chinese runs on the models of `train-models` (`--models DIR`, default models/search), or with
+`--lm DIR` on a genloom causal LM such as genloom-zh-base (`genloom lm pretrain`), which is then the
+target and the proposal; English on SmolLM2-135M (`--lm`, any local Hugging Face causal LM);
+backend.py and infer.py say how.
+
+    genloom search correct --lm models/genloom-zh-base-char --text "今天天汽很好。"
 
 `keywords` and `correct` read `--keywords` / `--text`, or `--input FILE` ("-" reads stdin): one
 keyword set (comma-separated) or sentence per line, or JSONL records whose `--field` holds it
@@ -46,7 +50,7 @@ from genloom.errors import UserError
 from genloom.files import write_atomic
 from genloom.tasks.lm.load import QUANTS
 from genloom.tasks.search.backend import EN_ENGINES, LANGS, PROPOSALS, Backend, load_backend
-from genloom.tasks.search.infer import (CorrectConfig, GibbsConfig, KeywordsConfig, correct_texts,
+from genloom.tasks.search.infer import (SEARCHES, CorrectConfig, GibbsConfig, KeywordsConfig, correct_texts,
                                         default_keywords_config, gibbs_texts, keywords_search)
 from genloom.tasks.search.models import SearchModelsConfig, train_search_models
 
@@ -84,6 +88,13 @@ def _backend(args: argparse.Namespace, proposal: str) -> Backend:
         raise UserError("--quant applies to --engine llamacpp only")
     if args.engine != "genloom" and args.lang != "en":
         raise UserError("--engine applies to --lang en only (the Chinese models are genloom's own)")
+    if args.lang == "zh" and args.lm is not None:
+        if proposal == "mlm" and getattr(args, "proposal", None) is not None:
+            raise UserError("--proposal mlm needs the masked LM of --models; with --lm the proposals come from the LM")
+        if proposal == "mlm" and getattr(args, "search_command", None) == "gibbs":
+            raise UserError("Chinese Gibbs sampling needs the masked LM of --models; drop --lm")
+        proposal = "lm"
+    proposal = proposal or "mlm"
     return load_backend(args.lang, models=args.models, proposal=proposal, lm=args.lm, engine=args.engine,
                         quant=args.quant)
 
@@ -160,13 +171,15 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     p.add_argument("--lang", choices=LANGS, default="zh", help="zh: the models of train-models; en: SmolLM2")
     p.add_argument("--models", default="models/search", metavar="DIR",
                    help="directory of the Chinese models, written by `genloom search train-models`")
-    p.add_argument("--lm", default="smollm2-135m", help="English: a local Hugging Face causal LM (name, dir, .gguf)")
+    p.add_argument("--lm", help="English: a local Hugging Face causal LM (name, dir, .gguf) (default smollm2-135m); "
+                   "Chinese: a genloom causal LM directory, e.g. models/genloom-zh-base-char, used instead of --models "
+                   "as target and proposal (default: none, --models)")
     p.add_argument("--engine", choices=EN_ENGINES, default="genloom",
                    help="English: run --lm converted to genloom's Transformer, or (a GGUF) on llama.cpp")
     p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once (llama.cpp's quantizer) (default: none, the GGUF as it is)")
     if proposal:
-        p.add_argument("--proposal", choices=PROPOSALS, default="mlm",
-                       help="Chinese candidates: masked LM or fwd x bwd LM")
+        p.add_argument("--proposal", choices=PROPOSALS,
+                       help="Chinese candidates: masked LM or fwd x bwd LM of --models (default mlm; with --lm: the LM)")
     add_json(p, "each result")
     output_flag(p, "--out", "--output", dest="out",
                 help="write the results to this file (atomically) instead of stdout (default: stdout)")
@@ -198,7 +211,12 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "explore": "share of uniform tokens among the proposals", "min_len": "soft minimum length in tokens",
         "max_len": "hard maximum length in tokens", "short_penalty": "nats per token below --min-len",
         "schedule": "temperature schedule", "t_start": "first temperature", "t_end": "last temperature",
-    }, types_={"chains": rows_int, "steps": positive_int, "top_k": positive_int, "explore": probability,
+        "natural_len": "length model: mean length in tokens of the sentences wanted (0: none)",
+        "natural_len_sd": "length model: standard deviation of that length",
+        "length_temperature": "length model: nats per token = the LM's NLL of its samples at this temperature",
+        "no_repeat": "refuse sentences that repeat an n-gram of this size (0: none)",
+    }, types_={"natural_len": nonneg_float, "natural_len_sd": positive_float, "length_temperature": temperature, "no_repeat": nonneg_int,
+               "chains": rows_int, "steps": positive_int, "top_k": positive_int, "explore": probability,
                "min_len": nonneg_int, "max_len": positive_int, "short_penalty": nonneg_float,
                "t_start": temperature, "t_end": temperature},
         choices={"weighting": WEIGHTINGS, "schedule": tuple(SCHEDULES)})
@@ -226,8 +244,13 @@ def add_parser(subparsers: Any, *, name: str, help: str) -> argparse.ArgumentPar
         "top_k": "candidates per position", "temperature": "search temperature",
         "explore": "share of uniform tokens among the proposals",
         "both": "Chinese: score fluency with the forward and the backward LM (mean log p)",
-    }, types_={"penalty": nonneg_float, "sweeps": positive_int, "top_k": positive_int,
-               "temperature": temperature, "explore": probability})
+        "search": "sweep: MH replace moves left to right; best: steepest ascent over every replacement",
+        "max_edits": "--search best: the most edits per sentence",
+        "positions": "--search best: try only the N most surprising positions (0: all)",
+        "shortlist": "--search best: of the top-k, score whole only the S best by a one-token look-ahead (0: all)",
+    }, types_={"positions": nonneg_int, "shortlist": nonneg_int, "penalty": nonneg_float, "sweeps": positive_int, "top_k": positive_int,
+               "temperature": temperature, "explore": probability, "max_edits": positive_int},
+        choices={"search": SEARCHES})
     _common(c)
     c.set_defaults(func=run_correct)
 
