@@ -275,6 +275,7 @@ def test_snapshot_writes_the_newest_checkpoints_ema_weights_as_a_model(tmp_path,
     rc, out, err = genloom("lm", "pretrain", "--out", str(run), "--snapshot", str(tmp_path / "snap"))
     assert rc == 0, err
     assert f"step {int(newest.name.split('-')[1])} of 5" in out
+    assert json.loads((tmp_path / "snap" / "snapshot.json").read_text())["step"] == int(newest.name.split("-")[1])
     saved = load_file(str(tmp_path / "snap" / "model_ema.safetensors"))
     assert saved.keys() <= shadow.keys() and all(torch.equal(saved[k], shadow[k]) for k in saved)
     model, tok = load(tmp_path / "snap")  # the default weights are the EMA ones, and they decode

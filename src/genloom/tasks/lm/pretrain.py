@@ -56,6 +56,7 @@ from genloom.train.outdir import read_json
 
 WRITER = "zh-base"  # recorded in OUT/zh_base.json and fit's config.json: what wrote the directory
 MARKER = "zh_base.json"
+SNAPSHOT = "snapshot.json"  # written by `snapshot` beside the model: which run and step it holds
 TOKENIZERS = ("char", "bpe")
 
 
@@ -316,7 +317,8 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     """Write the EMA weights of `out`'s newest checkpoint to `dest` as a model directory, so a run
     still in progress (or stopped between launches) can be tried; `out` is only read.
 
-    Returns {"step", "steps", "dest"}: the checkpoint's step and the run's planned steps.
+    Returns {"step", "steps", "dest"}: the checkpoint's step and the run's planned steps (also
+    written to DEST/snapshot.json, with the run's path).
     """
     from genloom.models import Transformer, TransformerConfig, save
     from genloom.tokenizers import load_tokenizer
@@ -340,6 +342,8 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     shadow = (ckpt["state"].get("ema") or {}).get("shadow")
     with atomic_directory(dest, replace=force, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=shadow)
+        write_json_atomic(tmp / SNAPSHOT, {"run": str(out), "step": ckpt["step"], "steps": cfg.steps,
+                                           "weights": "EMA" if shadow is not None else "raw"})
     return {"step": ckpt["step"], "steps": cfg.steps, "dest": str(dest)}
 
 
