@@ -177,6 +177,22 @@ def _rows() -> list[Figure]:
                      for f in ("coverage", "nll_eval_lm/median", "nll_target_lm/median", "repeated_ngram_rate"))
         out.append(Figure(f"| {label} | {{:.0f}}% | {{:.2f}} / {{:.2f}} | {{:.0f}}% | {{:.0f}}% | {{:.2f}} / {{:.2f}} | "
                           f"{{:.0f}}% |", "search.json", keys))
+    for label, key in (("sample with the keywords as prompt", "sample"),
+                       ("grid beam search forcing the keywords", "beam"), ("same, no repeated 3-grams", "beam-norep3"),
+                       ("CGMH + length model, no repeated 3-grams", "cgmh")):
+        out.append(Figure(f"| {label} | {{:.0f}}% | {{:.2f}} / {{:.2f}} | {{:.1f}} | {{:.0f}}% | {{:.2f}} |", "search.json",
+                          tuple(f"keywords_zh_base/methods/{key}/{f}" for f in (
+                              "coverage", "nll_eval_lm/median", "nll_target_lm/median", "length_chars/mean",
+                              "repeated_ngram_rate", "seconds_per_set"))))
+    out.append(Figure("on inews dev, penalty 12: {:.1f}% restored, {:.1f}% of clean sentences changed; penalty 14: "
+                      "{:.1f}% and {:.1f}%", "search.json",
+                      ("correction_zh_penalty_sweep_base_dev/3/restored", "correction_zh_penalty_sweep_base_dev/3/clean_changed",
+                       "correction_zh_penalty_sweep_base_dev/4/restored",
+                       "correction_zh_penalty_sweep_base_dev/4/clean_changed"), scale=P))
+    out.append(Figure("on the 200 test sentences: **{:.1f}%** fully restored, {:.1f}% with the wrong character changed, "
+                      "{:.1f}% of the clean sentences changed", "search.json",
+                      ("correction_zh_base/restored", "correction_zh_base/error_position_changed",
+                       "correction_zh_base/clean_changed"), scale=P))
     fields = ("controllability", "distinct_2", "perplexity", "copied_20")
     for label, w, t, file, key in (("CLN", 0, 1, "condition_t1.json", "cln"),
                                    ("label-token prefix", 0, 1, "condition_t1.json", "prefix"),

@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict] = {
     "unilm": {"arch": "unilm"},  # prior + copy, from scratch
     "unilm-no-copy": {"arch": "unilm", "copy": False},
     "unilm-pretrained": {"arch": "unilm", "pretrain_minutes": None},  # + LM first
+    "unilm-zh-base": {"arch": "unilm", "init": None},  # started from genloom-zh-base (--zh-base DIR)
 }
 
 
@@ -81,6 +82,8 @@ def main() -> int:
     ap.add_argument("--test-limit", type=int, default=None, help="first N test pairs only")
     ap.add_argument("--runs", default="runs/title-ablation", help="where the models go")
     ap.add_argument("--reuse", action="store_true", help="evaluate models already trained there")
+    ap.add_argument("--zh-base", metavar="DIR", help="unilm-zh-base: the genloom-zh-base model directory (or a "
+                    "`genloom lm pretrain --snapshot` of a run in progress) the UniLM starts from")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--note", default=None, help="a remark stored in the JSON")
     args = ap.parse_args()
@@ -91,7 +94,8 @@ def main() -> int:
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     payload = {
         "claim": "issue 5 ablation on inews test (char ROUGE F1, BLEU zh, beam 3)",
-        "pairs": len(test), "minutes_per_variant": args.minutes, "note": args.note,
+        "pairs": len(test), "minutes_per_variant": args.minutes,
+        "note": old.get("note") if args.only and old.get("pairs") == len(test) else args.note,
         "pretrain_minutes": args.pretrain_minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
@@ -104,6 +108,10 @@ def main() -> int:
         fields = dict(VARIANTS[name])
         if "pretrain_minutes" in fields:
             fields["pretrain_minutes"] = args.pretrain_minutes
+        if "init" in fields:
+            if not args.zh_base:
+                ap.error(f"{name} needs --zh-base DIR")
+            fields["init"] = args.zh_base
         cfg = TitleConfig(minutes=args.minutes, **fields)
         out = Path(args.runs) / name
         load0 = os.getloadavg()
@@ -125,7 +133,9 @@ def main() -> int:
                     "repeated_4gram": res["repeated_4gram"]})
         payload["rows"][name] = row
         payload["variants"][name] = {
-            "config": asdict(tm.config), "load_avg": [load0, os.getloadavg()],
+            "config": asdict(tm.config), "load_avg": [load0, os.getloadavg()], "note": args.note,
+            **({"init_snapshot": json.loads((Path(fields["init"]) / "snapshot.json").read_text())}
+               if fields.get("init") and (Path(fields["init"]) / "snapshot.json").is_file() else {}),
             "parameters": sum(p.numel() for p in tm.model.parameters()),
             "samples": [{"generated": p, "real": t} for p, (_, t)
                         in list(zip(res["predictions"], test))[:10]]}
