@@ -334,8 +334,10 @@ def entropy_rate(model: Any, *, bos_id: int, eos_id: int | None, samples: int = 
     from (the cost of a typical token of its text): `samples` ancestral samples after BOS, EOS
     counted as a token where a sample stopped. `allowed`: the tokens a sample may hold (the
     others banned and the rest renormalised, as a search over that vocabulary sees the LM).
-    `temperature` < 1 draws likelier text (the cost of a token of what a search settles on); its
-    NLL is still measured under the LM at temperature 1."""
+    `temperature` != 1 draws likelier (< 1) text, the cost of a token of what a search settles on;
+    that text's NLL is measured under the LM itself at temperature 1, over all its tokens (at
+    temperature 1 it is the sampled, renormalised distribution's: the two differ by the mass of the
+    banned tokens, which for a vocabulary of every non-special token is small)."""
     from genloom.decode.loops import sample
     from genloom.decode.processors import BannedTokens, Temperature
 

@@ -164,20 +164,23 @@ class BestEdits:
     def __init__(self, backend: Backend, fluency: Any, vocab: Sequence[int], top_k: int, positions: int = 0,
                  shortlist: int = 0) -> None:
         self.backend, self.fluency, self.top_k, self.positions = backend, fluency, top_k, positions
-        self.shortlist = shortlist if hasattr(backend.lm.model, "start") else 0
+        from genloom.models import Transformer
+
+        self.shortlist = shortlist if isinstance(backend.lm.model, Transformer) else 0  # the cached step
         self.allowed = torch.full((backend.tokenizer.vocab_size,), float("-inf"))
         self.allowed[list(vocab)] = 0.0
-        self.memo: dict[tuple[int, ...], tuple[float, int, int]] = {}
+        self.memo: dict[tuple[tuple[int, ...], tuple[bool, ...]], tuple[float, int, int]] = {}  # (row, editable)
 
     @torch.inference_mode()
-    def __call__(self, rows: Sequence[Sequence[int]], editable: Sequence[Sequence[bool]]) -> list[tuple[float, int, int]]:
+    def __call__(self, rows: Sequence[Sequence[int]],
+                 editable: Sequence[Sequence[bool]]) -> list[tuple[float, int, int]]:
         """(gain in nats, position, token) of each row's best replacement ((-inf, -1, -1): none)."""
-        todo = sorted({tuple(r) for r in rows} - self.memo.keys(), key=len)
-        places = {key: [i for i, e in enumerate(ed) if e] for key, ed in zip(map(tuple, rows), editable)}
-        for key in todo:
-            pos = places[key]
+        todo = sorted({(tuple(r), tuple(map(bool, e))) for r, e in zip(rows, editable)} - self.memo.keys(),
+                      key=lambda item: len(item[0]))
+        for key, editable_here in todo:
+            pos = [i for i, e in enumerate(editable_here) if e]
             if not pos:
-                self.memo[key] = (float("-inf"), -1, -1)
+                self.memo[key, editable_here] = (float("-inf"), -1, -1)
                 continue
             n = len(key)
             base = torch.tensor([key])
@@ -200,9 +203,8 @@ class BestEdits:
             scores = self.fluency(ys, torch.ones_like(ys, dtype=torch.bool), torch.zeros(len(ys), dtype=torch.long))
             gains = (scores[1:] - scores[0]).masked_fill(cand.flatten() == base[0, p_idx], float("-inf"))
             j = int(gains.argmax())
-            self.memo[key] = (float(gains[j]), int(p_idx[j]), int(cand.flatten()[j]))
-        return [self.memo[tuple(r)] for r in rows]
-
+            self.memo[key, editable_here] = (float(gains[j]), int(p_idx[j]), int(cand.flatten()[j]))
+        return [self.memo[tuple(r), tuple(map(bool, e))] for r, e in zip(rows, editable)]
 
     def _shortlist(self, key: tuple[int, ...], pos: list[int], scores: Tensor, cand: Tensor) -> Tensor:
         """The `shortlist` best of each position's candidates (P, k) by slot score + log p(next
@@ -265,8 +267,9 @@ def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig,
     if config.search == "best":
         editable = [[not sp for sp in row_spans] for row_spans in spans] if spans is not None \
             else [[True] * len(r) for r in rows]
-        best = correct_best(edits if edits is not None else BestEdits(backend, fluency, vocab, config.top_k, config.positions, config.shortlist), rows,
-                            editable, penalty=config.penalty, max_edits=config.max_edits)
+        if edits is None:
+            edits = BestEdits(backend, fluency, vocab, config.top_k, config.positions, config.shortlist)
+        best = correct_best(edits, rows, editable, penalty=config.penalty, max_edits=config.max_edits)
         return _restore(backend, texts, rows, best)
     refs = make_chains(rows, width=width, pad_id=backend.pad_id)
     target = fluency + HammingPenalty(refs.tokens, refs.lengths, weight=config.penalty)
@@ -278,7 +281,8 @@ def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig,
     return _restore(backend, texts, rows, result.best.rows())
 
 
-def _restore(backend: Backend, texts: Sequence[str], rows: Sequence[list[int]], fixed: Sequence[list[int]]) -> list[str]:
+def _restore(backend: Backend, texts: Sequence[str], rows: Sequence[list[int]],
+             fixed: Sequence[list[int]]) -> list[str]:
     """The corrected texts: Chinese keeps the input's own characters where nothing changed (<unk>
     ones too); English decodes a changed row."""
     out = []
