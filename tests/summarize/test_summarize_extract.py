@@ -82,9 +82,19 @@ def test_clause_vectors_are_mean_pooled_and_batch_independent(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(load_vectors(tmp_path / "v.safetensors"), docs))
 
 
-def test_encoder_must_be_bidirectional(tmp_path):
-    with pytest.raises(UserError, match="bidirectional"):
-        load_encoder(_encoder(tmp_path, mask="causal"))
+def test_encoder_is_a_masked_or_causal_lm(tmp_path):
+    """A causal LM (genloom-zh-base) encodes too: mean-pooled, each position over its left context,
+    so a clause's vector does not depend on what is padded after it in a batch; a prefix model is
+    refused."""
+    encoder, tok = load_encoder(_encoder(tmp_path, mask="causal"))
+    clauses = ["今天天气很好，", "花", "我们去公园散步"]
+    vecs = clause_vectors(encoder, tok, clauses, batch_size=3)
+    for c, v in zip(clauses, vecs):
+        with torch.no_grad():
+            want = encoder.hidden_states(torch.tensor([tok.encode(c, add_bos=True, add_eos=True)]))[0].mean(0)
+        assert torch.allclose(v, want, atol=1e-5)
+    with pytest.raises(UserError, match="masked or causal"):
+        load_encoder(_encoder(tmp_path, mask="prefix"))
 
 
 def test_train_encoder_writes_a_loadable_masked_lm(tmp_path):

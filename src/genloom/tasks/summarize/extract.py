@@ -104,12 +104,14 @@ def train_encoder(clauses: Sequence[str], out_dir: str | Path, config: EncoderCo
 
 
 def load_encoder(directory: str | Path) -> tuple[nn.Module, Any]:
-    """(encoder, tokenizer) from a genloom model directory holding a bidirectional Transformer."""
+    """(encoder, tokenizer) from a genloom model directory holding a Transformer: a masked LM, or a
+    causal LM such as genloom-zh-base, mean-pooled the same way (each position then sees its left
+    context only)."""
     from genloom.models import Transformer, load
 
     model, tokenizer = load(directory)
-    if not isinstance(model, Transformer) or model.config.mask != "bidirectional":
-        raise UserError(f"{directory} does not hold a bidirectional Transformer (a masked LM) to encode sentences")
+    if not isinstance(model, Transformer) or model.config.mask not in ("bidirectional", "causal"):
+        raise UserError(f"{directory} does not hold a Transformer LM (masked or causal) to encode sentences")
     if tokenizer is None:
         raise UserError(f"{directory} has no tokenizer files")
     for p in model.parameters():
