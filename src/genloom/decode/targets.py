@@ -341,29 +341,24 @@ def entropy_rate(model: Any, *, bos_id: int, eos_id: int | None, samples: int = 
     from genloom.decode.loops import sample
     from genloom.decode.processors import BannedTokens, Temperature
 
-    if temperature != 1.0:
-        scorer = CausalLMScorer(model, bos_id=bos_id, eos_id=eos_id)
-        out = sample(model, max_new_tokens=max_new_tokens, eos_id=eos_id, generator=generator,
-                     processors=[*([BannedTokens(sorted(set(range(model.vocab_size)) - set(int(i) for i in allowed)
-                                                        - ({eos_id} if eos_id is not None else set())))]
-                                   if allowed is not None else []), Temperature(temperature)],
-                     input_ids=torch.full((samples, 1), bos_id, dtype=torch.long))
-        rows = out.sequences
-        width = max(1, max(map(len, rows)))
-        tokens = torch.tensor([list(r) + [bos_id] * (width - len(r)) for r in rows])
-        mask = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
-        lp = scorer.token_log_probs(tokens, mask)  # (B, W + 1): x then EOS
-        stopped = torch.tensor([len(r) < max_new_tokens for r in rows])
-        keep = torch.arange(width + 1)[None] < (mask.sum(1) + stopped)[:, None]
-        return -float(lp[keep].double().sum()) / max(1, int(keep.sum()))
-    processors = []
+    processors: list[Any] = []
     if allowed is not None:
         keep = set(int(i) for i in allowed) | ({eos_id} if eos_id is not None else set())
         processors.append(BannedTokens(sorted(set(range(model.vocab_size)) - keep)))
+    if temperature != 1.0:
+        processors.append(Temperature(temperature))
     out = sample(model, max_new_tokens=max_new_tokens, eos_id=eos_id, processors=processors, generator=generator,
                  input_ids=torch.full((samples, 1), bos_id, dtype=torch.long))
-    tokens = sum(len(r) + (len(r) < max_new_tokens) for r in out.sequences)  # EOS where a sample stopped
-    return -sum(out.scores) / max(1, tokens)
+    stopped = [len(r) < max_new_tokens for r in out.sequences]  # these end with EOS, which counts
+    if temperature == 1.0:  # the samples' own scores: NLL under the distribution they came from
+        return -sum(out.scores) / max(1, sum(len(r) + s for r, s in zip(out.sequences, stopped)))
+    rows = out.sequences
+    width = max(1, max(map(len, rows)))
+    tokens = torch.tensor([list(r) + [bos_id] * (width - len(r)) for r in rows])
+    mask = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
+    lp = CausalLMScorer(model, bos_id=bos_id, eos_id=eos_id).token_log_probs(tokens, mask)  # (B, W + 1): x, EOS
+    keep_col = torch.arange(width + 1)[None] < (mask.sum(1) + torch.tensor(stopped))[:, None]
+    return -float(lp[keep_col].double().sum()) / max(1, int(keep_col.sum()))
 
 
 class NoRepeatNgram(Target):

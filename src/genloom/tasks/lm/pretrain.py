@@ -190,6 +190,14 @@ def _resumed_config(out: Path, given: PretrainConfig, asked: set[str]) -> Pretra
     return dataclasses.replace(first, **{name: getattr(given, name) for name in PER_LAUNCH})
 
 
+def base_model(cfg: PretrainConfig, vocab_size: int) -> nn.Module:
+    """genloom-zh-base's Transformer for `cfg` (GPT-2 style, tied embeddings, context seq_len)."""
+    from genloom.models import Transformer, TransformerConfig
+
+    return Transformer(TransformerConfig(vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                         d_model=cfg.d_model, d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
+
+
 def train_tokenizer(texts: list[str], cfg: PretrainConfig) -> Any:
     """The run's tokenizer, trained on the training stream."""
     from genloom.tokenizers import BPETokenizer, CharTokenizer
@@ -222,7 +230,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     Returns:
         The summary written to OUT/zh_base.json.
     """
-    from genloom.models import Transformer, TransformerConfig, load, save
+    from genloom.models import load, save
     from genloom.tokenizers import load_tokenizer
     from genloom.train import TrainConfig, fit
     from genloom.train.data import Loader
@@ -259,9 +267,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         dev = {s: _spaced(b, cfg.eval_blocks) for s, b in dev_all.items()}
         weights = char_weights(tokenizer)
         torch.manual_seed(cfg.seed)
-        model = Transformer(TransformerConfig(
-            vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
-            d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
+        model = base_model(cfg, tokenizer.vocab_size)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # fit's default, timed on it
         steps = cfg.steps
         if steps is None:  # minutes alone, first launch: plan the schedule to end near the budget
@@ -320,7 +326,7 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     Returns {"step", "steps", "dest"}: the checkpoint's step and the run's planned steps (also
     written to DEST/snapshot.json, with the run's path).
     """
-    from genloom.models import Transformer, TransformerConfig, save
+    from genloom.models import save
     from genloom.tokenizers import load_tokenizer
     from genloom.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -335,9 +341,7 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
         raise UserError(f"--snapshot {dest} is inside the run {out}: pick a folder outside it")
     cfg = PretrainConfig(**{k: v for k, v in marker["config"].items() if k in PretrainConfig.__dataclass_fields__})
     tokenizer = load_tokenizer(out / "tokenizer")
-    model = Transformer(TransformerConfig(
-        vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
-        d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
+    model = base_model(cfg, tokenizer.vocab_size)
     ckpt = load_checkpoint(path, model=model)
     shadow = (ckpt["state"].get("ema") or {}).get("shadow")
     with atomic_directory(dest, replace=force, what="model directory") as tmp:

@@ -74,7 +74,7 @@ def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None
 
 
 def chinese_lm_backend(directory: str) -> Backend:
-    """A genloom causal LM directory (e.g. models/genloom-zh-base-char) as the Chinese target and,
+    """A genloom causal LM directory (e.g. models/genloom-zh-base-char/model) as the Chinese target and,
     read left to right, the proposal."""
     from genloom.decode.mcmc_edits import LMSlots
     from genloom.decode.targets import CausalLMScorer

@@ -14,7 +14,7 @@ Chinese runs on the models of `train-models` (`--models DIR`, default models/sea
 target and the proposal; English on SmolLM2-135M (`--lm`, any local Hugging Face causal LM);
 backend.py and infer.py say how.
 
-    genloom search correct --lm models/genloom-zh-base-char --text "今天天汽很好。"
+    genloom search correct --lm models/genloom-zh-base-char/model --text "今天天汽很好。"
 
 `keywords` and `correct` read `--keywords` / `--text`, or `--input FILE` ("-" reads stdin): one
 keyword set (comma-separated) or sentence per line, or JSONL records whose `--field` holds it
@@ -172,7 +172,7 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     p.add_argument("--models", default="models/search", metavar="DIR",
                    help="directory of the Chinese models, written by `genloom search train-models`")
     p.add_argument("--lm", help="English: a local Hugging Face causal LM (name, dir, .gguf) (default smollm2-135m); "
-                   "Chinese: a genloom causal LM directory, e.g. models/genloom-zh-base-char, used instead of --models "
+                   "Chinese: a genloom causal LM directory, e.g. models/genloom-zh-base-char/model, used instead of --models "
                    "as target and proposal (default: none, --models)")
     p.add_argument("--engine", choices=EN_ENGINES, default="genloom",
                    help="English: run --lm converted to genloom's Transformer, or (a GGUF) on llama.cpp")
