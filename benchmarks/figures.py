@@ -224,6 +224,13 @@ def _rows() -> list[Figure]:
         out.append(Figure(f"| {label} | {{:.1f}}% | {{:.1f}}% | {{:.1f}}% |", "summarize_extract_baselines.json",
                           tuple(f"windows/64/rows/{key}/{f}"
                                 for f in ("window_recall", "title_chars_covered", "title_bigrams_covered"))))
+    for label, key in (("lead (what truncation reads)", "lead (what truncation reads)"),
+                       ("extractor on genloom-zh-base vectors", "extractor on encoder"),
+                       ("extractor on genloom-zh-base vectors + centroid features + tf-idf LSA",
+                        "extractor on encoder,centroid,tfidf")):
+        cell = "**{:.1f}%**" if "tf-idf" in label else "{:.1f}%"
+        out.append(Figure(f"| {label} | {cell} | {cell} |", "summarize_long_extract_base.json",
+                          tuple(("tables", f"shuffled, window {w}", "recall", key, "window_recall") for w in (64, 128))))
     out += _engine_rows()
     return out
 

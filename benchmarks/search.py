@@ -82,9 +82,9 @@ def stats(values: list[float]) -> dict:
 # ---- keyword sets -------------------------------------------------------------------------------
 
 
-def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None) -> list[dict]:
+def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None, split: str = "test") -> list[dict]:
     """Up to 3 distinct nouns (2+ characters, all known to `tokenizer` and to `also`, the evaluation
-    LM's) of inews test titles, 2 at least."""
+    LM's) of inews `split` titles (test; dev for tuning), 2 at least."""
     import jieba
     import jieba.posseg as pseg
 
@@ -93,7 +93,7 @@ def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None) -> list[di
     jieba.setLogLevel(60)
     rng = random.Random(seed)
     out = []
-    for r in load_corpus("inews", "test"):
+    for r in load_corpus("inews", split):
         words = []
         for w in pseg.cut(r["title"]):
             if (w.flag.startswith("n") and len(w.word) >= 2 and all(_HAN.fullmatch(c) for c in w.word)
@@ -255,7 +255,8 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
             "seconds_per_set": seconds[method] / len(sets),
             "outputs": texts,
         }
-    return {"sets": len(sets), "config": vars(config) | {"beam": args.beam}, "methods": table,
+    return {"sets": len(sets), "split": args.zh_split if lang == "zh" else "test",
+            "config": vars(config) | {"beam": args.beam}, "methods": table,
             "keyword_sets": [s["keywords"] for s in sets]}
 
 
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zh-natural-len-sd", type=float, default=6.0, help="CGMH: length model standard deviation")
     p.add_argument("--zh-length-temperature", type=float, default=0.8, help="CGMH: length model's sample temperature")
     p.add_argument("--zh-no-repeat", type=int, default=0, help="CGMH: ban repeated n-grams of this size (0: none)")
+    p.add_argument("--zh-split", default="test", help="inews split of the Chinese keyword sets (dev: tuning)")
     p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")
     p.add_argument("--en-chains", type=int, default=1)
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
               f" rows/s, one at a time {t['single_rows_per_s']['median']:.0f} rows/s, x{t['speedup']['median']:.1f}")
     if "zh" in parts:
         result[f"keywords_zh{tag}"] = keywords_bench("zh", zh, zh_eval, chinese_sets(zh.tokenizer, args.sets, args.seed,
-                                                                                  eval_zh_tok), args)
+                                                                                  eval_zh_tok, args.zh_split), args)
         print_keywords("zh", result[f"keywords_zh{tag}"])
     if "correct" in parts:
         result[f"correction_zh{tag}"] = correction_bench(zh, args)

@@ -40,3 +40,17 @@ def test_nll_per_token_equals_each_text_scored_alone():
             logp = model(torch.tensor([ids[:-1]]))[0].log_softmax(-1)  # (L + 1, V)
         want = -float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum()) / (len(ids) - 1)
         assert abs(value - want) <= 1e-5 * max(1.0, abs(want))
+
+
+def test_keyword_sets_of_a_split_are_nouns_of_that_splits_titles():
+    """--zh-split dev tunes on dev titles: its sets come from dev titles only, never a test one."""
+    from genloom.data import load_corpus
+
+    tok = CharTokenizer.train([r["title"] for split in ("dev", "test") for r in load_corpus("inews", split)])
+    titles = {split: {r["title"] for r in load_corpus("inews", split)} for split in ("dev", "test")}
+    for split in ("dev", "test"):
+        sets = bench.chinese_sets(tok, 20, 0, split=split)
+        assert len(sets) == 20
+        for s in sets:
+            assert s["source"] in titles[split] and s["source"] not in titles[{"dev": "test", "test": "dev"}[split]]
+            assert 2 <= len(s["keywords"]) <= 3 and all(k in s["source"] for k in s["keywords"])
