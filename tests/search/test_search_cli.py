@@ -21,6 +21,7 @@ from genloom.cli import main
 from genloom.decode.mcmc_edits import UniformSlots
 from genloom.decode.targets import HammingPenalty, Target
 from genloom.tasks import search
+from genloom.tasks.search import infer
 from genloom.tasks.search.data import MASK_CHAR
 from genloom.tasks.search.models import load_chinese_models
 
@@ -178,7 +179,7 @@ def test_best_edit_search_takes_the_brute_force_best_replacement(zh_models):
     assert 1 <= sum(a != b for a, b in zip(out, text)) <= 3 and out[4] + out[6] == "，。"
 
 
-def test_shortlist_ranks_candidates_by_the_one_token_look_ahead(zh_models):
+def test_shortlist_ranks_candidates_by_the_one_token_look_ahead(zh_models, monkeypatch):
     """BestEdits' cached look-ahead against whole forwards: log p(w | x_<i) + log p(x_i+1 | x_<i, w)."""
     from genloom.tasks.search.data import HAN
 
@@ -201,8 +202,11 @@ def test_shortlist_ranks_candidates_by_the_one_token_look_ahead(zh_models):
             look.append(float(scores[row, len(look)]) + float(nxt[ids[p + 2]]))
         want.append(sorted(range(k), key=lambda j: -look[j])[:4])
     edits = search.BestEdits(backend, backend.lm, han, top_k=k, shortlist=4)
-    got = edits._shortlist(key, pos, scores, cand)
-    assert [sorted(r) for r in got.tolist()] == [sorted(cand[i, w].tolist()) for i, w in enumerate(want)]
+    expected = [sorted(cand[i, w].tolist()) for i, w in enumerate(want)]
+    for chunk in (infer.SHORTLIST_ROWS, 5, 1):  # rows stepped at once: one chunk, ragged chunks (5 < 3 positions x 12)
+        monkeypatch.setattr(infer, "SHORTLIST_ROWS", chunk)
+        got = edits._shortlist(key, pos, scores, cand)
+        assert [sorted(r) for r in got.tolist()] == expected, chunk
     # and the whole search runs with it, choosing among the shortlisted candidates only
     [(gain, at, _)] = edits([list(key)], [[True] * len(key)])
     assert gain > float("-inf") and 0 <= at < len(key)

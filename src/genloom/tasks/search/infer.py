@@ -150,6 +150,9 @@ class CorrectConfig:
 SEARCHES = ("sweep", "best")
 
 
+SHORTLIST_ROWS = 2048  # BestEdits' look-ahead: candidate rows stepped at once
+
+
 class BestEdits:
     """The best single replacement of each row (search "best"): candidates are the slot model's
     top-k allowed tokens at every editable position, all scored by `fluency` in one batch.
@@ -210,14 +213,18 @@ class BestEdits:
         """The `shortlist` best of each position's candidates (P, k) by slot score + log p(next
         token | x_<i, w): the prefixes prefilled once, every candidate stepped once."""
         lm, n = self.backend.lm, len(key)
-        prefixes = torch.tensor([[lm.bos_id, *key]])[:, : max(pos) + 1].expand(len(pos), -1)
-        _, state = lm.model.start(input_ids=prefixes.contiguous(), lengths=torch.tensor(pos) + 1, max_new_tokens=1)
+        prefixes = torch.tensor([[lm.bos_id, *key]])[:, : max(pos) + 1].expand(len(pos), -1).contiguous()
         k = cand.shape[1]
-        state = lm.model.select(state, torch.arange(len(pos)).repeat_interleave(k))
-        logits, _ = lm.model.step(cand.flatten(), state)  # (P * k, V)
+        owner, flat = torch.arange(len(pos)).repeat_interleave(k), cand.flatten()
         following = torch.tensor([key[i + 1] if i + 1 < n else lm.eos_id for i in pos]).repeat_interleave(k)
-        nxt = logits.float().log_softmax(-1).gather(1, following[:, None]).view(len(pos), k)
-        order = (scores + nxt).topk(self.shortlist, dim=-1).indices
+        nxt = torch.empty(len(flat))
+        for lo in range(0, len(flat), SHORTLIST_ROWS):  # bounded cache memory for a large k
+            hi = min(lo + SHORTLIST_ROWS, len(flat))
+            # a fresh prefill per chunk: select() may reorder the prefilled rows in place
+            _, state = lm.model.start(input_ids=prefixes, lengths=torch.tensor(pos) + 1, max_new_tokens=1)
+            logits, _ = lm.model.step(flat[lo:hi], lm.model.select(state, owner[lo:hi]))  # (rows, V)
+            nxt[lo:hi] = logits.float().log_softmax(-1).gather(1, following[lo:hi, None])[:, 0]
+        order = (scores + nxt.view(len(pos), k)).topk(self.shortlist, dim=-1).indices
         return cand.gather(1, order)
 
 
