@@ -49,18 +49,20 @@ test: install browser
 # 16 x 256 tokens, about 5.5 epochs of the 12 M-character char stream), each later one continues it
 # bit-exactly from its last checkpoint; every launch trains at most ZH_BASE_MINUTES and leaves
 # the model, dev_ppl.json and curves.png in ZH_BASE_OUT. A full run is many CPU-hours (README).
-# ZH_BASE_TOKENIZER=bpe is the 32k byte-level BPE variant; ZH_BASE_THREADS=1 suits a busy machine.
+# ZH_BASE_TOKENIZER=bpe is the 32k byte-level BPE variant; ZH_BASE_THREADS=1 suits a busy machine;
+# ZH_BASE_REVERSE=1 trains the backward (right-to-left) LM into ...-backward.
 ZH_BASE_TOKENIZER ?= char
 ZH_BASE_STEPS ?= 16000
 ZH_BASE_MINUTES ?= 120
-ZH_BASE_OUT ?= models/genloom-zh-base-$(ZH_BASE_TOKENIZER)
+ZH_BASE_REVERSE ?=
+ZH_BASE_OUT ?= models/genloom-zh-base-$(ZH_BASE_TOKENIZER)$(if $(ZH_BASE_REVERSE),-backward)
 ZH_BASE_THREADS ?=
 zh-base: install
 	if [ -d $(ZH_BASE_OUT)/checkpoints ]; then \
 	  $(BIN)/genloom lm pretrain --out $(ZH_BASE_OUT) --resume --minutes $(ZH_BASE_MINUTES) $(if $(ZH_BASE_THREADS),--threads $(ZH_BASE_THREADS)); \
 	else \
 	  $(BIN)/genloom lm pretrain --tokenizer $(ZH_BASE_TOKENIZER) --out $(ZH_BASE_OUT) --steps $(ZH_BASE_STEPS) \
-	    --minutes $(ZH_BASE_MINUTES) $(if $(ZH_BASE_THREADS),--threads $(ZH_BASE_THREADS)); \
+	    --minutes $(ZH_BASE_MINUTES) $(if $(ZH_BASE_THREADS),--threads $(ZH_BASE_THREADS)) $(if $(ZH_BASE_REVERSE),--reverse); \
 	fi
 
 bench: install

@@ -177,17 +177,29 @@ def test_interrupted_and_resumed_run_retraces_the_uninterrupted_one(tmp_path, ti
     assert rc == 2 and "files of something else" in err
 
 
-def test_dev_perplexity_per_source_is_exp_mean_nll_by_hand(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dev_perplexity_per_source_is_exp_mean_nll_by_hand(tmp_path, tiny_corpus, reverse):
+    """Forward, and the backward LM (--reverse) on the same dev text read right to left."""
     from genloom.models import load
     from genloom.train.lm import pack_blocks
 
-    pt.pretrain(tmp_path / "run", pt.PretrainConfig(**TINY, steps=4), corpus=tiny_corpus)
+    cfg = pt.PretrainConfig(**TINY, steps=4, reverse=reverse)
+    pt.pretrain(tmp_path / "run", cfg, corpus=tiny_corpus)
     model, tok = load(tmp_path / "run" / "model")
     model.eval()
-    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pt.reads_reversed(tmp_path / "run" / "model") is reverse
+    pt.snapshot(tmp_path / "run", tmp_path / "snap")  # a snapshot says which way it reads too
+    assert pt.reads_reversed(tmp_path / "snap") is reverse
+    # a char tokenizer is the forward run's either way: the same counts, ids by count then code point
+    forward_tok = pt.train_tokenizer(tiny_corpus.stream(), cfg)
+    assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == \
+        [forward_tok.id_to_token(i) for i in range(forward_tok.vocab_size)]
+    if not reverse:
+        assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((tmp_path / "run" / "dev_ppl.json").read_text(encoding="utf-8"))
     assert set(report["dev"]) == {"news", "law"} and report["weights"] == "EMA" and report["dev_text"] == "whole"
     for source, docs in tiny_corpus.dev.items():
+        docs = [d[::-1] for d in docs] if reverse else docs
         nll, tokens, chars = 0.0, 0, 0
         for block in pack_blocks(tok, docs, 16):
             with torch.no_grad():
@@ -228,8 +240,9 @@ def test_the_default_run_directory_is_ignored_by_git():
         pytest.skip("not a git checkout")
     for tokenizer in pt.TOKENIZERS:
         for inside in ("model/model.safetensors", "checkpoints/step-00000250/state.json", "dev_ppl.json"):
-            path = f"{pt.default_out(tokenizer)}/{inside}"
-            assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+            for reverse in (False, True):
+                path = f"{pt.default_out(tokenizer, reverse)}/{inside}"
+                assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
 
 
 def test_budget_and_settings_are_checked_before_any_work(tmp_path, genloom):

@@ -305,6 +305,48 @@ def test_a_causal_lm_directory_alone_is_target_and_proposal(zh_models, capsys):
     assert rc == 0 and len(out.splitlines()) == 1, err
 
 
+def test_a_backward_lm_pairs_with_the_forward_one(zh_models, tmp_path, capsys):
+    """`--lm FWD --lm-backward BWD`: the proposal is log p_fwd(w | left) + log p_bwd(w | right read
+    backwards), `lm_backward` scores the sentence right to left, and mismatched pairs are refused."""
+    import shutil
+
+    from genloom.models import Transformer, TransformerConfig, load, save
+    from genloom.tasks.search.data import chinese_tokenizer
+
+    back = tmp_path / "backward"
+    shutil.copytree(zh_models / "backward", back)
+    (back / "direction.json").write_text('{"reverse": true}', encoding="utf-8")  # as `lm pretrain --reverse` writes
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"), lm_backward=str(back))
+    fwd, tok = load(zh_models / "forward")
+    bwd, _ = load(back)
+    ids = tok.encode("北京大学很好")
+    ones = torch.ones(1, len(ids), dtype=torch.bool)
+    with torch.no_grad():
+        left = fwd(torch.tensor([[tok.bos_id, *ids[:2]]]))[0, -1].float().log_softmax(-1)
+        right = bwd(torch.tensor([[tok.bos_id, *ids[3:][::-1]]]))[0, -1].float().log_softmax(-1)
+        logp = bwd(torch.tensor([[tok.bos_id, *ids[::-1]]]))[0].double().log_softmax(-1)
+    got = backend.slots.slot_scores(torch.tensor([ids]), ones, torch.tensor([2]))[0]
+    assert torch.allclose(got, left + right, atol=1e-5)
+    by_hand = sum(float(logp[i, t]) for i, t in enumerate([*ids[::-1], tok.eos_id]))
+    assert float(backend.lm_backward(torch.tensor([ids]), ones)[0]) == pytest.approx(by_hand, abs=1e-4)
+    rc, out, err = run_cli(capsys, "correct", "--lm", str(zh_models / "forward"), "--lm-backward", str(back),
+                           "--both", "--text", "今天天气很好。")
+    assert rc == 0 and len(out.splitlines()) == 1, err
+    other = tmp_path / "other"  # a backward LM of another vocabulary
+    torch.manual_seed(0)
+    other_tok = chinese_tokenizer(["别的句子里的字"], 200)
+    save(Transformer(TransformerConfig(vocab_size=other_tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                       max_len=40)), other_tok, other)
+    (other / "direction.json").write_text('{"reverse": true}', encoding="utf-8")
+    for argv, message in ((["--lm", str(zh_models / "forward"), "--lm-backward", str(zh_models / "forward")],
+                           "reads left to right"),
+                          (["--lm", str(back)], "reads right to left"),
+                          (["--lm-backward", str(back)], "--lm-backward goes with --lm"),
+                          (["--lm", str(zh_models / "forward"), "--lm-backward", str(other)], "another vocabulary")):
+        rc, out, err = run_cli(capsys, "correct", *argv, "--text", "今天天气很好。")
+        assert rc == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_length_model_and_repeat_ban_keep_every_keyword(zh_models, capsys):
     rc, out, err = run_cli(capsys, "keywords", "--lm", str(zh_models / "forward"), "--keywords", "北京,科学",
                            "--num-samples", "3", "--steps", "30", "--chains", "3", "--max-len", "14",

@@ -30,6 +30,12 @@ continues OUT from its last checkpoint with the settings of its first launch (a 
 --minutes, killed, or finished), retracing the uninterrupted run bit for bit on CPU, after
 checking that the corpus is the same text (`PretrainCorpus.fingerprint`).
 
+Backward (`reverse`): every training and dev text is read right to left (its characters reversed)
+and nothing else changes; a char tokenizer is then the forward run's (the same counts, ids by
+count then code point). The right-to-left LM gives CGMH's backward proposal and scores
+(`genloom search --lm FWD --lm-backward BWD`). Each model directory says which way it reads in
+direction.json ({"reverse": bool}; a directory without it reads left to right).
+
 OUT holds: zh_base.json (marker, settings, corpus counts, last summary), tokenizer/, fit's
 config.json / metrics.jsonl / curves.png / checkpoints/, model/, dev_ppl.json.
 """
@@ -57,12 +63,18 @@ from genloom.train.outdir import read_json
 WRITER = "zh-base"  # recorded in OUT/zh_base.json and fit's config.json: what wrote the directory
 MARKER = "zh_base.json"
 SNAPSHOT = "snapshot.json"  # written by `snapshot` beside the model: which run and step it holds
+DIRECTION = "direction.json"  # beside every model it writes: {"reverse": bool}, the reading direction
 TOKENIZERS = ("char", "bpe")
 
 
-def default_out(tokenizer: str) -> str:
+def default_out(tokenizer: str, reverse: bool = False) -> str:
     """Where `genloom lm pretrain` and `make zh-base` write (git-ignored /models/)."""
-    return f"models/genloom-zh-base-{tokenizer}"
+    return f"models/genloom-zh-base-{tokenizer}" + ("-backward" if reverse else "")
+
+
+def reads_reversed(directory: str | Path) -> bool:
+    """Whether the model in `directory` was trained on text read right to left (DIRECTION)."""
+    return bool((read_json(Path(directory) / DIRECTION) or {}).get("reverse", False))
 
 
 @dataclass
@@ -93,6 +105,7 @@ class PretrainConfig:
     log_every: int = 10  # optimizer steps per "train" line of metrics.jsonl
     dev_percent: int = 5  # share of each source's train units held out as dev text
     seed: int = 0  # init, batch order
+    reverse: bool = False  # read every text right to left: the backward LM
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
@@ -255,6 +268,10 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     out.mkdir(parents=True, exist_ok=True)
     try:
         stream = corpus.stream()
+        dev_docs = corpus.dev
+        if cfg.reverse:  # the backward LM: every text right to left
+            stream = [t[::-1] for t in stream]
+            dev_docs = {s: [t[::-1] for t in docs] for s, docs in dev_docs.items()}
         if resume:
             tokenizer = load_tokenizer(out / "tokenizer")
         else:
@@ -263,7 +280,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
             tokenizer = train_tokenizer(stream, cfg)
             tokenizer.save(out / "tokenizer")
         train = pack_blocks(tokenizer, stream, cfg.seq_len)  # (N, T+1)
-        dev_all = {s: pack_blocks(tokenizer, docs, cfg.seq_len) for s, docs in corpus.dev.items()}  # (E, T+1) each
+        dev_all = {s: pack_blocks(tokenizer, docs, cfg.seq_len) for s, docs in dev_docs.items()}  # (E, T+1) each
         dev = {s: _spaced(b, cfg.eval_blocks) for s, b in dev_all.items()}
         weights = char_weights(tokenizer)
         torch.manual_seed(cfg.seed)
@@ -294,6 +311,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     untrained(result)
     with atomic_directory(out / "model", replace=True, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=result.ema.averaged() if result.ema is not None else None)
+        write_json_atomic(tmp / DIRECTION, {"reverse": cfg.reverse})
     saved, _ = load(out / "model")  # the default (EMA) weights a user of the model gets
     saved.eval()
     finished = result.step >= steps
@@ -347,7 +365,8 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     with atomic_directory(dest, replace=force, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=shadow)
         write_json_atomic(tmp / SNAPSHOT, {"run": str(out), "step": ckpt["step"], "steps": cfg.steps,
-                                           "weights": "EMA" if shadow is not None else "raw"})
+                                           "weights": "EMA" if shadow is not None else "raw", "reverse": cfg.reverse})
+        write_json_atomic(tmp / DIRECTION, {"reverse": cfg.reverse})
     return {"step": ckpt["step"], "steps": cfg.steps, "dest": str(dest)}
 
 

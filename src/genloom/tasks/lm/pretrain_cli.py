@@ -4,6 +4,7 @@
     genloom lm pretrain --tokenizer char --resume --minutes 120     # go on for two more hours
     genloom lm pretrain --tokenizer bpe --minutes 30 --out DIR      # the 32k BPE variant
     genloom lm pretrain --out DIR --snapshot runs/base-now          # try a run in progress
+    genloom lm pretrain --reverse --steps 16000                     # the backward (right-to-left) LM
 
 Every number is checked where it is parsed; the flags are checked against each other and --out
 before the corpora are read. The run directory's flag is `--out` (dest `out_dir`: a training
@@ -44,23 +45,23 @@ def run(args: argparse.Namespace) -> int:
     from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain, snapshot
 
     if args.snapshot is not None:
-        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes"]
+        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes", "reverse"]
                  if getattr(args, n) is not None] + ["--resume"] * args.resume
         require(not given, f"--snapshot only reads --out's newest checkpoint; drop {', '.join(given)}")
         done = snapshot(args.out_dir or default_out("char"), args.snapshot, force=args.force)
         print(f"step {done['step']} of {done['steps']} (EMA weights) -> {done['dest']}")
         return 0
-    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed"] if getattr(args, name) is not None}
+    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed", "reverse"] if getattr(args, name) is not None}
     values = {name: getattr(args, name) for name in asked}
     require(args.resume or args.steps is not None or args.minutes is not None,
             "give --steps or --minutes (or both): the run would never stop")
     config = PretrainConfig(**values, minutes=args.minutes, progress=not args.quiet)
-    out = args.out_dir or default_out(config.tokenizer)
+    out = args.out_dir or default_out(config.tokenizer, config.reverse)
     check_out(out, resume=args.resume, force=args.force)  # before the corpora are read
     set_threads(args.threads)
     summary = pretrain(out, config, resume=args.resume, force=args.force, asked=asked)
     state = "finished" if summary["finished"] else f"stopped ({summary['stop_reason']}); continue with --resume"
-    print(f"genloom-zh-base ({summary['config']['tokenizer']}): step {summary['step']} of {summary['steps']}, "
+    print(f"genloom-zh-base ({summary['config']['tokenizer']}{', backward' * summary['config']['reverse']}): step {summary['step']} of {summary['steps']}, "
           f"{state}; dev loss {summary['dev_loss']:.4f} -> {out}/model (dev_ppl.json, curves.png)")
     return 0
 
@@ -72,7 +73,10 @@ def _pretrain_parser(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tokenizer", choices=TOKENIZERS, help="characters, or a byte-level BPE (default char)")
     p.add_argument("--out", dest="out_dir", metavar="DIR",
-                   help="the run and model directory (default models/genloom-zh-base-TOKENIZER, git-ignored)")
+                   help="the run and model directory (default models/genloom-zh-base-TOKENIZER, with -backward "
+                   "for --reverse; git-ignored)")
+    p.add_argument("--reverse", action="store_const", const=True, default=None,
+                   help="train the backward LM: every text read right to left (default: off, left to right)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps of the whole run (the schedule's length) (default: none, planned from --minutes)")
     p.add_argument("--minutes", type=positive_float,
                    help="training minutes of this launch (alone, on a first launch: steps planned to fit them) (default: no time limit)")

@@ -5,7 +5,9 @@ Chinese runs on the models of `train-models` (a directory of several models): th
 forward character LM, the proposals come from the masked LM (`proposal="mlm"`) or the forward x
 backward LMs (`proposal="lm"`). Given `lm`, a genloom causal LM directory (genloom-zh-base, from
 `genloom lm pretrain`), Chinese runs on that LM alone instead: it is the target and, read left to
-right, the proposal (no masked LM: no Gibbs sampling). English runs on SmolLM2-135M (any local
+right, the proposal (no masked LM: no Gibbs sampling); with `lm_backward`, the backward run of
+the same base (`genloom lm pretrain --reverse`), the proposal is CGMH's forward x backward and
+correction may score with both. English runs on SmolLM2-135M (any local
 Hugging Face causal LM): it is the target and, read left to right, the proposal.
 """
 
@@ -52,7 +54,8 @@ class Backend:
         return self.tokenizer.decode(list(ids)).strip()
 
 
-def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None) -> Backend:
+def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None,
+                    lm_backward: str | None = None) -> Backend:
     """The Chinese models of a `train-models` directory, or the causal LM directory `lm` alone
     (module docstring)."""
     from genloom.decode.mcmc_edits import LMSlots, MaskedSlots
@@ -61,8 +64,10 @@ def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None
 
     if proposal not in PROPOSALS:
         raise UserError(f"--proposal must be 'mlm' or 'lm', got {proposal!r}")
+    if lm_backward is not None and lm is None:
+        raise UserError("--lm-backward goes with --lm, the forward LM it pairs with")
     if lm is not None:
-        return chinese_lm_backend(lm)
+        return chinese_lm_backend(lm, lm_backward)
     m = load_chinese_models(models)
     tok = m.tokenizer
     masked = MaskedLMScorer(m.mlm, mask_id=m.mask_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
@@ -73,24 +78,42 @@ def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None
                    lm_backward=CausalLMScorer(m.backward, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True))
 
 
-def chinese_lm_backend(directory: str) -> Backend:
-    """A genloom causal LM directory (e.g. models/genloom-zh-base-char/model) as the Chinese target and,
-    read left to right, the proposal."""
-    from genloom.decode.mcmc_edits import LMSlots
-    from genloom.decode.targets import CausalLMScorer
+def _causal_lm(directory: str, flag: str, *, reverse: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) of a genloom causal LM directory reading in the given direction."""
     from genloom.models import load
+    from genloom.tasks.lm.pretrain import reads_reversed
 
     model, tok = load(directory)
     if getattr(getattr(model, "config", None), "mask", "causal") != "causal":
-        raise UserError(f"--lm {directory} is not a causal LM (its mask is {model.config.mask!r})")
+        raise UserError(f"{flag} {directory} is not a causal LM (its mask is {model.config.mask!r})")
     if tok is None or tok.bos_id is None or tok.eos_id is None:
-        raise UserError(f"--lm {directory} has no tokenizer with BOS and EOS to frame sentences with")
-    model.eval()
+        raise UserError(f"{flag} {directory} has no tokenizer with BOS and EOS to frame sentences with")
+    if reads_reversed(directory) != reverse:
+        raise UserError(f"{flag} {directory} reads {'right to left' if not reverse else 'left to right'}: "
+                        f"{flag} takes a {'backward (--reverse)' if reverse else 'forward'} LM")
+    return model.eval(), tok
+
+
+def chinese_lm_backend(directory: str, backward: str | None = None) -> Backend:
+    """A genloom causal LM directory (e.g. models/genloom-zh-base-char/model) as the Chinese target and,
+    read left to right, the proposal; with `backward` (a right-to-left LM of the same tokenizer) the
+    proposal is forward x backward and `lm_backward` scores right to left."""
+    from genloom.decode.mcmc_edits import LMSlots
+    from genloom.decode.targets import CausalLMScorer
+
+    model, tok = _causal_lm(directory, "--lm", reverse=False)
+    back = lm_backward = None
+    if backward is not None:
+        back, back_tok = _causal_lm(backward, "--lm-backward", reverse=True)
+        if [back_tok.id_to_token(i) for i in range(back_tok.vocab_size)] != \
+                [tok.id_to_token(i) for i in range(tok.vocab_size)]:
+            raise UserError(f"--lm-backward {backward} has another vocabulary than --lm {directory}")
+        lm_backward = CausalLMScorer(back, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True)
     vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(model, bos_id=tok.bos_id, eos_id=tok.eos_id),
-                   slots=LMSlots(model, None, bos_id=tok.bos_id), vocab=vocab, masked=None, mask_id=None,
-                   pad_id=pad)
+                   slots=LMSlots(model, back, bos_id=tok.bos_id), vocab=vocab, masked=None, mask_id=None,
+                   pad_id=pad, lm_backward=lm_backward)
 
 
 def english_backend(lm: str = "smollm2-135m", *, engine: str = "genloom", quant: str | None = None) -> Backend:
@@ -125,12 +148,14 @@ def english_backend(lm: str = "smollm2-135m", *, engine: str = "genloom", quant:
 
 
 def load_backend(lang: str, *, models: str = "models/search", proposal: str = "mlm", lm: str | None = None,
-                 engine: str = "genloom", quant: str | None = None) -> Backend:
+                 engine: str = "genloom", quant: str | None = None, lm_backward: str | None = None) -> Backend:
     """Load the models of `lang` (module docstring) and wire targets and slot models. `lm`:
     Chinese, a genloom causal LM directory used instead of `models`; English, the Hugging Face
-    LM (default smollm2-135m)."""
+    LM (default smollm2-135m). `lm_backward`: Chinese, the right-to-left LM paired with `lm`."""
     if lang not in LANGS:
         raise UserError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
     if lang == "zh":
-        return chinese_backend(models, proposal=proposal, lm=lm)
+        return chinese_backend(models, proposal=proposal, lm=lm, lm_backward=lm_backward)
+    if lm_backward is not None:
+        raise UserError("--lm-backward applies to --lang zh only")
     return english_backend(lm or "smollm2-135m", engine=engine, quant=quant)

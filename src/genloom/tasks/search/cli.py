@@ -96,7 +96,7 @@ def _backend(args: argparse.Namespace, proposal: str) -> Backend:
         proposal = "lm"
     proposal = proposal or "mlm"
     return load_backend(args.lang, models=args.models, proposal=proposal, lm=args.lm, engine=args.engine,
-                        quant=args.quant)
+                        quant=args.quant, lm_backward=args.lm_backward)
 
 
 def _generator(args: argparse.Namespace) -> torch.Generator:
@@ -174,6 +174,9 @@ def _common(p: argparse.ArgumentParser, *, proposal: bool = True) -> None:
     p.add_argument("--lm", help="English: a local Hugging Face causal LM (name, dir, .gguf) (default smollm2-135m); "
                    "Chinese: a genloom causal LM directory, e.g. models/genloom-zh-base-char/model, used instead of --models "
                    "as target and proposal (default: none, --models)")
+    p.add_argument("--lm-backward", metavar="DIR",
+                   help="Chinese, with --lm: the backward LM of the same base (genloom lm pretrain --reverse), for "
+                   "forward x backward proposals and --both (default: none, the forward LM alone)")
     p.add_argument("--engine", choices=EN_ENGINES, default="genloom",
                    help="English: run --lm converted to genloom's Transformer, or (a GGUF) on llama.cpp")
     p.add_argument("--quant", choices=QUANTS, help="--engine llamacpp: requantize the GGUF once (llama.cpp's quantizer) (default: none, the GGUF as it is)")

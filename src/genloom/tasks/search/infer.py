@@ -267,7 +267,7 @@ def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig,
     fluency = backend.lm
     if config.both:
         if backend.lm_backward is None:
-            raise UserError("--both needs a backward LM (the Chinese models of --models only)")
+            raise UserError("--both needs a backward LM: the Chinese models of --models, or --lm with --lm-backward")
         fluency = 0.5 * backend.lm + 0.5 * backend.lm_backward
     if config.search not in SEARCHES:
         raise UserError(f"--search must be one of {', '.join(SEARCHES)}, got {config.search!r}")
