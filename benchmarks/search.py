@@ -28,6 +28,11 @@
     .venv/bin/python benchmarks/search.py                     # everything (slow on a busy machine)
     .venv/bin/python benchmarks/search.py --sets 5 --correct 20 --skip-en    # a quick look
 
+--reuse-baselines KEY takes the sample and beam outputs (and their timings) of an earlier run's KEY
+in --out instead of rerunning them, once it has checked that KEY ran on the same keyword sets,
+--beam and max length (the beams are deterministic; the sample is seeded); every output is
+scored again. It saves the English beams' 45 minutes when only the search's settings change.
+
 Prints the tables and writes benchmarks/results/search.json (machine, versions, load average
 before and after, settings, every figure with min/median/max). Timings taken while the machine
 is busy are noisy; the script says so in the JSON ("busy").
@@ -53,6 +58,7 @@ from genloom.decode.processors import BannedTokens, TopP
 from genloom.metrics import distinct_n, repeated_ngram_rate
 from genloom.decode.loops import sample
 from genloom.decode.targets import CausalLMScorer
+from genloom.errors import UserError
 from genloom.tasks import search as task
 from genloom.tasks.search.data import stdlib_sentences
 
@@ -225,17 +231,23 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
                                      no_repeat=args.zh_no_repeat, length_temperature=args.zh_length_temperature)
     else:
         config = task.KeywordsConfig(n=1, chains=args.en_chains, steps=args.en_steps, weighting="model",
-                                     top_k=args.top_k, min_len=args.en_min_len, max_len=24, short_penalty=5.0)
+                                     top_k=args.top_k, min_len=args.en_min_len, max_len=24, short_penalty=5.0,
+                                     natural_len=args.en_natural_len, natural_len_sd=args.en_natural_len_sd,
+                                     no_repeat=args.en_no_repeat, length_temperature=args.en_length_temperature)
     outputs, seconds = {}, {}
-    t0 = time.perf_counter()
-    outputs["sample"] = sampled(backend, sets, max_len=config.max_len, seed=args.seed)
-    seconds["sample"] = time.perf_counter() - t0
-    for name, no_repeat in (("beam", 0), ("beam-norep3", 3)):
+    reused = reused_baselines(args, sets, config.max_len) if args.reuse_baselines else None
+    if reused is not None:  # the same sets, LM and settings: the deterministic baselines' outputs, not rerun
+        outputs, seconds = reused
+    else:
         t0 = time.perf_counter()
-        outputs[name] = [backend.decode(grid_beam(backend, [backend.encode_keyword(w) for w in s["keywords"]],
-                                                  beam=args.beam, max_len=config.max_len, no_repeat=no_repeat))
-                         for s in sets]
-        seconds[name] = time.perf_counter() - t0
+        outputs["sample"] = sampled(backend, sets, max_len=config.max_len, seed=args.seed)
+        seconds["sample"] = time.perf_counter() - t0
+        for name, no_repeat in (("beam", 0), ("beam-norep3", 3)):
+            t0 = time.perf_counter()
+            outputs[name] = [backend.decode(grid_beam(backend, [backend.encode_keyword(w) for w in s["keywords"]],
+                                                      beam=args.beam, max_len=config.max_len, no_repeat=no_repeat))
+                             for s in sets]
+            seconds[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     found = task.keywords_search(backend, [s["keywords"] for s in sets], config,
                                  generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
@@ -257,7 +269,26 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
         }
     return {"sets": len(sets), "split": args.zh_split if lang == "zh" else "test",
             "config": vars(config) | {"beam": args.beam}, "methods": table,
+            "baselines_from": args.reuse_baselines if reused is not None else None,
             "keyword_sets": [s["keywords"] for s in sets]}
+
+
+def reused_baselines(args: argparse.Namespace, sets: list[dict],
+                     max_len: int) -> tuple[dict[str, list[str]], dict[str, float]] | None:
+    """The sample / beam / beam-norep3 outputs and seconds of --reuse-baselines (a key of --out),
+    when it ran on exactly these keyword sets with the same max_len, beam width and seed; the
+    outputs are re-scored like the new ones. A mismatch is a one-line error, never a silent rerun."""
+    old = json.loads(Path(args.out).read_text(encoding="utf-8")).get(args.reuse_baselines) \
+        if Path(args.out).is_file() else None
+    if old is None:
+        raise UserError(f"--reuse-baselines: {args.out} has no {args.reuse_baselines!r}")
+    same = (old["keyword_sets"] == [s["keywords"] for s in sets] and old["config"]["max_len"] == max_len
+            and old["config"]["beam"] == args.beam)
+    if not same:
+        raise UserError(f"--reuse-baselines: {args.reuse_baselines!r} ran on other keyword sets or settings")
+    methods = ("sample", "beam", "beam-norep3")
+    return ({m: old["methods"][m]["outputs"] for m in methods},
+            {m: old["methods"][m]["seconds_per_set"] * len(sets) for m in methods})
 
 
 # ---- error correction ---------------------------------------------------------------------------
@@ -364,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")
     p.add_argument("--en-chains", type=int, default=1)
+    p.add_argument("--en-natural-len", type=float, default=0.0, help="CGMH: length model mean (tokens; 0: none)")
+    p.add_argument("--en-natural-len-sd", type=float, default=4.0, help="CGMH: length model standard deviation")
+    p.add_argument("--en-length-temperature", type=float, default=0.8, help="CGMH: length model's sample temperature")
+    p.add_argument("--en-no-repeat", type=int, default=0, help="CGMH: ban repeated n-grams of this size (0: none)")
+    p.add_argument("--reuse-baselines", metavar="KEY", help="take the sample / beam outputs of KEY in --out (same "
+                   "keyword sets and settings, checked) instead of rerunning them (default: none, rerun)")
     p.add_argument("--top-k", type=int, default=5, help="keywords: candidates per edit")
     p.add_argument("--beam", type=int, default=3, help="grid beam search: beams per bank")
     p.add_argument("--penalty", type=float, default=12.0, help="correction: nats an edit must buy")
@@ -446,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             t = result["throughput_en"]
             print(f"throughput (SmolLM2, {t['rows']} rows): batched {t['batched_rows_per_s']['median']:.1f} rows/s, "
                   f"one at a time {t['single_rows_per_s']['median']:.1f} rows/s, x{t['speedup']['median']:.1f}")
-        result["keywords_en"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed), args)
-        print_keywords("en", result["keywords_en"])
+        result[f"keywords_en{tag}"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed), args)
+        print_keywords("en", result[f"keywords_en{tag}"])
     if args.merge and "merged_runs" in result:
         result["merged_runs"][-1] |= {"load_average_after": os.getloadavg(), "seconds": time.perf_counter() - started}
     else:
@@ -464,8 +501,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from genloom.errors import UserError
-
     try:
         sys.exit(main())
     except UserError as e:  # e.g. the models are not trained yet

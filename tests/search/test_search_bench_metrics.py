@@ -4,6 +4,7 @@ coverage, and the NLL per token (EOS counted) of padded batches against each tex
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,27 @@ def test_keyword_sets_of_a_split_are_nouns_of_that_splits_titles():
         for s in sets:
             assert s["source"] in titles[split] and s["source"] not in titles[{"dev": "test", "test": "dev"}[split]]
             assert 2 <= len(s["keywords"]) <= 3 and all(k in s["source"] for k in s["keywords"])
+
+
+def test_reused_baselines_only_for_the_same_sets_and_settings(tmp_path):
+    import argparse
+
+    import pytest
+
+    from genloom.errors import UserError
+
+    sets = [{"keywords": ["host", "port"]}, {"keywords": ["find", "file"]}]
+    methods = {m: {"outputs": [f"{m} one", f"{m} two"], "seconds_per_set": 1.5} for m in ("sample", "beam", "beam-norep3")}
+    old = {"keyword_sets": [s["keywords"] for s in sets], "config": {"max_len": 24, "beam": 3}, "methods": methods}
+    out = tmp_path / "search.json"
+    out.write_text(json.dumps({"keywords_en": old}), encoding="utf-8")
+    args = argparse.Namespace(out=str(out), reuse_baselines="keywords_en", beam=3)
+    outputs, seconds = bench.reused_baselines(args, sets, 24)
+    assert outputs == {m: v["outputs"] for m, v in methods.items()} and seconds == {m: 3.0 for m in methods}
+    for changed, max_len, message in ((dict(vars(args), reuse_baselines="keywords_zh"), 24, "has no"),
+                                      (dict(vars(args), beam=4), 24, "other keyword sets"),
+                                      (vars(args), 32, "other keyword sets")):
+        with pytest.raises(UserError, match=message):
+            bench.reused_baselines(argparse.Namespace(**changed), sets, max_len)
+    with pytest.raises(UserError, match="other keyword sets"):
+        bench.reused_baselines(args, sets[::-1], 24)
