@@ -437,14 +437,15 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("merged_runs", []).append({"settings": vars(args), "load_average_before": load_before})
     else:
         result = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
-    zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
-    eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
-    zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
+    parts = set(args.parts.split(","))
+    if parts & {"throughput", "zh", "correct", "correct-sweep"}:  # the Chinese models: only a Chinese part needs them
+        zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
+        eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
+        zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
     tag = f"_{args.tag}" if args.tag else ""
     if args.zh_lm:  # which weights: a snapshot of a pre-training run names its step
         info = Path(args.zh_lm) / "snapshot.json"
         result[f"zh_lm{tag}"] = {"path": args.zh_lm, **(json.loads(info.read_text()) if info.is_file() else {})}
-    parts = set(args.parts.split(","))
     if "throughput" in parts:
         result[f"throughput_zh{tag}"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
         t = result[f"throughput_zh{tag}"]
