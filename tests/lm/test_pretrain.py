@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from genloom.errors import UserError
+from genloom.models.io import reads_reversed
 from genloom.tasks.lm import pretrain as pt
 from genloom.tasks.lm.pretrain_data import HeldOut, PretrainCorpus, build_corpus
 
@@ -187,9 +188,9 @@ def test_dev_perplexity_per_source_is_exp_mean_nll_by_hand(tmp_path, tiny_corpus
     pt.pretrain(tmp_path / "run", cfg, corpus=tiny_corpus)
     model, tok = load(tmp_path / "run" / "model")
     model.eval()
-    assert pt.reads_reversed(tmp_path / "run" / "model") is reverse
+    assert reads_reversed(tmp_path / "run" / "model") is reverse
     pt.snapshot(tmp_path / "run", tmp_path / "snap")  # a snapshot says which way it reads too
-    assert pt.reads_reversed(tmp_path / "snap") is reverse
+    assert reads_reversed(tmp_path / "snap") is reverse
     # a char tokenizer is the forward run's either way: the same counts, ids by count then code point
     forward_tok = pt.train_tokenizer(tiny_corpus.stream(), cfg)
     assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == \

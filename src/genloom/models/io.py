@@ -7,7 +7,9 @@ A model directory written by `save` holds:
 - `model.safetensors`: the weights (shared tensors, e.g. tied embeddings, stored once);
 - `model_ema.safetensors` (optional): the EMA weights of a run trained with EMA;
   `load` uses them by default and keeps `model.safetensors` as the raw weights;
-- the tokenizer's own files, written by its `save` (`genloom.tokenizers.load_tokenizer` reads them).
+- the tokenizer's own files, written by its `save` (`genloom.tokenizers.load_tokenizer` reads them);
+- `direction.json` (optional, `write_direction`): {"reverse": true} for an LM trained on text read
+  right to left (a backward LM); a directory without it reads left to right (`reads_reversed`).
 
 Nothing is unpickled: JSON and safetensors only, so loading a directory runs no code from it.
 Files are written to a temporary name and renamed, so an interrupted save never leaves a
@@ -43,6 +45,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMA_WEIGHTS_FILE = "model_ema.safetensors"
 TOKENIZER_MANIFEST = "genloom_tokenizer.json"  # written by every genloom tokenizer's save()
+DIRECTION_FILE = "direction.json"  # {"reverse": bool}: which way the LM reads its text
 
 # model_type -> (module, config dataclass, model class taking that config). A new family is one
 # line here; its module is imported when a directory of that type is loaded or saved.
@@ -57,6 +60,19 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "nvae": ("genloom.models.nvae", "NVAEConfig", "NVAE"),
     "vae": ("genloom.models.vae", "VAEConfig", "ConvVAE"),
 }
+
+
+def write_direction(directory: str | os.PathLike[str], reverse: bool) -> None:
+    """Record in a model directory which way its LM reads: right to left when `reverse`."""
+    from genloom.files import write_json_atomic
+
+    write_json_atomic(Path(directory) / DIRECTION_FILE, {"reverse": bool(reverse)})
+
+
+def reads_reversed(directory: str | os.PathLike[str]) -> bool:
+    """Whether the LM in `directory` was trained on text read right to left (DIRECTION_FILE)."""
+    path = Path(directory) / DIRECTION_FILE
+    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("reverse", False))
 
 
 def model_family(model_type: str) -> tuple[type, type[nn.Module]]:

@@ -33,8 +33,8 @@ checking that the corpus is the same text (`PretrainCorpus.fingerprint`).
 Backward (`reverse`): every training and dev text is read right to left (its characters reversed)
 and nothing else changes; a char tokenizer is then the forward run's (the same counts, ids by
 count then code point). The right-to-left LM gives CGMH's backward proposal and scores
-(`genloom search --lm FWD --lm-backward BWD`). Each model directory says which way it reads in
-direction.json ({"reverse": bool}; a directory without it reads left to right).
+(`genloom search --lm FWD --lm-backward BWD`). Each model directory says which way it reads
+(`models.io.write_direction`).
 
 OUT holds: zh_base.json (marker, settings, corpus counts, last summary), tokenizer/, fit's
 config.json / metrics.jsonl / curves.png / checkpoints/, model/, dev_ppl.json.
@@ -63,7 +63,6 @@ from genloom.train.outdir import read_json
 WRITER = "zh-base"  # recorded in OUT/zh_base.json and fit's config.json: what wrote the directory
 MARKER = "zh_base.json"
 SNAPSHOT = "snapshot.json"  # written by `snapshot` beside the model: which run and step it holds
-DIRECTION = "direction.json"  # beside every model it writes: {"reverse": bool}, the reading direction
 TOKENIZERS = ("char", "bpe")
 
 
@@ -71,10 +70,6 @@ def default_out(tokenizer: str, reverse: bool = False) -> str:
     """Where `genloom lm pretrain` and `make zh-base` write (git-ignored /models/)."""
     return f"models/genloom-zh-base-{tokenizer}" + ("-backward" if reverse else "")
 
-
-def reads_reversed(directory: str | Path) -> bool:
-    """Whether the model in `directory` was trained on text read right to left (DIRECTION)."""
-    return bool((read_json(Path(directory) / DIRECTION) or {}).get("reverse", False))
 
 
 @dataclass
@@ -244,6 +239,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         The summary written to OUT/zh_base.json.
     """
     from genloom.models import load, save
+    from genloom.models.io import write_direction
     from genloom.tokenizers import load_tokenizer
     from genloom.train import TrainConfig, fit
     from genloom.train.data import Loader
@@ -311,7 +307,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
     untrained(result)
     with atomic_directory(out / "model", replace=True, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=result.ema.averaged() if result.ema is not None else None)
-        write_json_atomic(tmp / DIRECTION, {"reverse": cfg.reverse})
+        write_direction(tmp, cfg.reverse)
     saved, _ = load(out / "model")  # the default (EMA) weights a user of the model gets
     saved.eval()
     finished = result.step >= steps
@@ -345,6 +341,7 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     written to DEST/snapshot.json, with the run's path).
     """
     from genloom.models import save
+    from genloom.models.io import write_direction
     from genloom.tokenizers import load_tokenizer
     from genloom.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -366,7 +363,7 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
         save(model, tokenizer, tmp, ema=shadow)
         write_json_atomic(tmp / SNAPSHOT, {"run": str(out), "step": ckpt["step"], "steps": cfg.steps,
                                            "weights": "EMA" if shadow is not None else "raw", "reverse": cfg.reverse})
-        write_json_atomic(tmp / DIRECTION, {"reverse": cfg.reverse})
+        write_direction(tmp, cfg.reverse)
     return {"step": ckpt["step"], "steps": cfg.steps, "dest": str(dest)}
 
 

@@ -81,7 +81,7 @@ def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None
 def _causal_lm(directory: str, flag: str, *, reverse: bool) -> tuple[Any, Any]:
     """(model, tokenizer) of a genloom causal LM directory reading in the given direction."""
     from genloom.models import load
-    from genloom.tasks.lm.pretrain import reads_reversed
+    from genloom.models.io import reads_reversed
 
     model, tok = load(directory)
     if getattr(getattr(model, "config", None), "mask", "causal") != "causal":
