@@ -182,9 +182,25 @@ def _rows() -> list[Figure]:
                        ("grid beam search forcing the keywords", "beam"), ("same, no repeated 3-grams", "beam-norep3"),
                        ("CGMH + length model, no repeated 3-grams", "cgmh")):
         out.append(Figure(f"| {label} | {{:.0f}}% | {{:.2f}} / {{:.2f}} | {{:.1f}} | {{:.0f}}% | {{:.2f}} |", "search.json",
-                          tuple(f"keywords_zh_base/methods/{key}/{f}" for f in (
+                          tuple(f"keywords_zh_base_s4/methods/{key}/{f}" for f in (
                               "coverage", "nll_eval_lm/median", "nll_target_lm/median", "length_chars/mean",
                               "repeated_ngram_rate", "seconds_per_set"))))
+    dev = [f"keywords_zh_base_dev_t{t}/methods/cgmh" for t in ("08", "085", "09", "095")]
+    out.append(Figure("Mean CGMH length on dev: {:.1f} / {:.1f} / {:.1f} / {:.1f} characters against the beam's {:.1f}, "
+                      "with median eval NLL {:.2f} / {:.2f} / {:.2f} / {:.2f} (beam {:.2f})", "search.json",
+                      (*(f"{k}/length_chars/mean" for k in dev),
+                       "keywords_zh_base_dev_t095/methods/beam-norep3/length_chars/mean",
+                       *(f"{k}/nll_eval_lm/median" for k in dev),
+                       "keywords_zh_base_dev_t095/methods/beam-norep3/nll_eval_lm/median")))
+    out.append(Figure("Coverage {:.0f}%, median eval NLL", "search.json", ("keywords_en_len/methods/cgmh/coverage",),
+                      scale=P))
+    out.append(Figure("median eval NLL {:.2f} against the no-repeat beam's {:.2f} (the 20-step CGMH: "
+                      "2.64), mean length {:.1f} characters against the beam's {:.1f}, {:.1f} s per set.", "search.json",
+                      ("keywords_en_len/methods/cgmh/nll_eval_lm/median",
+                       "keywords_en_len/methods/beam-norep3/nll_eval_lm/median",
+                       "keywords_en_len/methods/cgmh/length_chars/mean",
+                       "keywords_en_len/methods/beam-norep3/length_chars/mean",
+                       "keywords_en_len/methods/cgmh/seconds_per_set"), scale=1.0))
     out.append(Figure("on inews dev, penalty 12: {:.1f}% restored, {:.1f}% of clean sentences changed; penalty 14: "
                       "{:.1f}% and {:.1f}%", "search.json",
                       ("correction_zh_penalty_sweep_base_dev/3/restored", "correction_zh_penalty_sweep_base_dev/3/clean_changed",
