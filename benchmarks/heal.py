@@ -302,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=300, help="English prompts (0 = skip)")
     p.add_argument("--zh-prompts", type=int, default=300, help="Chinese prompts (0 = skip)")
-    p.add_argument("--zh-model", default="models/zh-bpe-lm")
+    p.add_argument("--zh-model", default="models/zh-bpe-lm",
+                   help="a genloom causal LM directory with a BPE tokenizer (e.g. a snapshot of genloom-zh-base-bpe)")
+    p.add_argument("--zh-key", default="chinese",
+                   help="result key of the Chinese table (e.g. chinese_base: the other tables stay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-4, help="certified pruning budget of the trees")
     p.add_argument("--max-rows", type=int, default=64)
@@ -345,18 +348,21 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"no Chinese LM at {args.zh_model}: build it with benchmarks/build_zh_lm.py")
         model, tokenizer = load(args.zh_model)
         prompts = chinese_prompts(args.zh_prompts, args.seed)
-        results["chinese"] = evaluate("zh-bpe-lm", model, tokenizer, prompts, bos_id=tokenizer.bos_id,
-                                      english=False, tol=args.tol, max_rows=args.max_rows,
-                                      timing_prompts=args.timing_prompts, log_path=_log_path(args, "chinese"))
-        info = Path(args.zh_model) / "zh_lm.json"
-        results["chinese"].update(model=args.zh_model, text="inews test contents, cut inside jieba words",
-                                  model_info=json.loads(info.read_text()) if info.is_file() else None)
-        print_table(f"Chinese, {args.zh_model}", results["chinese"])
+        key = args.zh_key
+        results[key] = evaluate(Path(args.zh_model).name, model, tokenizer, prompts, bos_id=tokenizer.bos_id,
+                                english=False, tol=args.tol, max_rows=args.max_rows,
+                                timing_prompts=args.timing_prompts, log_path=_log_path(args, key))
+        # build_zh_lm.py's LM names its settings in zh_lm.json; a snapshot of a pre-training run its step
+        info = next((Path(args.zh_model) / f for f in ("zh_lm.json", "snapshot.json")
+                     if (Path(args.zh_model) / f).is_file()), None)
+        results[key].update(model=args.zh_model, text="inews test contents, cut inside jieba words",
+                            model_info=json.loads(info.read_text()) if info is not None else None)
+        print_table(f"Chinese, {args.zh_model}", results[key])
     results["machine"]["loadavg_after"] = os.getloadavg()
     if not args.no_save:
         if RESULTS.is_file():  # a language not run this time keeps its previous figures
             previous = json.loads(RESULTS.read_text(encoding="utf-8"))
-            for lang in ("english", "chinese"):
+            for lang in ("english", *(k for k in previous if k.startswith("chinese") and "_from_" not in k)):
                 if lang not in results and lang in previous:
                     results[lang] = previous[lang]
                     results[f"{lang}_from_previous_run"] = previous.get("machine")
