@@ -71,7 +71,6 @@ def default_out(tokenizer: str, reverse: bool = False) -> str:
     return f"models/genloom-zh-base-{tokenizer}" + ("-backward" if reverse else "")
 
 
-
 @dataclass
 class PretrainConfig:
     """The settings of one genloom-zh-base run (written to OUT/zh_base.json)."""

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     summary = pretrain(out, config, resume=args.resume, force=args.force, asked=asked)
     state = "finished" if summary["finished"] else f"stopped ({summary['stop_reason']}); continue with --resume"
-    print(f"genloom-zh-base ({summary['config']['tokenizer']}{', backward' * summary['config']['reverse']}): step {summary['step']} of {summary['steps']}, "
+    kind = summary["config"]["tokenizer"] + (", backward" if summary["config"]["reverse"] else "")
+    print(f"genloom-zh-base ({kind}): step {summary['step']} of {summary['steps']}, "
           f"{state}; dev loss {summary['dev_loss']:.4f} -> {out}/model (dev_ppl.json, curves.png)")
     return 0
 

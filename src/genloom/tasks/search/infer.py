@@ -211,7 +211,8 @@ class BestEdits:
 
     def _shortlist(self, key: tuple[int, ...], pos: list[int], scores: Tensor, cand: Tensor) -> Tensor:
         """The `shortlist` best of each position's candidates (P, k) by slot score + log p(next
-        token | x_<i, w): the prefixes prefilled once, every candidate stepped once."""
+        token | x_<i, w): every candidate stepped once on its prefilled prefix, SHORTLIST_ROWS rows at a
+        time (each chunk prefills the P prefixes afresh: cheap beside the chunk's step)."""
         lm, n = self.backend.lm, len(key)
         prefixes = torch.tensor([[lm.bos_id, *key]])[:, : max(pos) + 1].expand(len(pos), -1).contiguous()
         k = cand.shape[1]
