@@ -361,7 +361,7 @@ def snapshot(out: str | Path, dest: str | Path, *, force: bool = False) -> dict[
     with atomic_directory(dest, replace=force, what="model directory") as tmp:
         save(model, tokenizer, tmp, ema=shadow)
         write_json_atomic(tmp / SNAPSHOT, {"run": str(out), "step": ckpt["step"], "steps": cfg.steps,
-                                           "weights": "EMA" if shadow is not None else "raw", "reverse": cfg.reverse})
+                                           "weights": "EMA" if shadow is not None else "raw"})
         write_direction(tmp, cfg.reverse)
     return {"step": ckpt["step"], "steps": cfg.steps, "dest": str(dest)}
 
