@@ -355,3 +355,29 @@ def test_length_model_and_repeat_ban_keep_every_keyword(zh_models, capsys):
     rows = [json.loads(line)["output"] for line in out.splitlines()]
     assert rows and all("北京" in r and "科学" in r and len(r) <= 14 for r in rows)
     assert all(len({r[i: i + 2] for i in range(len(r) - 1)}) == len(r) - 1 for r in rows)  # no 2-gram twice
+
+
+def test_chinese_moves_never_write_whitespace(tmp_path, capsys):
+    """An LM that puts all its mass on spaces and newlines (the corpora have them) still gets
+    keyword sentences without whitespace: a Chinese move writes only non-whitespace tokens."""
+    from genloom.models import Transformer, TransformerConfig, save
+    from genloom.tokenizers import CharTokenizer
+
+    tok = CharTokenizer([*"北京大学科研究很好。", " ", "\n", "\u3000"])
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                          max_len=40, mask="causal", tie_embeddings=False, bias=True))
+    white = [tok.token_to_id(c) for c in (" ", "\n", "\u3000")]
+    with torch.no_grad():  # final hidden state = the norm's bias, whose product with a whitespace row is 50
+        model.norm.weight.zero_()
+        model.norm.bias.copy_(torch.nn.functional.normalize(torch.ones(16), dim=0))
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[white] = model.norm.bias * 50
+    save(model, tok, tmp_path / "spaces")
+    backend = search.load_backend("zh", lm=str(tmp_path / "spaces"))
+    by_hand = [i for i in range(tok.vocab_size) if i not in tok.special_ids and i not in white]
+    assert backend.vocab == by_hand
+    rc, out, err = run_cli(capsys, "keywords", "--lm", str(tmp_path / "spaces"), "--keywords", "北京,科学",
+                           "--num-samples", "3", "--steps", "20", "--chains", "2", "--max-len", "12", "--json")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and all("北京" in r["output"] and not re.search(r"\s", r["output"]) for r in rows)

@@ -1,5 +1,5 @@
 """A language's search models, wired for the samplers: the fluency target, the slot model that
-ranks edit candidates, the vocabulary a move may write.
+ranks edit candidates, the vocabulary a move may write (Chinese: no whitespace tokens).
 
 Chinese runs on the models of `train-models` (a directory of several models): the target is the
 forward character LM, the proposals come from the masked LM (`proposal="mlm"`) or the forward x
@@ -72,10 +72,19 @@ def chinese_backend(models: str, *, proposal: str = "mlm", lm: str | None = None
     tok = m.tokenizer
     masked = MaskedLMScorer(m.mlm, mask_id=m.mask_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
     slots = MaskedSlots(masked) if proposal == "mlm" else LMSlots(m.forward, m.backward, bos_id=tok.bos_id)
-    vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids and i != m.mask_id]
+    vocab = writable_ids(tok, [m.mask_id])
     return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(m.forward, bos_id=tok.bos_id, eos_id=tok.eos_id),
                    slots=slots, vocab=vocab, masked=masked, mask_id=m.mask_id, pad_id=tok.pad_id,
                    lm_backward=CausalLMScorer(m.backward, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True))
+
+
+def writable_ids(tok: Any, extra: Sequence[int] = ()) -> list[int]:
+    """Ids a Chinese move may write: no specials, none of `extra`, and no token with whitespace
+    in its text (a space, newline or ideographic space inside a generated Chinese sentence is an
+    artefact of the corpora, not a word)."""
+    skip = set(tok.special_ids) | set(extra)
+    return [i for i in range(tok.vocab_size)
+            if i not in skip and not any(c.isspace() for c in tok.decode([i]))]
 
 
 def _causal_lm(directory: str, flag: str, *, reverse: bool) -> tuple[Any, Any]:
@@ -109,7 +118,7 @@ def chinese_lm_backend(directory: str, backward: str | None = None) -> Backend:
                 [tok.id_to_token(i) for i in range(tok.vocab_size)]:
             raise UserError(f"--lm-backward {backward} has another vocabulary than --lm {directory}")
         lm_backward = CausalLMScorer(back, bos_id=tok.bos_id, eos_id=tok.eos_id, reverse=True)
-    vocab = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
+    vocab = writable_ids(tok)
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     return Backend(lang="zh", tokenizer=tok, lm=CausalLMScorer(model, bos_id=tok.bos_id, eos_id=tok.eos_id),
                    slots=LMSlots(model, back, bos_id=tok.bos_id), vocab=vocab, masked=None, mask_id=None,
