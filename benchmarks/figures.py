@@ -216,6 +216,15 @@ def _rows() -> list[Figure]:
                        "correction_zh_penalty_sweep_base_s4_dev/3/clean_changed",
                        "correction_zh_base_s4/restored", "correction_zh_base_s4/error_position_changed",
                        "correction_zh_base_s4/clean_changed"), scale=P))
+    out.append(Figure("(on inews dev, penalty 14: {:.1f}% restored, {:.1f}% of the clean sentences changed; penalty 15: "
+                      "{:.1f}% and {:.1f}%). Penalty 15 on the 200 test sentences: **{:.1f}%** fully restored, {:.1f}% "
+                      "with the wrong character changed, {:.1f}% of the clean sentences changed", "search.json",
+                      ("correction_zh_penalty_sweep_base_s5_dev/3/restored",
+                       "correction_zh_penalty_sweep_base_s5_dev/3/clean_changed",
+                       "correction_zh_penalty_sweep_base_s5_dev/4/restored",
+                       "correction_zh_penalty_sweep_base_s5_dev/4/clean_changed",
+                       "correction_zh_base_s5/restored", "correction_zh_base_s5/error_position_changed",
+                       "correction_zh_base_s5/clean_changed"), scale=P))
     out.append(Figure("on the 200 test sentences: **{:.1f}%** fully restored, {:.1f}% with the wrong character changed, "
                       "{:.1f}% of the clean sentences changed", "search.json",
                       ("correction_zh_base/restored", "correction_zh_base/error_position_changed",
