@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="evaluate models already trained there")
     ap.add_argument("--zh-base", metavar="DIR", help="unilm-zh-base: the genloom-zh-base model directory (or a "
                     "`genloom lm pretrain --snapshot` of a run in progress) the UniLM starts from")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate of the variants run (default: the architecture's, TitleConfig)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--note", default=None, help="a remark stored in the JSON")
     args = ap.parse_args()
@@ -94,9 +96,13 @@ def main() -> int:
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     payload = {
         "claim": "issue 5 ablation on inews test (char ROUGE F1, BLEU zh, beam 3)",
-        "pairs": len(test), "minutes_per_variant": args.minutes,
+        "pairs": len(test),  # an --only run keeps the budget of the others; its own is in its config
+        "minutes_per_variant": old.get("minutes_per_variant", args.minutes)
+        if args.only and old.get("pairs") == len(test) else args.minutes,
         "note": old.get("note") if args.only and old.get("pairs") == len(test) else args.note,
-        "pretrain_minutes": args.pretrain_minutes,
+        "pretrain_minutes": old.get("pretrain_minutes", args.pretrain_minutes)
+        if args.only and old.get("pairs") == len(test) and "unilm-pretrained" not in args.only
+        else args.pretrain_minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
@@ -112,7 +118,7 @@ def main() -> int:
             if not args.zh_base:
                 ap.error(f"{name} needs --zh-base DIR")
             fields["init"] = args.zh_base
-        cfg = TitleConfig(minutes=args.minutes, **fields)
+        cfg = TitleConfig(minutes=args.minutes, lr=args.lr, **fields)
         out = Path(args.runs) / name
         load0 = os.getloadavg()
         t0 = time.perf_counter()
