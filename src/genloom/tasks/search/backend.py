@@ -32,7 +32,7 @@ class Backend:
     tokenizer: Any  # genloom tokenizer of the models
     lm: Any  # CausalLMScorer: the fluency target log p(x)
     slots: Any  # SlotModel ranking candidates (MaskedSlots or LMSlots)
-    vocab: list[int]  # ids a move may write (no specials, no [MASK])
+    vocab: list[int]  # ids a move may write (no specials, no [MASK]; Chinese: no whitespace)
     masked: Any | None  # MaskedLMScorer for Gibbs (None for English)
     mask_id: int | None  # the [MASK] id (None for English)
     pad_id: int  # id under padding
