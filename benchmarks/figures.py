@@ -163,7 +163,7 @@ def _rows() -> list[Figure]:
              ("rnn, no prior, no copy", "rnn-no-prior-no-copy", True),
              ("unilm: prior + copy, from scratch", "unilm", True), ("unilm, no copy", "unilm-no-copy", True),
              ("unilm + 5 min char-LM pre-training", "unilm-pretrained", True),
-             ("unilm from genloom-zh-base (step-5,250 snapshot)", "unilm-zh-base", True)]
+             ("unilm from genloom-zh-base (step-9,750 snapshot, 55 min)", "unilm-zh-base", True)]
     for label, key, trained in title:
         rl = "**{:.2f}**" if key == "rnn" else "{:.2f}"
         tail = " {:.1f} | {:.0f} | {:.1f}% |" if trained else " - | - | - |"
