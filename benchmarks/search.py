@@ -21,7 +21,10 @@
 2. Error correction: 200 sentences of inews test contents (10-30 characters, all known to the
    models), one Han character of each replaced by a random other known Han character;
    `genloom search correct` runs on the 200 corrupted and the 200 clean sentences: the fraction
-   fully restored and the fraction of clean sentences changed (false edits).
+   fully restored and the fraction of clean sentences changed (false edits). The part
+   "correct-oracle" says where search "best" loses the restoring edits: the wrong character's
+   position tried or not, the right one among the candidates or not, and the nats restoring it
+   buys against each penalty of --penalties.
 3. Throughput: candidate rows scored per second by the target LM, all in one call (batched,
    as the samplers do) vs one row per call, on the same rows, timed round-robin in one run.
 
@@ -307,7 +310,8 @@ def correction_sentences(tokenizer: Any, n: int, seed: int, split: str = "test")
     return pool[:n]
 
 
-def correction_bench(backend: task.Backend, args: argparse.Namespace, edits: task.BestEdits | None = None) -> dict:
+def corruptions(backend: task.Backend, args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
+    """(clean sentences, each with one Han character replaced by a random other known one, where)."""
     tok = backend.tokenizer
     clean = correction_sentences(tok, args.correct, args.seed, args.correct_split)
     han = [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))]
@@ -320,6 +324,43 @@ def correction_bench(backend: task.Backend, args: argparse.Namespace, edits: tas
             new = tok.id_to_token(rng.choice(han))
         corrupted.append(s[:pos] + new + s[pos + 1:])
         where.append(pos)
+    return clean, corrupted, where
+
+
+@torch.inference_mode()
+def correction_oracle(backend: task.Backend, args: argparse.Namespace) -> dict:
+    """Where search "best" loses the restoring edit, per corrupted sentence of `correction_bench`:
+    is the wrong character among the positions tried, the right one among the top-k candidates
+    and in the look-ahead shortlist, and how many nats does restoring it buy under the target LM
+    (its gain, which must beat the penalty). "reachable" at a penalty: all four hold, so the
+    restoring edit is one the search finds and takes when it is the best edit there is."""
+    tok = backend.tokenizer
+    clean, corrupted, where = corruptions(backend, args)
+    edits = task.BestEdits(backend, backend.lm, [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))],
+                           args.correct_top_k, args.positions, args.shortlist)
+    rows = []
+    for good, bad, at in zip(clean, corrupted, where):
+        a, b = tok.encode(good), tok.encode(bad)
+        editable = [i for i, c in enumerate(bad) if _HAN.fullmatch(c)]
+        scores = backend.lm(torch.tensor([a, b]), torch.ones(2, len(a), dtype=torch.bool))
+        top, short = edits.candidates(b, [at])
+        rows.append({"gain": float(scores[0] - scores[1]), "position_tried": at in edits.tried_positions(b, editable),
+                     "in_top_k": a[at] in top[0].tolist(), "in_shortlist": a[at] in short[0].tolist()})
+    n = len(rows)
+    gains = sorted(r["gain"] for r in rows)
+    found = [r["position_tried"] and r["in_shortlist"] for r in rows]
+    return {"sentences": n, "split": args.correct_split,
+            "config": {"top_k": args.correct_top_k, "positions": args.positions, "shortlist": args.shortlist},
+            "position_tried": sum(r["position_tried"] for r in rows) / n,
+            "in_top_k": sum(r["in_top_k"] for r in rows) / n, "in_shortlist": sum(r["in_shortlist"] for r in rows) / n,
+            "gain_quantiles": {f"{q:.2f}": gains[round(q * (n - 1))] for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+            "by_penalty": [{"penalty": pen, "gain_above": sum(r["gain"] > pen for r in rows) / n,
+                            "reachable": sum(f and r["gain"] > pen for f, r in zip(found, rows)) / n}
+                           for pen in (float(x) for x in args.penalties.split(","))]}
+
+
+def correction_bench(backend: task.Backend, args: argparse.Namespace, edits: task.BestEdits | None = None) -> dict:
+    clean, corrupted, where = corruptions(backend, args)
     t0 = time.perf_counter()
     config = task.CorrectConfig(penalty=args.penalty, top_k=args.correct_top_k, sweeps=args.sweeps,
                                 both=args.both, search=args.correct_search, max_edits=args.max_edits,
@@ -418,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-en", action="store_true")
     p.add_argument("--parts", default="throughput,zh,correct,en",
-                   help="comma-separated parts: throughput, zh, correct, correct-sweep, en")
-    p.add_argument("--penalties", default="4,8,12,16", help="correct-sweep: edit penalties to try")
+                   help="comma-separated parts: throughput, zh, correct, correct-sweep, correct-oracle, en")
+    p.add_argument("--penalties", default="4,8,12,16", help="correct-sweep, correct-oracle: edit penalties to try")
     p.add_argument("--merge", action="store_true", help="add the parts run to the results already in --out")
     p.add_argument("--en-lm", default="smollm2-135m", help="the English LM (a local Hugging Face model)")
     p.add_argument("--progress", action="store_true")
@@ -438,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
     parts = set(args.parts.split(","))
-    if parts & {"throughput", "zh", "correct", "correct-sweep"}:  # the Chinese models: only a Chinese part needs them
+    if parts & {"throughput", "zh", "correct", "correct-sweep", "correct-oracle"}:  # the Chinese models: only a Chinese part needs them
         zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
         eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
         zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
@@ -474,6 +515,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"penalty {pen:5.1f}: restored {r['restored']:.1%}, error position changed "
                   f"{r['error_position_changed']:.1%}, clean sentences changed {r['clean_changed']:.1%}", flush=True)
         result[f"correction_zh_penalty_sweep{tag}"] = sweep
+    if "correct-oracle" in parts:  # where the restoring edits are lost (search best's steps, the penalty)
+        result[f"correction_zh_oracle{tag}"] = o = correction_oracle(zh, args)
+        print(f"\ncorrection oracle ({o['sentences']} {o['split']} sentences): wrong position tried "
+              f"{o['position_tried']:.1%}, right character in the top {args.correct_top_k} {o['in_top_k']:.1%}, "
+              f"in the shortlist {o['in_shortlist']:.1%}; restoring gain quantiles (nats) "
+              + " / ".join(f"{v:.1f}" for v in o["gain_quantiles"].values()))
+        for b in o["by_penalty"]:
+            print(f"penalty {b['penalty']:5.1f}: restoring gain above it {b['gain_above']:.1%}, "
+                  f"reachable {b['reachable']:.1%}")
     if "en" in parts and not args.skip_en:
         en = task.load_backend("en", lm=args.en_lm)
         eval_en, eval_en_tok = load(Path(args.models) / "eval-en")

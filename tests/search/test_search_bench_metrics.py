@@ -79,3 +79,28 @@ def test_reused_baselines_only_for_the_same_sets_and_settings(tmp_path):
             bench.reused_baselines(argparse.Namespace(**changed), sets, max_len)
     with pytest.raises(UserError, match="other keyword sets"):
         bench.reused_baselines(args, sets[::-1], 24)
+
+
+def test_correction_oracle_against_the_lm_by_hand(zh_models, sentences, monkeypatch):
+    """Every position tried and every Han character a candidate: the oracle finds each right
+    character, and its gains are log p(clean) - log p(corrupted) under the target LM."""
+    import argparse
+
+    from genloom.tasks import search
+
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"))
+    monkeypatch.setattr(bench, "correction_sentences", lambda tok, n, seed, split: sentences[:n])
+    args = argparse.Namespace(correct=5, seed=0, correct_split="dev", correct_top_k=10_000, positions=0,
+                              shortlist=0, penalties="0,1000")
+    got = bench.correction_oracle(backend, args)
+    clean, corrupted, _ = bench.corruptions(backend, args)
+    with torch.no_grad():
+        gains = [float(backend.lm(torch.tensor([backend.encode(a)]), torch.ones(1, len(a), dtype=torch.bool))[0]
+                       - backend.lm(torch.tensor([backend.encode(b)]), torch.ones(1, len(b), dtype=torch.bool))[0])
+                 for a, b in zip(clean, corrupted)]
+    assert got["position_tried"] == got["in_top_k"] == got["in_shortlist"] == 1.0
+    assert abs(got["gain_quantiles"]["0.50"] - sorted(gains)[2]) < 1e-4
+    assert got["by_penalty"][0]["gain_above"] == got["by_penalty"][0]["reachable"] == sum(g > 0 for g in gains) / 5
+    assert got["by_penalty"][1]["gain_above"] == 0.0
+    narrow = bench.correction_oracle(backend, argparse.Namespace(**{**vars(args), "correct_top_k": 1, "positions": 1}))
+    assert narrow["in_top_k"] < 1.0 and narrow["position_tried"] < 1.0  # one candidate, one position: some lost

@@ -185,21 +185,10 @@ class BestEdits:
             if not pos:
                 self.memo[key, editable_here] = (float("-inf"), -1, -1)
                 continue
-            n = len(key)
             base = torch.tensor([key])
-            full = torch.ones(1, n, dtype=torch.bool)
-            if 0 < self.positions < len(pos):
-                lp = self.backend.lm.token_log_probs(base, full)[0]  # (n + 1,): x_1..x_n, EOS
-                surprise = -(lp[:n] + lp[1: n + 1])
-                pos = sorted(sorted(pos, key=lambda i: -float(surprise[i]))[: self.positions])
-            slots = self.backend.slots.slot_scores(base.expand(len(pos), n), full.expand(len(pos), n),
-                                                   torch.tensor(pos))  # (P, V)
-            k = min(self.top_k, int(torch.isfinite(self.allowed).sum()))
-            ranked = (slots.float() + self.allowed).topk(k, dim=-1)
-            cand = ranked.indices  # (P, k)
-            if 0 < self.shortlist < k:
-                cand = self._shortlist(key, pos, ranked.values, cand)
-                k = self.shortlist
+            pos = self.tried_positions(key, pos)
+            cand = self.candidates(key, pos)[-1]  # (P, k)
+            k = cand.shape[1]
             ys = base.repeat(len(pos) * k + 1, 1)
             p_idx = torch.tensor(pos).repeat_interleave(k)
             ys[torch.arange(1, len(ys)), p_idx] = cand.flatten()
@@ -208,6 +197,29 @@ class BestEdits:
             j = int(gains.argmax())
             self.memo[key, editable_here] = (float(gains[j]), int(p_idx[j]), int(cand.flatten()[j]))
         return [self.memo[tuple(r), tuple(map(bool, e))] for r, e in zip(rows, editable)]
+
+    def tried_positions(self, key: Sequence[int], pos: list[int]) -> list[int]:
+        """The editable positions `pos` of row `key` that are tried: all, or the `positions` most
+        surprising ones (class docstring), in order."""
+        if not 0 < self.positions < len(pos):
+            return pos
+        n = len(key)
+        lp = self.backend.lm.token_log_probs(torch.tensor([key]), torch.ones(1, n, dtype=torch.bool))[0]  # x, EOS
+        surprise = -(lp[:n] + lp[1: n + 1])
+        return sorted(sorted(pos, key=lambda i: -float(surprise[i]))[: self.positions])
+
+    def candidates(self, key: Sequence[int], pos: list[int]) -> tuple[Tensor, Tensor]:
+        """(the slot model's top-k allowed tokens at each of `pos`, the candidates scored whole:
+        those, or their look-ahead shortlist), each (P, k')."""
+        n = len(key)
+        base, full = torch.tensor([key]), torch.ones(1, n, dtype=torch.bool)
+        slots = self.backend.slots.slot_scores(base.expand(len(pos), n), full.expand(len(pos), n),
+                                               torch.tensor(pos))  # (P, V)
+        k = min(self.top_k, int(torch.isfinite(self.allowed).sum()))
+        ranked = (slots.float() + self.allowed).topk(k, dim=-1)
+        if 0 < self.shortlist < k:
+            return ranked.indices, self._shortlist(tuple(key), pos, ranked.values, ranked.indices)
+        return ranked.indices, ranked.indices
 
     def _shortlist(self, key: tuple[int, ...], pos: list[int], scores: Tensor, cand: Tensor) -> Tensor:
         """The `shortlist` best of each position's candidates (P, k) by slot score + log p(next
