@@ -225,6 +225,17 @@ def _rows() -> list[Figure]:
                        "correction_zh_penalty_sweep_base_s5_dev/4/clean_changed",
                        "correction_zh_base_s5/restored", "correction_zh_base_s5/error_position_changed",
                        "correction_zh_base_s5/clean_changed"), scale=P))
+    oracle = ("correction_zh_oracle_base_s5_dev", "correction_zh_oracle_base_s5_test")
+    out.append(Figure("the wrong character's position is among the 4 tried in {:.1f}% / {:.1f}% of the sentences, the right "
+                      "character among the 1,024 candidates in {:.1f}% / {:.1f}% and in the 32-candidate shortlist in "
+                      "{:.1f}% / {:.1f}%, but restoring it buys more than the 15-nat penalty in only {:.1f}% / {:.1f}% "
+                      "(median gain", "search.json",
+                      tuple(f"{k}/{f}" for f in ("position_tried", "in_top_k", "in_shortlist", "by_penalty/2/gain_above")
+                            for k in oracle), scale=P))
+    out.append(Figure("(median gain {:.1f} / {:.1f} nats), and all four hold in", "search.json",
+                      tuple(f"{k}/gain_quantiles/0.50" for k in oracle)))
+    out.append(Figure("and all four hold in {:.1f}% / {:.1f}%.", "search.json",
+                      tuple(f"{k}/by_penalty/2/reachable" for k in oracle), scale=P))
     out.append(Figure("on the 200 test sentences: **{:.1f}%** fully restored, {:.1f}% with the wrong character changed, "
                       "{:.1f}% of the clean sentences changed", "search.json",
                       ("correction_zh_base/restored", "correction_zh_base/error_position_changed",
