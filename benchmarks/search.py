@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = {"machine": machine(), "load_average_before": load_before, "settings": vars(args)}
     parts = set(args.parts.split(","))
-    if parts & {"throughput", "zh", "correct", "correct-sweep", "correct-oracle"}:  # the Chinese models: only a Chinese part needs them
+    # the Chinese models: only a Chinese part needs them
+    if parts & {"throughput", "zh", "correct", "correct-sweep", "correct-oracle"}:
         zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
         eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
         zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
