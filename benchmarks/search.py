@@ -310,11 +310,16 @@ def correction_sentences(tokenizer: Any, n: int, seed: int, split: str = "test")
     return pool[:n]
 
 
+def han_ids(backend: task.Backend) -> list[int]:
+    """The Han characters of the moves' vocabulary: what correction writes and corrupts with."""
+    return [i for i in backend.vocab if _HAN.fullmatch(backend.tokenizer.id_to_token(i))]
+
+
 def corruptions(backend: task.Backend, args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
     """(clean sentences, each with one Han character replaced by a random other known one, where)."""
     tok = backend.tokenizer
     clean = correction_sentences(tok, args.correct, args.seed, args.correct_split)
-    han = [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))]
+    han = han_ids(backend)
     rng = random.Random(args.seed + 1)
     corrupted, where = [], []
     for s in clean:
@@ -336,8 +341,7 @@ def correction_oracle(backend: task.Backend, args: argparse.Namespace) -> dict:
     restoring edit is one the search finds and takes when it is the best edit there is."""
     tok = backend.tokenizer
     clean, corrupted, where = corruptions(backend, args)
-    edits = task.BestEdits(backend, backend.lm, [i for i in backend.vocab if _HAN.fullmatch(tok.id_to_token(i))],
-                           args.correct_top_k, args.positions, args.shortlist)
+    edits = task.BestEdits(backend, backend.lm, han_ids(backend), args.correct_top_k, args.positions, args.shortlist)
     rows = []
     for good, bad, at in zip(clean, corrupted, where):
         a, b = tok.encode(good), tok.encode(bad)
@@ -506,9 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = []
         edits = None  # search best: every penalty reads the same memo of best edits
         if args.correct_search == "best":
-            tok = zh.tokenizer
-            edits = task.BestEdits(zh, zh.lm, [i for i in zh.vocab if _HAN.fullmatch(tok.id_to_token(i))],
-                                   args.correct_top_k, args.positions, args.shortlist)
+            edits = task.BestEdits(zh, zh.lm, han_ids(zh), args.correct_top_k, args.positions, args.shortlist)
         for pen in (float(x) for x in args.penalties.split(",")):
             r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}), edits)
             sweep.append({k: r[k] for k in ("restored", "error_position_changed", "clean_changed", "seconds")}
