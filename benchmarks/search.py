@@ -24,7 +24,8 @@
    fully restored and the fraction of clean sentences changed (false edits). The part
    "correct-oracle" says where search "best" loses the restoring edits: the wrong character's
    position tried or not, the right one among the candidates or not, and the nats restoring it
-   buys against each penalty of --penalties.
+   buys against each penalty of --penalties. With --both, correction's fluency is the mean of
+   the forward and the backward LM (--zh-lm-backward) in every correction part.
 3. Throughput: candidate rows scored per second by the target LM, all in one call (batched,
    as the samplers do) vs one row per call, on the same rows, timed round-robin in one run.
 
@@ -336,17 +337,19 @@ def corruptions(backend: task.Backend, args: argparse.Namespace) -> tuple[list[s
 def correction_oracle(backend: task.Backend, args: argparse.Namespace) -> dict:
     """Where search "best" loses the restoring edit, per corrupted sentence of `correction_bench`:
     is the wrong character among the positions tried, the right one among the top-k candidates
-    and in the look-ahead shortlist, and how many nats does restoring it buy under the target LM
-    (its gain, which must beat the penalty). "reachable" at a penalty: all four hold, so the
+    and in the look-ahead shortlist, and how many nats does restoring it buy under correction's
+    fluency (the target LM, or with --both its mean with the backward LM: its gain, which must
+    beat the penalty). "reachable" at a penalty: all four hold, so the
     restoring edit is one the search finds and takes when it is the best edit there is."""
     tok = backend.tokenizer
     clean, corrupted, where = corruptions(backend, args)
-    edits = task.BestEdits(backend, backend.lm, han_ids(backend), args.correct_top_k, args.positions, args.shortlist)
+    fluency = task.correction_fluency(backend, args.both)
+    edits = task.BestEdits(backend, fluency, han_ids(backend), args.correct_top_k, args.positions, args.shortlist)
     rows = []
     for good, bad, at in zip(clean, corrupted, where):
         a, b = tok.encode(good), tok.encode(bad)
         editable = [i for i, c in enumerate(bad) if _HAN.fullmatch(c)]
-        scores = backend.lm(torch.tensor([a, b]), torch.ones(2, len(a), dtype=torch.bool))
+        scores = fluency(torch.tensor([a, b]), torch.ones(2, len(a), dtype=torch.bool))
         top, short = edits.candidates(b, [at])
         rows.append({"gain": float(scores[0] - scores[1]), "position_tried": at in edits.tried_positions(b, editable),
                      "in_top_k": a[at] in top[0].tolist(), "in_shortlist": a[at] in short[0].tolist()})
@@ -425,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="models/search")
     p.add_argument("--zh-lm", help="a genloom causal LM directory (genloom-zh-base) as the Chinese target and "
                    "proposal instead of --models' forward / masked LMs; eval-zh of --models still scores fluency")
+    p.add_argument("--zh-lm-backward", help="the right-to-left genloom LM paired with --zh-lm (genloom lm pretrain "
+                   "--reverse): CGMH's backward proposal, and correction's with --both")
     p.add_argument("--tag", default="", help="suffix of this run's result keys (e.g. 'base': keywords_zh_base)")
     p.add_argument("--sets", type=int, default=100, help="keyword sets per language")
     p.add_argument("--correct", type=int, default=200, help="sentences for error correction")
@@ -485,13 +490,17 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.parts.split(","))
     # the Chinese models: only a Chinese part needs them
     if parts & {"throughput", "zh", "correct", "correct-sweep", "correct-oracle"}:
-        zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm)
+        zh = task.load_backend("zh", models=args.models, proposal="mlm", lm=args.zh_lm, lm_backward=args.zh_lm_backward)
         eval_zh, eval_zh_tok = load(Path(args.models) / "eval-zh")
         zh_eval = (CausalLMScorer(eval_zh, bos_id=eval_zh_tok.bos_id, eos_id=eval_zh_tok.eos_id), eval_zh_tok)
     tag = f"_{args.tag}" if args.tag else ""
     if args.zh_lm:  # which weights: a snapshot of a pre-training run names its step
         info = Path(args.zh_lm) / "snapshot.json"
         result[f"zh_lm{tag}"] = {"path": args.zh_lm, **(json.loads(info.read_text()) if info.is_file() else {})}
+        if args.zh_lm_backward:
+            back = Path(args.zh_lm_backward) / "snapshot.json"
+            result[f"zh_lm{tag}"]["backward"] = {"path": args.zh_lm_backward,
+                                                 **(json.loads(back.read_text()) if back.is_file() else {})}
     if "throughput" in parts:
         result[f"throughput_zh{tag}"] = throughput(zh, rows=args.throughput_rows, repeats=args.repeats, seed=args.seed)
         t = result[f"throughput_zh{tag}"]
@@ -510,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep = []
         edits = None  # search best: every penalty reads the same memo of best edits
         if args.correct_search == "best":
-            edits = task.BestEdits(zh, zh.lm, han_ids(zh), args.correct_top_k, args.positions, args.shortlist)
+            edits = task.BestEdits(zh, task.correction_fluency(zh, args.both), han_ids(zh), args.correct_top_k,
+                                   args.positions, args.shortlist)
         for pen in (float(x) for x in args.penalties.split(",")):
             r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}), edits)
             sweep.append({k: r[k] for k in ("restored", "error_position_changed", "clean_changed", "seconds")}

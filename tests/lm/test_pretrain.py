@@ -307,3 +307,40 @@ def test_snapshot_writes_the_newest_checkpoints_ema_weights_as_a_model(tmp_path,
     assert sorted(p.name for p in run.rglob("*")) == before and not (tmp_path / "s2").exists()
     rc, _, err = genloom("lm", "pretrain", "--out", str(run), "--snapshot", str(tmp_path / "snap"), "--force")
     assert rc == 0, err
+
+
+def test_init_warm_starts_a_first_launch_from_a_model_of_the_same_shape(tmp_path, tiny_corpus, genloom, no_plots,
+                                                                        monkeypatch):
+    """--init: the run starts from the directory's weights and tokenizer (a step at lr 1e-12 leaves
+    them where they were, a cold start does not); another shape or no model is refused before any
+    corpus is read; a resumed launch keeps its first launch's --init."""
+    from genloom.models import load
+
+    pt.pretrain(tmp_path / "fwd", pt.PretrainConfig(**TINY, steps=4), corpus=tiny_corpus)
+    source, source_tok = load(tmp_path / "fwd" / "model")
+    still = {**TINY, "lr": 1e-12}
+    pt.pretrain(tmp_path / "bwd", pt.PretrainConfig(**still, steps=1, reverse=True, init=str(tmp_path / "fwd" / "model")),
+                corpus=tiny_corpus)
+    pt.pretrain(tmp_path / "cold", pt.PretrainConfig(**still, steps=1, reverse=True), corpus=tiny_corpus)
+    warm, warm_tok = load(tmp_path / "bwd" / "model")
+    cold, _ = load(tmp_path / "cold" / "model")
+    assert reads_reversed(tmp_path / "bwd" / "model")
+    assert [warm_tok.id_to_token(i) for i in range(warm_tok.vocab_size)] == \
+        [source_tok.id_to_token(i) for i in range(source_tok.vocab_size)]
+    expect = source.state_dict()
+    assert all(torch.allclose(v, expect[k], atol=1e-6) for k, v in warm.state_dict().items())
+    assert not torch.allclose(cold.state_dict()["tok_emb.weight"], expect["tok_emb.weight"], atol=1e-3)
+
+    def no_corpus(dev_percent=5):
+        raise AssertionError("the corpora were read before --init was checked")
+
+    monkeypatch.setattr(pt, "pretraining_corpus", no_corpus)
+    with pytest.raises(UserError, match=r"another shape .*d_model \(16 != 32\)"):
+        pt.pretrain(tmp_path / "x", pt.PretrainConfig(**{**TINY, "d_model": 32}, steps=1,
+                                                      init=str(tmp_path / "fwd" / "model")))
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "y"), "--steps", "2", "--init",
+                         str(tmp_path / "nothing"), *TINY_FLAGS)
+    assert rc == 2 and "is not a model directory" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    rc, _, err = genloom("lm", "pretrain", "--out", str(tmp_path / "bwd"), "--resume", "--init", str(tmp_path / "cold"))
+    assert rc == 2 and "init (" in err

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from genloom.decode.targets import CausalLMScorer
@@ -81,23 +82,33 @@ def test_reused_baselines_only_for_the_same_sets_and_settings(tmp_path):
         bench.reused_baselines(args, sets[::-1], 24)
 
 
-def test_correction_oracle_against_the_lm_by_hand(zh_models, sentences, monkeypatch):
+@pytest.mark.parametrize("both", [False, True])
+def test_correction_oracle_against_the_lm_by_hand(zh_models, sentences, monkeypatch, tmp_path, both):
     """Every position tried and every Han character a candidate: the oracle finds each right
-    character, and its gains are log p(clean) - log p(corrupted) under the target LM."""
+    character, and its gains are log p(clean) - log p(corrupted) under correction's fluency: the
+    target LM, or with --both the mean of the forward and the backward LM's."""
     import argparse
+    import shutil
 
+    from genloom.models.io import write_direction
     from genloom.tasks import search
 
-    backend = search.load_backend("zh", lm=str(zh_models / "forward"))
+    back = tmp_path / "backward"
+    shutil.copytree(zh_models / "backward", back)
+    write_direction(back, True)  # as `genloom lm pretrain --reverse` marks it
+    backend = search.load_backend("zh", lm=str(zh_models / "forward"), lm_backward=str(back))
     monkeypatch.setattr(bench, "correction_sentences", lambda tok, n, seed, split: sentences[:n])
     args = argparse.Namespace(correct=5, seed=0, correct_split="dev", correct_top_k=10_000, positions=0,
-                              shortlist=0, penalties="0,1000")
+                              shortlist=0, penalties="0,1000", both=both)
     got = bench.correction_oracle(backend, args)
     clean, corrupted, _ = bench.corruptions(backend, args)
+
+    def logp(lm, text):
+        return float(lm(torch.tensor([backend.encode(text)]), torch.ones(1, len(text), dtype=torch.bool))[0])
+
+    lms = (backend.lm, backend.lm_backward) if both else (backend.lm,)
     with torch.no_grad():
-        gains = [float(backend.lm(torch.tensor([backend.encode(a)]), torch.ones(1, len(a), dtype=torch.bool))[0]
-                       - backend.lm(torch.tensor([backend.encode(b)]), torch.ones(1, len(b), dtype=torch.bool))[0])
-                 for a, b in zip(clean, corrupted)]
+        gains = [sum(logp(lm, a) - logp(lm, b) for lm in lms) / len(lms) for a, b in zip(clean, corrupted)]
     assert got["position_tried"] == got["in_top_k"] == got["in_shortlist"] == 1.0
     assert abs(got["gain_quantiles"]["0.50"] - sorted(gains)[2]) < 1e-4
     assert got["by_penalty"][0]["gain_above"] == got["by_penalty"][0]["reachable"] == sum(g > 0 for g in gains) / 5

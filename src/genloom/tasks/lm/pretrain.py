@@ -36,6 +36,11 @@ count then code point). The right-to-left LM gives CGMH's backward proposal and 
 (`genloom search --lm FWD --lm-backward BWD`). Each model directory says which way it reads
 (`models.io.write_direction`).
 
+Warm start (`init`): a first launch may start from the weights and tokenizer of a genloom model
+directory of the same shape (`init_model`), e.g. the forward run's snapshot for the backward LM:
+reversed text shares the forward's characters and most of their statistics. The schedule (warm-up
+and cosine) is the run's own; a resumed launch reads its checkpoint, never `init` again.
+
 OUT holds: zh_base.json (marker, settings, corpus counts, last summary), tokenizer/, fit's
 config.json / metrics.jsonl / curves.png / checkpoints/, model/, dev_ppl.json.
 """
@@ -100,6 +105,7 @@ class PretrainConfig:
     dev_percent: int = 5  # share of each source's train units held out as dev text
     seed: int = 0  # init, batch order
     reverse: bool = False  # read every text right to left: the backward LM
+    init: str | None = None  # a genloom model directory whose weights and tokenizer start the run (warm start)
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
@@ -205,6 +211,25 @@ def base_model(cfg: PretrainConfig, vocab_size: int) -> nn.Module:
                                          d_model=cfg.d_model, d_ff=cfg.d_ff, max_len=cfg.seq_len, tie_embeddings=True))
 
 
+def init_model(cfg: PretrainConfig) -> tuple[nn.Module, Any]:
+    """The model and tokenizer of `cfg.init`, checked to have `cfg`'s shape (a one-line UserError
+    naming the difference): its default (EMA) weights in a fresh `base_model`."""
+    from genloom.models import load
+
+    source, tokenizer = load(cfg.init)
+    mine = base_model(cfg, tokenizer.vocab_size) if tokenizer is not None else None
+    theirs = getattr(source, "config", None)
+    if mine is None or type(source) is not type(mine):
+        raise UserError(f"--init {cfg.init} is not a genloom Transformer LM directory with a tokenizer")
+    differ = [f"{k} ({getattr(theirs, k)} != {getattr(mine.config, k)})" for k in
+              ("n_layer", "n_head", "d_model", "d_ff", "max_len", "tie_embeddings")
+              if getattr(theirs, k) != getattr(mine.config, k)]
+    if differ:
+        raise UserError(f"--init {cfg.init} has another shape than this run (its value != the run's): {', '.join(differ)}")
+    mine.load_state_dict(source.state_dict())
+    return mine, tokenizer
+
+
 def train_tokenizer(texts: list[str], cfg: PretrainConfig) -> Any:
     """The run's tokenizer, trained on the training stream."""
     from genloom.tokenizers import BPETokenizer, CharTokenizer
@@ -252,6 +277,7 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         cfg = _resumed_config(out, cfg, asked or set())
     elif cfg.steps is None and cfg.minutes is None:
         raise UserError("give steps or minutes (or both): the run would never stop")
+    warm = init_model(cfg) if cfg.init is not None and not resume else None  # checked before the corpora are read
     corpus = corpus if corpus is not None else pretraining_corpus(dev_percent=cfg.dev_percent)
     counts, fingerprint = corpus.counts(), corpus.fingerprint()
     if resume and (read_json(out / MARKER) or {}).get("fingerprint") != fingerprint:
@@ -272,14 +298,14 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, *, corpus: P
         else:
             write_json_atomic(out / MARKER, {"writer": WRITER, "config": dataclasses.asdict(cfg),
                                              "fingerprint": fingerprint, "corpus": counts})
-            tokenizer = train_tokenizer(stream, cfg)
+            tokenizer = warm[1] if warm is not None else train_tokenizer(stream, cfg)
             tokenizer.save(out / "tokenizer")
         train = pack_blocks(tokenizer, stream, cfg.seq_len)  # (N, T+1)
         dev_all = {s: pack_blocks(tokenizer, docs, cfg.seq_len) for s, docs in dev_docs.items()}  # (E, T+1) each
         dev = {s: _spaced(b, cfg.eval_blocks) for s, b in dev_all.items()}
         weights = char_weights(tokenizer)
         torch.manual_seed(cfg.seed)
-        model = base_model(cfg, tokenizer.vocab_size)
+        model = base_model(cfg, tokenizer.vocab_size) if warm is None else warm[0]
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # fit's default, timed on it
         steps = cfg.steps
         if steps is None:  # minutes alone, first launch: plan the schedule to end near the budget

@@ -5,6 +5,7 @@
     genloom lm pretrain --tokenizer bpe --minutes 30 --out DIR      # the 32k BPE variant
     genloom lm pretrain --out DIR --snapshot runs/base-now          # try a run in progress
     genloom lm pretrain --reverse --steps 16000                     # the backward (right-to-left) LM
+    genloom lm pretrain --reverse --steps 3000 --init runs/base-s6  # ... warm-started from the forward's
 
 Every number is checked where it is parsed; the flags are checked against each other and --out
 before the corpora are read. The run directory's flag is `--out` (dest `out_dir`: a training
@@ -45,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain, snapshot
 
     if args.snapshot is not None:
-        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes", "reverse"]
+        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes", "reverse", "init"]
                  if getattr(args, n) is not None] + ["--resume"] * args.resume
         require(not given, f"--snapshot only reads --out's newest checkpoint; drop {', '.join(given)}")
         done = snapshot(args.out_dir or default_out("char"), args.snapshot, force=args.force)
         print(f"step {done['step']} of {done['steps']} (EMA weights) -> {done['dest']}")
         return 0
-    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed", "reverse"] if getattr(args, name) is not None}
+    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed", "reverse", "init"] if getattr(args, name) is not None}
     values = {name: getattr(args, name) for name in asked}
     require(args.resume or args.steps is not None or args.minutes is not None,
             "give --steps or --minutes (or both): the run would never stop")
@@ -78,6 +79,9 @@ def _pretrain_parser(p: argparse.ArgumentParser) -> None:
                    "for --reverse; git-ignored)")
     p.add_argument("--reverse", action="store_const", const=True, default=None,
                    help="train the backward LM: every text read right to left (default: off, left to right)")
+    p.add_argument("--init", metavar="DIR", help="first launch: start from the weights and tokenizer of this genloom "
+                   "model directory of the same shape (e.g. the forward run's snapshot for --reverse) "
+                   "(default: none, random weights and a tokenizer trained on the stream)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps of the whole run (the schedule's length) (default: none, planned from --minutes)")
     p.add_argument("--minutes", type=positive_float,
                    help="training minutes of this launch (alone, on a first launch: steps planned to fit them) (default: no time limit)")

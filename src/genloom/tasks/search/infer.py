@@ -262,6 +262,16 @@ def correct_best(edits: BestEdits, rows: Sequence[Sequence[int]], editable: Sequ
     return rows
 
 
+def correction_fluency(backend: Backend, both: bool = False) -> Any:
+    """The score correction maximises: the forward LM's log p, or with `both` the mean of the
+    forward and the backward LM's."""
+    if not both:
+        return backend.lm
+    if backend.lm_backward is None:
+        raise UserError("--both needs a backward LM: the Chinese models of --models, or --lm with --lm-backward")
+    return 0.5 * backend.lm + 0.5 * backend.lm_backward
+
+
 def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig, *, generator: torch.Generator,
                   progress: bool = False, edits: BestEdits | None = None) -> list[str]:
     """Each text with the replacements that make it more fluent than `penalty` nats per edit.
@@ -277,11 +287,7 @@ def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig,
         vocab = [i for i in vocab if HAN.fullmatch(tok.id_to_token(i))]
         spans = [[0 if HAN.fullmatch(c) and t != tok.unk_id else i + 1 for i, (c, t) in enumerate(zip(text, row))]
                  for text, row in zip(texts, rows)]
-    fluency = backend.lm
-    if config.both:
-        if backend.lm_backward is None:
-            raise UserError("--both needs a backward LM: the Chinese models of --models, or --lm with --lm-backward")
-        fluency = 0.5 * backend.lm + 0.5 * backend.lm_backward
+    fluency = correction_fluency(backend, config.both)
     if config.search not in SEARCHES:
         raise UserError(f"--search must be one of {', '.join(SEARCHES)}, got {config.search!r}")
     if config.search == "best":
