@@ -232,7 +232,8 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
         config = task.KeywordsConfig(n=1, chains=args.zh_chains, steps=args.zh_steps, weighting=args.zh_weighting,
                                      top_k=args.top_k, min_len=args.zh_min_len, max_len=32, short_penalty=5.0,
                                      natural_len=args.zh_natural_len, natural_len_sd=args.zh_natural_len_sd,
-                                     no_repeat=args.zh_no_repeat, length_temperature=args.zh_length_temperature)
+                                     no_repeat=args.zh_no_repeat, max_run=args.zh_max_run,
+                                     length_temperature=args.zh_length_temperature)
     else:
         config = task.KeywordsConfig(n=1, chains=args.en_chains, steps=args.en_steps, weighting="model",
                                      top_k=args.top_k, min_len=args.en_min_len, max_len=24, short_penalty=5.0,
@@ -441,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zh-natural-len-sd", type=float, default=6.0, help="CGMH: length model standard deviation")
     p.add_argument("--zh-length-temperature", type=float, default=0.8, help="CGMH: length model's sample temperature")
     p.add_argument("--zh-no-repeat", type=int, default=0, help="CGMH: ban repeated n-grams of this size (0: none)")
+    p.add_argument("--zh-max-run", type=int, default=0, help="CGMH: ban a character more than this many times in "
+                   "a row (0: no limit)")
     p.add_argument("--zh-split", default="test", help="inews split of the Chinese keyword sets (dev: tuning)")
     p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")

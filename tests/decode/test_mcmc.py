@@ -24,7 +24,7 @@ from genloom.decode.mcmc_edits import (EditConfig, EditProposal, LMSlots, Masked
                                        _delete, _insert, _slot_ok)
 from genloom.decode.targets import (CausalLMScorer, CosineSimilarity, ExactConditional, ForbiddenTokens,
                                     HammingPenalty, KeywordsPresent, LengthPrior, LengthRange, MaskedLMScorer,
-                                    MeanHidden, NoRepeatNgram, Target, entropy_rate, reverse_rows)
+                                    MaxRun, MeanHidden, NoRepeatNgram, Target, entropy_rate, reverse_rows)
 from genloom.errors import UserError
 from genloom.models import Transformer, TransformerConfig
 
@@ -542,3 +542,16 @@ def test_no_repeat_ngram_matches_python_lists():
         want = [0.0 if len(set(gs)) == len(gs) else -math.inf for gs in grams]
         assert got.tolist() == want
     assert NoRepeatNgram.hard and NoRepeatNgram(9)(chains.tokens, chains.mask).eq(0).all()
+
+
+def test_max_run_matches_python_lists():
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(2, 4, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (300,), generator=g)]
+    chains = make_chains(rows, width=8)
+    for n in (1, 2, 3):
+        got = MaxRun(n)(chains.tokens, chains.mask)
+        want = [-math.inf if any(len(set(r[i: i + n + 1])) == 1 for i in range(len(r) - n)) else 0.0 for r in rows]
+        assert got.tolist() == want and 0 < want.count(0.0) < len(rows)
+    assert MaxRun.hard and MaxRun(8)(chains.tokens, chains.mask).eq(0).all()
+    with pytest.raises(UserError, match="n >= 1"):
+        MaxRun(0)

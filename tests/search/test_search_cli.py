@@ -250,6 +250,8 @@ def test_english_keywords_gibbs_and_correct(en_lm, capsys):
     (["gibbs", "--lm", "{models}/forward"], "Gibbs sampling needs the masked LM"),
     (["keywords", "--lm", "{models}/forward", "--keywords", "北京", "--proposal", "mlm"], "with --lm the proposals"),
     (["keywords", "--lm", "{models}/mlm", "--keywords", "北京"], "is not a causal LM"),
+    (["keywords", "--lm", "{models}/forward", "--keywords", "北北北", "--max-run", "2"],
+     "repeats a token more than --max-run 2 times"),
 ])
 def test_errors_are_one_line(zh_models, tmp_path, capsys, argv, message):
     (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
@@ -357,22 +359,43 @@ def test_length_model_and_repeat_ban_keep_every_keyword(zh_models, capsys):
     assert all(len({r[i: i + 2] for i in range(len(r) - 1)}) == len(r) - 1 for r in rows)  # no 2-gram twice
 
 
-def test_chinese_moves_never_write_whitespace(tmp_path, capsys):
-    """An LM that puts all its mass on spaces and newlines (the corpora have them) still gets
-    keyword sentences without whitespace: a Chinese move writes only non-whitespace tokens."""
+def _peaked_lm(path, chars: str, peak: str):
+    """A char LM over `chars` whose next token is `peak` almost surely, at every position."""
     from genloom.models import Transformer, TransformerConfig, save
     from genloom.tokenizers import CharTokenizer
 
-    tok = CharTokenizer([*"北京大学科研究很好。", " ", "\n", "\u3000"])
+    tok = CharTokenizer(list(chars))
     model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
                                           max_len=40, mask="causal", tie_embeddings=False, bias=True))
-    white = [tok.token_to_id(c) for c in (" ", "\n", "\u3000")]
-    with torch.no_grad():  # final hidden state = the norm's bias, whose product with a whitespace row is 50
+    ids = [tok.token_to_id(c) for c in peak]
+    with torch.no_grad():  # final hidden state = the norm's bias, whose product with a peak row is 50
         model.norm.weight.zero_()
         model.norm.bias.copy_(torch.nn.functional.normalize(torch.ones(16), dim=0))
         model.lm_head.weight.zero_()
-        model.lm_head.weight[white] = model.norm.bias * 50
-    save(model, tok, tmp_path / "spaces")
+        model.lm_head.weight[ids] = model.norm.bias * 50
+    save(model, tok, path)
+    return tok, ids
+
+
+def test_max_run_bans_a_token_three_times_in_a_row(tmp_path, capsys):
+    """An LM that wants 好 everywhere stutters 好好好 (the 3-gram ban lets one such trigram
+    through); --max-run 2 keeps every output to runs of two at most, with every keyword."""
+    _peaked_lm(tmp_path / "good", "北京大学科研究很好。", "好")
+    argv = ["keywords", "--lm", str(tmp_path / "good"), "--keywords", "北京,科学", "--num-samples", "3",
+            "--steps", "30", "--chains", "2", "--max-len", "12", "--no-repeat", "3", "--json"]
+    outputs = {}
+    for run in ("0", "2"):
+        rc, out, err = run_cli(capsys, *argv, "--max-run", run, "--seed", "1")
+        assert rc == 0, err
+        outputs[run] = [json.loads(line)["output"] for line in out.splitlines()]
+    assert any("好好好" in o for o in outputs["0"])
+    assert outputs["2"] and all("北京" in o and "科学" in o and not re.search(r"(.)\1\1", o) for o in outputs["2"])
+
+
+def test_chinese_moves_never_write_whitespace(tmp_path, capsys):
+    """An LM that puts all its mass on spaces and newlines (the corpora have them) still gets
+    keyword sentences without whitespace: a Chinese move writes only non-whitespace tokens."""
+    tok, white = _peaked_lm(tmp_path / "spaces", "北京大学科研究很好。 \n\u3000", " \n\u3000")
     backend = search.load_backend("zh", lm=str(tmp_path / "spaces"))
     by_hand = [i for i in range(tok.vocab_size) if i not in tok.special_ids and i not in white]
     assert backend.vocab == by_hand

@@ -384,6 +384,25 @@ class NoRepeatNgram(Target):
         return torch.where((same & pair).flatten(1).any(1), NEG_INF, 0.0)
 
 
+class MaxRun(Target):
+    """0 if no real token occurs more than `n` times in a row, else -inf: a stutter ban (雷雷雷
+    passes NoRepeatNgram(3), whose one trigram occurs once; n = 2 keeps 谢谢 and bans 谢谢谢)."""
+
+    hard = True
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise UserError(f"a run of tokens needs n >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, tokens: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        if tokens.shape[1] <= self.n:
+            return torch.zeros(tokens.shape[0], device=tokens.device)
+        windows = tokens.unfold(1, self.n + 1, 1)  # (B, G, n+1)
+        run = (windows == windows[..., :1]).all(-1) & mask.unfold(1, self.n + 1, 1).all(-1)  # (B, G)
+        return torch.where(run.any(1), NEG_INF, 0.0)
+
+
 class ForbiddenTokens(Target):
     """0 if no real token of the row is in `token_ids`, else -inf."""
 

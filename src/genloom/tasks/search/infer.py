@@ -33,7 +33,8 @@ from torch import Tensor
 
 from genloom.decode.mcmc import SCHEDULES, Constant, gibbs, keyword_chains, make_chains, metropolis_hastings
 from genloom.decode.mcmc_edits import EditConfig, EditProposal
-from genloom.decode.targets import HammingPenalty, LengthPrior, LengthRange, NoRepeatNgram, entropy_rate
+from genloom.decode.targets import (HammingPenalty, LengthPrior, LengthRange, MaxRun, NoRepeatNgram,
+                                    entropy_rate)
 from genloom.errors import UserError
 from genloom.tasks.search.backend import Backend
 from genloom.tasks.search.data import HAN
@@ -62,6 +63,7 @@ class KeywordsConfig:
     natural_len_sd: float = 6.0  # length model: standard deviation of that length
     length_temperature: float = 0.8  # length model: nats per token = the LM's NLL of its samples at this temperature
     no_repeat: int = 0  # ban every sentence that repeats an n-gram of this size (0: none)
+    max_run: int = 0  # ban every sentence with a token more than this many times in a row (0: no limit)
 
 
 def default_keywords_config(lang: str) -> KeywordsConfig:
@@ -103,11 +105,18 @@ def keywords_search(backend: Backend, keyword_sets: Sequence[Sequence[str]], con
     for ws, kw in zip(keyword_sets, ids):
         if sum(map(len, kw)) > config.max_len:
             raise UserError(f"the keywords {','.join(ws)} take more than --max-len {config.max_len} tokens")
+    if config.max_run > 0:
+        for ws, kw in zip(keyword_sets, ids):
+            for w, k in zip(ws, kw):
+                if float(MaxRun(config.max_run)(torch.tensor([k]), torch.ones(1, len(k), dtype=torch.bool))) < 0:
+                    raise UserError(f"the keyword {w} repeats a token more than --max-run {config.max_run} times in a row")
     target = backend.lm + LengthRange(config.min_len, config.max_len, weight=config.short_penalty)
     if config.natural_len > 0:
         target = target + length_model(backend, config, generator=generator)
     if config.no_repeat > 0:
         target = target + NoRepeatNgram(config.no_repeat)
+    if config.max_run > 0:
+        target = target + MaxRun(config.max_run)
     per_set = max(config.chains, config.n)
     chains = keyword_chains(ids, chains_per_set=per_set, width=config.max_len, target=target, generator=generator,
                             pad_id=backend.pad_id)
