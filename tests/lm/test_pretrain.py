@@ -330,6 +330,9 @@ def test_init_warm_starts_a_first_launch_from_a_model_of_the_same_shape(tmp_path
     expect = source.state_dict()
     assert all(torch.allclose(v, expect[k], atol=1e-6) for k, v in warm.state_dict().items())
     assert not torch.allclose(cold.state_dict()["tok_emb.weight"], expect["tok_emb.weight"], atol=1e-3)
+    # a warm start's EMA warms its decay up (forgets the other task's weights); a cold one's is plain
+    train_cfg = {r: json.loads((tmp_path / r / "config.json").read_text(encoding="utf-8"))["train"] for r in ("bwd", "cold")}
+    assert train_cfg["bwd"]["ema_warmup"] is True and train_cfg["cold"]["ema_warmup"] is False
 
     def no_corpus(dev_percent=5):
         raise AssertionError("the corpora were read before --init was checked")
