@@ -102,21 +102,20 @@ def keywords_search(backend: Backend, keyword_sets: Sequence[Sequence[str]], con
     if not keyword_sets or any(not ws for ws in keyword_sets):
         raise UserError("give at least one keyword per set")
     ids = [[backend.encode_keyword(w) for w in ws] for ws in keyword_sets]
+    stutter = MaxRun(config.max_run) if config.max_run > 0 else None
     for ws, kw in zip(keyword_sets, ids):
         if sum(map(len, kw)) > config.max_len:
             raise UserError(f"the keywords {','.join(ws)} take more than --max-len {config.max_len} tokens")
-    if config.max_run > 0:
-        for ws, kw in zip(keyword_sets, ids):
-            for w, k in zip(ws, kw):
-                if float(MaxRun(config.max_run)(torch.tensor([k]), torch.ones(1, len(k), dtype=torch.bool))) < 0:
-                    raise UserError(f"the keyword {w} repeats a token more than --max-run {config.max_run} times in a row")
+        for w, k in zip(ws, kw):
+            if stutter is not None and stutter(torch.tensor([k]), torch.ones(1, len(k), dtype=torch.bool)).item() < 0:
+                raise UserError(f"the keyword {w} repeats a token more than --max-run {config.max_run} times in a row")
     target = backend.lm + LengthRange(config.min_len, config.max_len, weight=config.short_penalty)
     if config.natural_len > 0:
         target = target + length_model(backend, config, generator=generator)
     if config.no_repeat > 0:
         target = target + NoRepeatNgram(config.no_repeat)
-    if config.max_run > 0:
-        target = target + MaxRun(config.max_run)
+    if stutter is not None:
+        target = target + stutter
     per_set = max(config.chains, config.n)
     chains = keyword_chains(ids, chains_per_set=per_set, width=config.max_len, target=target, generator=generator,
                             pad_id=backend.pad_id)
