@@ -86,6 +86,8 @@ def main() -> int:
                     "`genloom lm pretrain --snapshot` of a run in progress) the UniLM starts from")
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate of the variants run (default: the architecture's, TitleConfig)")
+    ap.add_argument("--tag", default="", help="suffix of the rows and run folders of this run (e.g. 'cut214': "
+                    "unilm-zh-base-cut214), so a rerun sits beside the row it is compared with")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--note", default=None, help="a remark stored in the JSON")
     args = ap.parse_args()
@@ -119,7 +121,8 @@ def main() -> int:
                 ap.error(f"{name} needs --zh-base DIR")
             fields["init"] = args.zh_base
         cfg = TitleConfig(minutes=args.minutes, lr=args.lr, **fields)
-        out = Path(args.runs) / name
+        row_name = f"{name}-{args.tag}" if args.tag else name
+        out = Path(args.runs) / row_name
         load0 = os.getloadavg()
         t0 = time.perf_counter()
         if args.reuse and (out / "title.json").is_file():
@@ -137,8 +140,8 @@ def main() -> int:
         row = next(iter(res["rows"].values()))
         row.update({"train_minutes": minutes, "steps": steps, "chars_per_s": res["chars_per_s"],
                     "repeated_4gram": res["repeated_4gram"]})
-        payload["rows"][name] = row
-        payload["variants"][name] = {
+        payload["rows"][row_name] = row
+        payload["variants"][row_name] = {
             "config": asdict(tm.config), "load_avg": [load0, os.getloadavg()], "note": args.note,
             **({"init_snapshot": json.loads((Path(fields["init"]) / "snapshot.json").read_text())}
                if fields.get("init") and (Path(fields["init"]) / "snapshot.json").is_file() else {}),
@@ -146,7 +149,7 @@ def main() -> int:
             "samples": [{"generated": p, "real": t} for p, (_, t)
                         in list(zip(res["predictions"], test))[:10]]}
         _write(payload)
-        print(_table({k: v for k, v in payload["rows"].items() if k in VARIANTS}), flush=True)
+        print(_table({k: v for k, v in payload["rows"].items() if k in payload["variants"]}), flush=True)
     print(_table(payload["rows"]))
     return 0
 
