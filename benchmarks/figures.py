@@ -117,6 +117,8 @@ FIGURES: list[Figure] = [
                              "rows/rnn (beam 3)/bleu", "repeated_4gram", "chars_per_s")),
     Figure("early-stopped after {:.0f} steps / {:.1f} min", "make_run.json", ("train/steps", "train/train_seconds"),
            scale=1.0),
+    Figure("same 55 minutes ({:.0f} steps): {:.2f} against {:.2f} ROUGE-L on test", "title.json",
+           ("rows/unilm-zh-base-cut214/steps", "rows/unilm-zh-base-cut214/rouge-l", "rows/unilm-zh-base/rouge-l")),
     Figure("identical titles, {:.2f} s vs {:.1f} s ({:.1f}x)", "title_decode.json",
            ("seconds/cached/median", "seconds/no_cache/median", "speedup_median")),
     Figure("kernel at n = 2048 takes {:.2f}x the time at n = 16; {:.0f}x faster than an S4D Vandermonde kernel",

@@ -86,6 +86,8 @@ def main() -> int:
                     "`genloom lm pretrain --snapshot` of a run in progress) the UniLM starts from")
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate of the variants run (default: the architecture's, TitleConfig)")
+    ap.add_argument("--max-source-len", type=int, default=None,
+                    help="articles cut to this many characters (default: TitleConfig's, 256)")
     ap.add_argument("--tag", default="", help="suffix of the rows and run folders of this run (e.g. 'cut214': "
                     "unilm-zh-base-cut214), so a rerun sits beside the row it is compared with")
     ap.add_argument("--threads", type=int, default=None)
@@ -120,6 +122,8 @@ def main() -> int:
             if not args.zh_base:
                 ap.error(f"{name} needs --zh-base DIR")
             fields["init"] = args.zh_base
+        if args.max_source_len is not None:
+            fields["max_source_len"] = args.max_source_len
         cfg = TitleConfig(minutes=args.minutes, lr=args.lr, **fields)
         row_name = f"{name}-{args.tag}" if args.tag else name
         out = Path(args.runs) / row_name
@@ -146,12 +150,22 @@ def main() -> int:
             **({"init_snapshot": json.loads((Path(fields["init"]) / "snapshot.json").read_text())}
                if fields.get("init") and (Path(fields["init"]) / "snapshot.json").is_file() else {}),
             "parameters": sum(p.numel() for p in tm.model.parameters()),
+            "dev_rouge_l": _dev_history(out),
             "samples": [{"generated": p, "real": t} for p, (_, t)
                         in list(zip(res["predictions"], test))[:10]]}
         _write(payload)
         print(_table({k: v for k, v in payload["rows"].items() if k in payload["variants"]}), flush=True)
     print(_table(payload["rows"]))
     return 0
+
+
+def _dev_history(out: Path) -> list[dict]:
+    """The run's dev ROUGE-L at each evaluation (its metrics.jsonl; empty for a --reuse'd model
+    whose run files are gone)."""
+    path = out / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.is_file() else []
+    return [{"step": r["step"], "epoch": r.get("epoch"), "rouge-l": r["rouge-l"]} for r in rows
+            if r.get("event") == "eval" and "rouge-l" in r]
 
 
 def _lm_texts() -> list[str]:

@@ -107,7 +107,6 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
         (the trained TitleModel with the selected weights, the FitResult).
     """
     dev_pairs = list(dev_pairs)[:config.dev_size]
-    config = fit_to_base(config, log)
     task = {"writer": "title", **asdict(config), "train_data": _fingerprint(train_pairs),
             "dev_data": _fingerprint(dev_pairs)}
     with output_directory(out_dir, kind="title", force=force, resume=resume) as out:
@@ -119,27 +118,6 @@ def train(config: TitleConfig, *, train_pairs: Sequence[Pair], dev_pairs: Sequen
     log(f"title: stopped after {result.step} steps ({result.stop_reason}); best dev ROUGE-L "
         f"{best} at step {result.best_step}; saved to {out_dir}")
     return tm, result
-
-
-def fit_to_base(config: TitleConfig, log: Callable[[str], None] = print) -> TitleConfig:
-    """With --init, `config` with the articles cut so that article + title sit on positions the base
-    LM learned (its context, `max_len`): positions past it start from random embeddings, and with
-    the default 256-character articles every title character of a long article would sit there
-    (genloom-zh-base's context is 256). The UniLM's context is S + (max_title_len + 1) + 1."""
-    if config.init is None:
-        return config
-    from genloom.models.io import load_config
-
-    context = load_config(config.init)[1].max_len
-    room = context - (config.max_title_len + 1) - 1
-    if room < 1:
-        raise UserError(f"--max-title-len {config.max_title_len} leaves no room for the article in the context of "
-                        f"--init {config.init} ({context} positions)")
-    if config.max_source_len <= room:
-        return config
-    log(f"title: articles cut to {room} characters, not {config.max_source_len}, so the title sits on positions "
-        f"{config.init} learned (its context is {context})")
-    return replace(config, max_source_len=room)
 
 
 def _base_lm(directory: str) -> tuple[Any, Any]:
