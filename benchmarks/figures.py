@@ -227,6 +227,17 @@ def _rows() -> list[Figure]:
                        "correction_zh_penalty_sweep_base_s5_dev/4/clean_changed",
                        "correction_zh_base_s5/restored", "correction_zh_base_s5/error_position_changed",
                        "correction_zh_base_s5/clean_changed"), scale=P))
+    for tag, pens, (lo, hi) in (("base_s8", ("14", "15"), (2, 3)), ("base_s8_both", ("13", "14"), (2, 3))):
+        out.append(Figure(f"(on inews dev, penalty {pens[0]}: {{:.1f}}% restored, {{:.1f}}% of the\nclean sentences "
+                          f"changed; penalty {pens[1]}: {{:.1f}}% and {{:.1f}}%). Penalty {pens[1]} on the 200 test "
+                          f"sentences: **{{:.1f}}%** fully restored,\n{{:.1f}}% with the wrong character changed, "
+                          f"**{{:.1f}}%** of the clean sentences changed", "search.json",
+                          (f"correction_zh_penalty_sweep_{tag}_dev/{lo}/restored",
+                           f"correction_zh_penalty_sweep_{tag}_dev/{lo}/clean_changed",
+                           f"correction_zh_penalty_sweep_{tag}_dev/{hi}/restored",
+                           f"correction_zh_penalty_sweep_{tag}_dev/{hi}/clean_changed",
+                           f"correction_zh_{tag}/restored", f"correction_zh_{tag}/error_position_changed",
+                           f"correction_zh_{tag}/clean_changed"), scale=P))
     oracle = ("correction_zh_oracle_base_s5_dev", "correction_zh_oracle_base_s5_test")
     out.append(Figure("the wrong character's position is among the 4 tried in {:.1f}% / {:.1f}% of the sentences, the right "
                       "character among the 1,024 candidates in {:.1f}% / {:.1f}% and in the 32-candidate shortlist in "
