@@ -64,10 +64,9 @@ from genloom.decode.loops import sample
 from genloom.decode.targets import CausalLMScorer
 from genloom.errors import UserError
 from genloom.tasks import search as task
-from genloom.tasks.search.data import stdlib_sentences
+from genloom.tasks.search.data import HAN, stdlib_sentences
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
-_HAN = re.compile(r"[\u4e00-\u9fff]")
 EN_STOP = set("""a an the and or but if then else of to in on at by for with from into onto over under is are
 was were be been being it its this that these those as not no can may will shall must should would could
 return returns returned true false none which when where what who whose how than also all any each every
@@ -106,7 +105,7 @@ def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None, split: str
     for r in load_corpus("inews", split):
         words = []
         for w in pseg.cut(r["title"]):
-            if (w.flag.startswith("n") and len(w.word) >= 2 and all(_HAN.fullmatch(c) for c in w.word)
+            if (w.flag.startswith("n") and len(w.word) >= 2 and all(HAN.fullmatch(c) for c in w.word)
                     and tokenizer.unk_id not in tokenizer.encode(w.word) and w.word not in words
                     and (also is None or also.unk_id not in also.encode(w.word))):
                 words.append(w.word)
@@ -305,27 +304,22 @@ def correction_sentences(tokenizer: Any, n: int, seed: int, split: str = "test")
     pool = []
     for r in load_corpus("inews", split):
         for s in split_sentences(r["content"]):
-            if (10 <= len(s) <= 30 and len(_HAN.findall(s)) >= 0.8 * len(s)
+            if (10 <= len(s) <= 30 and len(HAN.findall(s)) >= 0.8 * len(s)
                     and tokenizer.unk_id not in tokenizer.encode(s) and s not in pool):
                 pool.append(s)
     random.Random(seed).shuffle(pool)
     return pool[:n]
 
 
-def han_ids(backend: task.Backend) -> list[int]:
-    """The Han characters of the moves' vocabulary: what correction writes and corrupts with."""
-    return [i for i in backend.vocab if _HAN.fullmatch(backend.tokenizer.id_to_token(i))]
-
-
 def corruptions(backend: task.Backend, args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
     """(clean sentences, each with one Han character replaced by a random other known one, where)."""
     tok = backend.tokenizer
     clean = correction_sentences(tok, args.correct, args.seed, args.correct_split)
-    han = han_ids(backend)
+    han = task.han_vocab(backend)
     rng = random.Random(args.seed + 1)
     corrupted, where = [], []
     for s in clean:
-        pos = rng.choice([i for i, c in enumerate(s) if _HAN.fullmatch(c)])
+        pos = rng.choice([i for i, c in enumerate(s) if HAN.fullmatch(c)])
         new = s[pos]
         while new == s[pos]:
             new = tok.id_to_token(rng.choice(han))
@@ -345,11 +339,11 @@ def correction_oracle(backend: task.Backend, args: argparse.Namespace) -> dict:
     tok = backend.tokenizer
     clean, corrupted, where = corruptions(backend, args)
     fluency = task.correction_fluency(backend, args.both)
-    edits = task.BestEdits(backend, fluency, han_ids(backend), args.correct_top_k, args.positions, args.shortlist)
+    edits = task.BestEdits(backend, fluency, task.han_vocab(backend), args.correct_top_k, args.positions, args.shortlist)
     rows = []
     for good, bad, at in zip(clean, corrupted, where):
         a, b = tok.encode(good), tok.encode(bad)
-        editable = [i for i, c in enumerate(bad) if _HAN.fullmatch(c)]
+        editable = [i for i, c in enumerate(bad) if HAN.fullmatch(c)]
         scores = fluency(torch.tensor([a, b]), torch.ones(2, len(a), dtype=torch.bool))
         top, short = edits.candidates(b, [at])
         rows.append({"gain": float(scores[0] - scores[1]), "position_tried": at in edits.tried_positions(b, editable),
@@ -522,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = []
         edits = None  # search best: every penalty reads the same memo of best edits
         if args.correct_search == "best":
-            edits = task.BestEdits(zh, task.correction_fluency(zh, args.both), han_ids(zh), args.correct_top_k,
+            edits = task.BestEdits(zh, task.correction_fluency(zh, args.both), task.han_vocab(zh), args.correct_top_k,
                                    args.positions, args.shortlist)
         for pen in (float(x) for x in args.penalties.split(",")):
             r = correction_bench(zh, argparse.Namespace(**{**vars(args), "penalty": pen}), edits)

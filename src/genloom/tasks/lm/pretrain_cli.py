@@ -34,6 +34,8 @@ HELPS = {  # settings of PretrainConfig with a flag (their defaults are the data
     "eval_blocks": "dev blocks per source in each evaluation (a finished run's report: all)",
     "ckpt_every": "optimizer steps between checkpoints",
 }
+# settings a first launch fixes for the run (a resumed launch may repeat them, never change them)
+SET_ONCE = (*HELPS, "tokenizer", "steps", "seed", "reverse", "init")
 SIZE = number(int, lo=1, hi=65536)  # widths, heads, layers, block length: larger ones only exhaust memory
 TYPES = {"vocab_size": number(int, lo=260, hi=1 << 20), "char_min_count": positive_int,
          "n_layer": number(int, lo=1, hi=256), "n_head": SIZE, "d_model": SIZE, "d_ff": SIZE, "seq_len": SIZE,
@@ -46,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from genloom.tasks.lm.pretrain import PretrainConfig, check_out, default_out, pretrain, snapshot
 
     if args.snapshot is not None:
-        given = [f"--{n.replace('_', '-')}" for n in [*HELPS, "tokenizer", "steps", "seed", "minutes", "reverse", "init"]
+        given = [f"--{n.replace('_', '-')}" for n in [*SET_ONCE, "minutes"]
                  if getattr(args, n) is not None] + ["--resume"] * args.resume
         require(not given, f"--snapshot only reads --out's newest checkpoint; drop {', '.join(given)}")
         done = snapshot(args.out_dir or default_out("char"), args.snapshot, force=args.force)
         print(f"step {done['step']} of {done['steps']} (EMA weights) -> {done['dest']}")
         return 0
-    asked = {name for name in [*HELPS, "tokenizer", "steps", "seed", "reverse", "init"] if getattr(args, name) is not None}
+    asked = {name for name in SET_ONCE if getattr(args, name) is not None}
     values = {name: getattr(args, name) for name in asked}
     require(args.resume or args.steps is not None or args.minutes is not None,
             "give --steps or --minutes (or both): the run would never stop")

@@ -13,7 +13,8 @@ sentences (CGMH), Gibbs sampling from a masked LM, typo correction; the samplers
 
 from genloom.tasks.search.backend import Backend, load_backend
 from genloom.tasks.search.infer import (BestEdits, CorrectConfig, Found, GibbsConfig, KeywordsConfig, correct_texts,
-                                        correction_fluency, default_keywords_config, gibbs_texts, keywords_search)
+                                        correction_fluency, default_keywords_config, gibbs_texts, han_vocab,
+                                        keywords_search)
 
 __all__ = ["Backend", "load_backend", "BestEdits", "CorrectConfig", "Found", "GibbsConfig", "KeywordsConfig", "correct_texts",
-           "correction_fluency", "default_keywords_config", "gibbs_texts", "keywords_search"]
+           "correction_fluency", "default_keywords_config", "gibbs_texts", "han_vocab", "keywords_search"]

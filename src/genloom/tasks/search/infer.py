@@ -270,6 +270,11 @@ def correct_best(edits: BestEdits, rows: Sequence[Sequence[int]], editable: Sequ
     return rows
 
 
+def han_vocab(backend: Backend) -> list[int]:
+    """The Han characters of the moves' vocabulary: what Chinese correction may write."""
+    return [i for i in backend.vocab if HAN.fullmatch(backend.tokenizer.id_to_token(i))]
+
+
 def correction_fluency(backend: Backend, both: bool = False) -> Any:
     """The score correction maximises: the forward LM's log p, or with `both` the mean of the
     forward and the backward LM's."""
@@ -292,7 +297,7 @@ def correct_texts(backend: Backend, texts: Sequence[str], config: CorrectConfig,
     spans = None
     if backend.lang == "zh":  # only known Han characters are edited, only into Han characters
         tok = backend.tokenizer
-        vocab = [i for i in vocab if HAN.fullmatch(tok.id_to_token(i))]
+        vocab = han_vocab(backend)
         spans = [[0 if HAN.fullmatch(c) and t != tok.unk_id else i + 1 for i, (c, t) in enumerate(zip(text, row))]
                  for text, row in zip(texts, rows)]
     fluency = correction_fluency(backend, config.both)
