@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -117,10 +118,12 @@ def chinese_sets(tokenizer: Any, n: int, seed: int, also: Any = None, split: str
     return out
 
 
-def english_sets(n: int, seed: int) -> list[dict]:
-    """2-3 content words (4+ letters, not stop words) of test docstring sentences, in order."""
+def english_sets(n: int, seed: int, split: str = "test") -> list[dict]:
+    """2-3 content words (4+ letters, not stop words) of `split` docstring sentences, in order
+    (test; train for tuning a length setting: `eval-en` was trained on those sentences, so their
+    evaluation NLL is no fair figure)."""
     rng = random.Random(seed)
-    sentences = stdlib_sentences("test")
+    sentences = stdlib_sentences(split)
     rng.shuffle(sentences)
     out = []
     for s in sentences:
@@ -210,14 +213,33 @@ def grid_beam(backend: task.Backend, keywords: list[list[int]], *, beam: int, ma
 # ---- scoring ------------------------------------------------------------------------------------
 
 
+def text_room(scorer: CausalLMScorer) -> int | None:
+    """How many text tokens fit the scorer's context beside [BOS] and [EOS] (None: no limit known)."""
+    limit = getattr(getattr(scorer.model, "config", None), "max_len", None)
+    return limit - 2 if isinstance(limit, int) else None
+
+
 def nll_per_token(scorer: CausalLMScorer, tokenizer: Any, texts: list[str]) -> list[float]:
-    """NLL per token of [BOS] text [EOS] (EOS counted) under `scorer`."""
+    """NLL per token of [BOS] text [EOS] (EOS counted) under `scorer`. A text longer than the
+    scorer's context (`text_room`) is scored on the tokens that fit, without the EOS it does not
+    reach there: the NLL per token of its first part."""
+    room = text_room(scorer)
     rows = [tokenizer.encode(t) for t in texts]
-    width = max(1, max(map(len, rows)))
-    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-    mask = torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]
-    lp = scorer.log_prob(tokens, mask)
-    return [-float(v) / (len(r) + 1) for v, r in zip(lp, rows)]
+    cut = [room is not None and len(r) > room for r in rows]
+    out = [0.0] * len(rows)
+    for is_cut in (False, True):
+        index = [i for i, c in enumerate(cut) if c == is_cut]
+        if not index:
+            continue
+        part = [rows[i][:room] if is_cut else rows[i] for i in index]
+        width = max(1, max(map(len, part)))
+        tokens = torch.tensor([r + [0] * (width - len(r)) for r in part])
+        mask = torch.arange(width)[None] < torch.tensor([len(r) for r in part])[:, None]
+        use = CausalLMScorer(scorer.model, bos_id=scorer.bos_id, eos_id=None, reverse=scorer.reverse) if is_cut else scorer
+        lp = use.log_prob(tokens, mask)
+        for i, v, r in zip(index, lp, part):
+            out[i] = -float(v) / (len(r) + (not is_cut))
+    return out
 
 
 def covered(text: str, keywords: list[str], lang: str) -> bool:
@@ -263,6 +285,8 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
         table[method] = {
             "coverage": sum(covered(t, s["keywords"], lang) for t, s in zip(texts, sets)) / len(sets),
             "nll_eval_lm": stats(nll_per_token(eval_scorer, eval_tok, texts)),
+            # outputs longer than the evaluation LM's context, scored on their first part
+            "eval_lm_cut": sum(len(eval_tok.encode(t)) > (text_room(eval_scorer) or math.inf) for t in texts),
             "nll_target_lm": stats(nll_per_token(backend.lm, backend.tokenizer, texts)),
             "length_chars": stats([float(len(t)) for t in texts]),
             # a decoder stuck in a loop: share of outputs repeating a char 4-gram (zh) / 8-gram (en)
@@ -271,7 +295,7 @@ def keywords_bench(lang: str, backend: task.Backend, eval_lm: tuple[CausalLMScor
             "seconds_per_set": seconds[method] / len(sets),
             "outputs": texts,
         }
-    return {"sets": len(sets), "split": args.zh_split if lang == "zh" else "test",
+    return {"sets": len(sets), "split": args.zh_split if lang == "zh" else args.en_split,
             "config": vars(config) | {"beam": args.beam}, "methods": table,
             "baselines_from": args.reuse_baselines if reused is not None else None,
             "keyword_sets": [s["keywords"] for s in sets]}
@@ -439,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zh-max-run", type=int, default=0, help="CGMH: ban a character more than this many times in "
                    "a row (0: no limit)")
     p.add_argument("--zh-split", default="test", help="inews split of the Chinese keyword sets (dev: tuning)")
+    p.add_argument("--en-split", default="test", choices=("test", "train"),
+                   help="docstring split of the English keyword sets (train: tuning a length setting only; "
+                   "eval-en saw those sentences)")
     p.add_argument("--en-steps", type=int, default=20)
     p.add_argument("--en-min-len", type=int, default=10, help="CGMH: soft minimum length (SmolLM2 tokens)")
     p.add_argument("--en-chains", type=int, default=1)
@@ -544,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             t = result["throughput_en"]
             print(f"throughput (SmolLM2, {t['rows']} rows): batched {t['batched_rows_per_s']['median']:.1f} rows/s, "
                   f"one at a time {t['single_rows_per_s']['median']:.1f} rows/s, x{t['speedup']['median']:.1f}")
-        result[f"keywords_en{tag}"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed), args)
+        result[f"keywords_en{tag}"] = keywords_bench("en", en, en_eval, english_sets(args.sets, args.seed, args.en_split), args)
         print_keywords("en", result[f"keywords_en{tag}"])
     if args.merge and "merged_runs" in result:
         result["merged_runs"][-1] |= {"load_average_after": os.getloadavg(), "seconds": time.perf_counter() - started}

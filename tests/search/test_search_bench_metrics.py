@@ -44,6 +44,26 @@ def test_nll_per_token_equals_each_text_scored_alone():
         assert abs(value - want) <= 1e-5 * max(1.0, abs(want))
 
 
+def test_a_text_past_the_context_is_scored_on_its_first_part_without_eos():
+    """An output longer than the evaluation LM's context (a 24-token English beam can be 141
+    characters) is scored on the tokens that fit, with no EOS it never reaches there; the texts
+    that fit in the same batch keep their EOS."""
+    texts = ["白云机场很大今天天气很好我们去机场白云", "白云", "今天天气很好"]
+    tok = CharTokenizer.train(texts)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                          max_len=12, init_std=0.5)).eval()
+    scorer = CausalLMScorer(model, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    assert bench.text_room(scorer) == 10
+    got = bench.nll_per_token(scorer, tok, texts)
+    for text, value in zip(texts, got):
+        ids = [tok.bos_id, *tok.encode(text)[:10]] + ([tok.eos_id] if len(text) <= 10 else [])
+        with torch.no_grad():
+            logp = model(torch.tensor([ids[:-1]]))[0].log_softmax(-1)
+        want = -float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum()) / (len(ids) - 1)
+        assert abs(value - want) <= 1e-5 * max(1.0, abs(want))
+
+
 def test_keyword_sets_of_a_split_are_nouns_of_that_splits_titles():
     """--zh-split dev tunes on dev titles: its sets come from dev titles only, never a test one."""
     from genloom.data import load_corpus
