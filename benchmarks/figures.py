@@ -204,6 +204,9 @@ def _rows() -> list[Figure]:
                        "keywords_en_len/methods/cgmh/length_chars/mean",
                        "keywords_en_len/methods/beam-norep3/length_chars/mean",
                        "keywords_en_len/methods/cgmh/seconds_per_set"), scale=1.0))
+    out.append(Figure("count): CGMH {:.1f} characters against the no-repeat beam's {:.1f}, 55% again.", "search.json",
+                      ("keywords_en_len_dev_t10/methods/cgmh/length_chars/mean",
+                       "keywords_en_len_dev_t10/methods/beam-norep3/length_chars/mean")))
     out.append(Figure("on inews dev, penalty 12: {:.1f}% restored, {:.1f}% of clean sentences changed; penalty 14: "
                       "{:.1f}% and {:.1f}%", "search.json",
                       ("correction_zh_penalty_sweep_base_dev/3/restored", "correction_zh_penalty_sweep_base_dev/3/clean_changed",
