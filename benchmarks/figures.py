@@ -194,6 +194,22 @@ def _rows() -> list[Figure]:
                        "keywords_zh_base_dev_t095/methods/beam-norep3/length_chars/mean",
                        *(f"{k}/nll_eval_lm/median" for k in dev),
                        "keywords_zh_base_dev_t095/methods/beam-norep3/nll_eval_lm/median")))
+    for label, key in (("same, no repeated 3-grams", "beam-norep3"),
+                       ("CGMH + length model, no repeated 3-grams, no character 3 times running", "cgmh")):
+        out.append(Figure(f"| {label} | {{:.0f}}% | {{:.2f}} / {{:.2f}} | {{:.1f}} | {{:.0f}}% | {{:.2f}} |", "search.json",
+                          tuple(f"keywords_zh_base_s4_run2/methods/{key}/{f}" for f in (
+                              "coverage", "nll_eval_lm/median", "nll_target_lm/median", "length_chars/mean",
+                              "repeated_ngram_rate", "seconds_per_set"))))
+    out.append(Figure("at 0.95 CGMH wrote {:.1f} characters against the beam's {:.1f} (79%), at 1.0 {:.1f} against\n"
+                      "{:.1f} (91%)", "search.json",
+                      tuple(f"keywords_zh_base_dev_{t}_run2/methods/{m}/length_chars/mean"
+                            for t in ("t095", "t100") for m in ("cgmh", "beam-norep3"))))
+    out.append(Figure("Coverage {:.0f}%, median eval NLL {:.2f} against the beam's {:.2f} and {:.1f} characters, 89% of the "
+                      "beam's\n{:.1f}", "search.json",
+                      ("keywords_zh_base_s4_run2/methods/cgmh/coverage", "keywords_zh_base_s4_run2/methods/cgmh/nll_eval_lm/median",
+                       "keywords_zh_base_s4_run2/methods/beam-norep3/nll_eval_lm/median",
+                       "keywords_zh_base_s4_run2/methods/cgmh/length_chars/mean",
+                       "keywords_zh_base_s4_run2/methods/beam-norep3/length_chars/mean")))
     out.append(Figure("Coverage {:.0f}%, median eval NLL", "search.json", ("keywords_en_len/methods/cgmh/coverage",),
                       scale=P))
     out.append(Figure("median eval NLL {:.2f} against the no-repeat beam's {:.2f} (the 20-step CGMH: "
