@@ -165,7 +165,8 @@ def _rows() -> list[Figure]:
              ("rnn, no prior, no copy", "rnn-no-prior-no-copy", True),
              ("unilm: prior + copy, from scratch", "unilm", True), ("unilm, no copy", "unilm-no-copy", True),
              ("unilm + 5 min char-LM pre-training", "unilm-pretrained", True),
-             ("unilm from genloom-zh-base (step-9,750 snapshot, 55 min)", "unilm-zh-base", True)]
+             ("unilm from genloom-zh-base (step-9,750 snapshot, 55 min)", "unilm-zh-base", True),
+             ("unilm from genloom-zh-base (step-13,451 snapshot, 135 min)", "unilm-zh-base-long", True)]
     for label, key, trained in title:
         rl = "**{:.2f}**" if key == "rnn" else "{:.2f}"
         tail = " {:.1f} | {:.0f} | {:.1f}% |" if trained else " - | - | - |"
@@ -173,6 +174,10 @@ def _rows() -> list[Figure]:
                                                                if trained else [])
         out.append(Figure(f"| {label} | {{:.2f}} | {{:.2f}} | {rl} | {{:.2f}} |{tail}", "title.json",
                           tuple(f"rows/{key}/{f}" for f in fields)))
+    out.append(Figure("other jobs on the other core; {:,.0f} steps, 11 epochs) the dev ROUGE-L per epoch was " +
+                      " / ".join(["{:.2f}"] * 4) + " /\n" + " / ".join(["{:.2f}"] * 7), "title.json",
+                      ("rows/unilm-zh-base-long/steps",
+                       *(f"variants/unilm-zh-base-long/dev_rouge_l/{i}/rouge-l" for i in range(11)))))
     for label, key in (("sample with the keywords as prompt", "sample"),
                        ("grid beam search forcing the keywords", "beam"), ("same, no repeated 3-grams", "beam-norep3"),
                        ("CGMH (`genloom search keywords`)", "cgmh")):
