@@ -46,8 +46,8 @@ def test_nll_per_token_equals_each_text_scored_alone():
 
 def test_a_text_past_the_context_is_scored_on_its_first_part_without_eos():
     """An output longer than the evaluation LM's context (a 24-token English sample can hold 139
-    characters, 141 tokens with BOS and EOS) is scored on the tokens that fit, with no EOS it never reaches there; the texts
-    that fit in the same batch keep their EOS."""
+    characters, 141 tokens with BOS and EOS) is scored on the tokens that fit, with no EOS it
+    never reaches there; the texts that fit in the same batch keep their EOS."""
     texts = ["白云机场很大今天天气很好我们去机场白云", "白云", "今天天气很好"]
     tok = CharTokenizer.train(texts)
     torch.manual_seed(0)
