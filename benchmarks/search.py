@@ -220,8 +220,8 @@ def text_room(scorer: CausalLMScorer) -> int | None:
 
 
 def nll_per_token(scorer: CausalLMScorer, tokenizer: Any, texts: list[str]) -> list[float]:
-    """NLL per token of [BOS] text [EOS] (EOS counted) under `scorer`. A text longer than the
-    scorer's context (`text_room`) is scored on the tokens that fit, without the EOS it does not
+    """NLL per token of [BOS] text [EOS] (EOS counted) under `scorer`. A text of more than
+    `text_room` tokens is scored on its first `text_room` tokens, without the EOS it does not
     reach there: the NLL per token of its first part."""
     room = text_room(scorer)
     rows = [tokenizer.encode(t) for t in texts]
