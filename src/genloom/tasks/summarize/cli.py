@@ -65,8 +65,10 @@ TRAIN_FLAGS: dict[str, str] = {
     "extract_position": "clause-position features of the extractor (first k positions one-hot; 0: none, the post)",
     "extract_features": "the extractor's clause features, a comma list of encoder (the post's sentence vectors), "
                         "centroid (similarity to the document's centroid, TextRank degree, length), tfidf (jieba "
-                        "tf-idf LSA vectors)",
+                        "tf-idf LSA vectors), titlewords (how much of the clause summaries reuse, learnt from "
+                        "the training pairs)",
     "tfidf_dim": "LSA width of the tfidf features",
+    "extract_density": "fill the window by probability / length ** this (0: by probability, the post)",
     "init": "start the seq2seq from this pre-trained directory (summarize.train.pretrain) (default: none, from scratch)",
     "pretrain_minutes": "without --init: pre-train the seq2seq as a char LM this many minutes first",
     "d_model": "seq2seq width", "n_layer": "seq2seq blocks", "n_head": "seq2seq heads",
@@ -88,6 +90,7 @@ TRAIN_FLAGS: dict[str, str] = {
 _TYPES = {"oracle_rate": probability, "source_noise": probability, "dropout": decay, "sparse_p": unit_fraction,
           "threshold": decay, "ema_decay": decay, "lr": learning_rate, "encoder_minutes": positive_float,
           "pretrain_minutes": nonneg_float, "extract_features": _feature_list, "minutes": nonneg_float,
+          "extract_density": nonneg_float,
           "copy_weight": nonneg_float,
           **{name: positive_int for name in (
               "window", "max_target_len", "max_clauses", "folds", "batch_size", "vocab_max", "steps",

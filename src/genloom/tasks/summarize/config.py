@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # torch is imported when a model is built, not when the CLI p
 
 CONFIG_FILE = "summarize.json"
 MODES = ("pipeline", "truncate")
-FEATURES = ("encoder", "centroid", "tfidf")  # the extractor's clause feature groups (see `features`)
+FEATURES = ("encoder", "centroid", "tfidf", "titlewords")  # the extractor's clause feature groups (see `features`)
 
 
 def check_features(features: Any) -> tuple[str, ...]:
@@ -48,6 +48,7 @@ class SummarizeConfig:
     extract_position: int = 0  # clause-position features of the extractor (first k positions one-hot); 0: none (the post)
     extract_features: str = "encoder"  # extractor clause features, a comma list of FEATURES (the post: encoder)
     tfidf_dim: int = 64  # LSA width of the "tfidf" feature group
+    extract_density: float = 0.0  # rank clauses by probability / length ** this when filling the window (0: the post)
     init: str | None = None  # start the seq2seq from this `pretrain` directory (same shape; its vocabulary)
     pretrain_minutes: float = 0.0  # without init: pre-train the seq2seq as a char LM this long first
     pretrain_steps: int | None = None  # or for this many steps (whichever ends first)
@@ -83,6 +84,8 @@ class SummarizeConfig:
         for name in ("window", "max_target_len", "max_clauses", "batch_size", "num_beams", "folds"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.extract_density <= 2.0:
+            raise UserError(f"extract_density must be in [0, 2], got {self.extract_density}")
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"threshold must be in [0, 1), got {self.threshold}")
         if self.steps is None and self.minutes is None:

@@ -40,6 +40,7 @@ from genloom.errors import UserError
 from genloom.files import write_atomic, write_json_atomic
 from genloom.nn.dgcnn import DGCNN
 from genloom.tasks.summarize.features import TFIDF_FILE, TfidfModel, check_features, extraction_features
+from genloom.tasks.summarize.titlewords import TITLEWORDS_FILE, TitleWordModel
 from genloom.train.lm import MaskedLMCollate, masked_lm_loss, pad_rows
 
 EXTRACTOR_FILE = "extractor.json"
@@ -192,13 +193,19 @@ def _features(vectors: Tensor, k: int) -> Tensor:
 
 
 def featurize(features: Sequence[str], tfidf: TfidfModel | None, encoder: nn.Module, tokenizer: Any,
-              documents: Sequence[Sequence[str]]) -> list[Tensor]:
+              documents: Sequence[Sequence[str]], *, titlewords: TitleWordModel | None = None,
+              titleword_rows: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Per document (N_i, width): the encoder's clause vectors and the other groups of `features`
-    (`features.extraction_features`; `tfidf` is what the centroid / tfidf groups need)."""
-    vectors = document_vectors(encoder, tokenizer, documents)
+    (`features.extraction_features`; `tfidf` is what the centroid / tfidf groups need, `titlewords`
+    or the training documents' cross-fitted `titleword_rows` what the titlewords group needs). The
+    encoder runs only when the encoder or centroid group reads it."""
+    if "encoder" in features or "centroid" in features:
+        vectors = document_vectors(encoder, tokenizer, documents)
+    else:
+        vectors = [torch.zeros(len(d), 0) for d in documents]
     if tuple(features) == ("encoder",):
         return vectors
-    return extraction_features(features, documents, vectors, tfidf)
+    return extraction_features(features, documents, vectors, tfidf, titlewords, titleword_rows)
 
 
 class _Docs(Dataset):
@@ -238,12 +245,13 @@ class Extractor:
     `tfidf` is the tf-idf model the "centroid" / "tfidf" feature groups need (`featurize`)."""
 
     def __init__(self, config: ExtractorConfig, input_dim: int, models: Sequence[DGCNN], *,
-                 tfidf: TfidfModel | None = None) -> None:
+                 tfidf: TfidfModel | None = None, titlewords: TitleWordModel | None = None) -> None:
         self.config, self.input_dim, self.models, self.tfidf = config, input_dim, list(models), tfidf
+        self.titlewords = titlewords
 
     def featurize(self, encoder: nn.Module, tokenizer: Any, documents: Sequence[Sequence[str]]) -> list[Tensor]:
         """The features these fold models read, per document (`featurize`)."""
-        return featurize(self.config.features, self.tfidf, encoder, tokenizer, documents)
+        return featurize(self.config.features, self.tfidf, encoder, tokenizer, documents, titlewords=self.titlewords)
 
     @staticmethod
     def build(config: ExtractorConfig, input_dim: int) -> DGCNN:
@@ -274,6 +282,8 @@ class Extractor:
                          save_bytes({k: v.contiguous() for k, v in m.state_dict().items()}))
         if self.tfidf is not None:
             self.tfidf.save(path)
+        if self.titlewords is not None:
+            self.titlewords.save(path)
         write_json_atomic(path / EXTRACTOR_FILE, {"config": asdict(self.config), "input_dim": self.input_dim,
                                                   "folds": len(self.models)})
         return path
@@ -289,6 +299,7 @@ class Extractor:
                                         "dilations": tuple(meta["config"]["dilations"])})
             config.features = check_features(config.features)
             tfidf = TfidfModel.load(path) if (path / TFIDF_FILE).is_file() else None
+            titlewords = TitleWordModel.load(path) if (path / TITLEWORDS_FILE).is_file() else None
             models = []
             for f in range(meta["folds"]):
                 m = cls.build(config, meta["input_dim"])
@@ -296,7 +307,7 @@ class Extractor:
                 models.append(m.eval())
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read the extractor in {path}: {str(e).splitlines()[0]}") from None
-        return cls(config, meta["input_dim"], models, tfidf=tfidf)
+        return cls(config, meta["input_dim"], models, tfidf=tfidf, titlewords=titlewords)
 
 
 @dataclass
@@ -310,7 +321,8 @@ class CrossFit:
 
 
 def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config: ExtractorConfig, *,
-              run_dir: str | Path, progress: bool = True, tfidf: TfidfModel | None = None) -> CrossFit:
+              run_dir: str | Path, progress: bool = True, tfidf: TfidfModel | None = None,
+              titlewords: TitleWordModel | None = None) -> CrossFit:
     """Train `config.folds` DGCNNs with k-fold cross-prediction (module docstring).
 
     Args:
@@ -318,6 +330,7 @@ def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config
         labels: per document, the indices of its positive clauses.
         run_dir: each fold's training run goes to run_dir/fold-f (metrics, curves).
         tfidf: the tf-idf model those features were made with (kept in the extractor).
+        titlewords: the title-word model new documents' features are made with (kept in the extractor).
 
     Returns:
         A CrossFit whose `probabilities[i]` come from fold `fold_of[i]`'s model, which was not
@@ -361,5 +374,5 @@ def cross_fit(vectors: Sequence[Tensor], labels: Sequence[Sequence[int]], config
             probabilities[i] = p
         models.append(model)
         trained_on.append(seen)
-    return CrossFit(Extractor(config, dim, models, tfidf=tfidf), [p for p in probabilities if p is not None],
+    return CrossFit(Extractor(config, dim, models, tfidf=tfidf, titlewords=titlewords), [p for p in probabilities if p is not None],
                     fold_of, trained_on)

@@ -3,7 +3,7 @@
 Letters: N clauses of one document, C encoder width, V tf-idf vocabulary, D LSA width.
 
 The post's DGCNN reads frozen RoBERTa vectors, pre-trained on far more text than a from-our-data
-encoder sees. Three groups can be combined (`FEATURES`, `ExtractorConfig.features`):
+encoder sees. Four groups can be combined (`FEATURES`, `ExtractorConfig.features`):
 
 - "encoder": the mean-pooled final states of the sentence encoder (`extract.clause_vectors`),
   (N, C): the post's features.
@@ -19,6 +19,8 @@ encoder sees. Three groups can be combined (`FEATURES`, `ExtractorConfig.feature
   its similarities are 0).
 - "tfidf": the clause's LSA vector, (N, D): its l2-normalised tf-idf row times the top D right
   singular vectors of the training clauses' tf-idf matrix (`TfidfModel.fit`).
+- "titlewords": how much of the clause the summary is likely to reuse, (N, 12), from word rates
+  learnt on the training pairs (`titlewords`; the training documents' own rows are cross-fitted).
 
 `TfidfModel`: jieba words (`genloom.metrics.word_tokens`, the project's one word tokenizer);
 document frequency over training documents; idf = ln((1 + n) / (1 + df)) + 1 (scikit-learn's
@@ -46,6 +48,7 @@ from torch import Tensor
 from genloom.errors import UserError
 from genloom.files import write_atomic, write_json_atomic
 from genloom.tasks.summarize.config import FEATURES, check_features, parse_features  # noqa: F401 (re-exported)
+from genloom.tasks.summarize.titlewords import TITLEWORDS_DIM, TitleWordModel
 
 CENTROID_DIM = 7
 TFIDF_FILE = "tfidf.json"
@@ -164,12 +167,13 @@ def centroid_features(vectors: Tensor, tfidf_rows: Tensor, lengths: Sequence[int
 
 def feature_dim(features: Sequence[str], encoder_dim: int, tfidf_dim: int) -> int:
     """Width of the concatenated groups."""
-    sizes = {"encoder": encoder_dim, "centroid": CENTROID_DIM, "tfidf": tfidf_dim}
+    sizes = {"encoder": encoder_dim, "centroid": CENTROID_DIM, "tfidf": tfidf_dim, "titlewords": TITLEWORDS_DIM}
     return sum(sizes[f] for f in features)
 
 
 def extraction_features(features: Sequence[str], documents: Sequence[Sequence[str]], vectors: Sequence[Tensor],
-                        tfidf: TfidfModel | None) -> list[Tensor]:
+                        tfidf: TfidfModel | None, titlewords: TitleWordModel | None = None,
+                        titleword_rows: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Per document, its groups concatenated in `FEATURES` order: (N_i, width).
 
     Args:
@@ -177,6 +181,9 @@ def extraction_features(features: Sequence[str], documents: Sequence[Sequence[st
         documents: each document's clauses.
         vectors: each document's encoder vectors (N_i, C) (`extract.document_vectors`).
         tfidf: the fitted tf-idf model ("centroid" and "tfidf" need it; "tfidf" its projection).
+        titlewords: the fitted title-word model ("titlewords" needs it, or titleword_rows).
+        titleword_rows: the training documents' out-of-fold title-word features
+            (`titlewords.cross_features`), used instead of the model's.
     """
     groups = check_features(features)
     if len(documents) != len(vectors):
@@ -185,8 +192,10 @@ def extraction_features(features: Sequence[str], documents: Sequence[Sequence[st
         raise ValueError("the centroid and tfidf features need a fitted TfidfModel")
     if "tfidf" in groups and tfidf.projection is None:
         raise ValueError("the tfidf features need a TfidfModel fitted with dim > 0")
+    if "titlewords" in groups and titlewords is None and titleword_rows is None:
+        raise ValueError("the titlewords features need a TitleWordModel or the cross-fitted rows")
     out = []
-    for clauses, v in zip(documents, vectors):
+    for d, (clauses, v) in enumerate(zip(documents, vectors)):
         parts = []
         used, rows = tfidf.local(clauses) if tfidf is not None else (None, None)  # (U,), (N, U)
         if "encoder" in groups:
@@ -195,5 +204,7 @@ def extraction_features(features: Sequence[str], documents: Sequence[Sequence[st
             parts.append(centroid_features(v, rows, [len(c) for c in clauses]))
         if "tfidf" in groups:
             parts.append(rows @ tfidf.projection[used])  # (N, D)
+        if "titlewords" in groups:
+            parts.append(titleword_rows[d] if titleword_rows is not None else titlewords.clause_features(clauses))
         out.append(torch.cat(parts, 1).float())
     return out

@@ -41,15 +41,23 @@ def truncate_text(clauses: Sequence[str], window: int) -> str:
 
 
 def select_clauses(clauses: Sequence[str], probs: Sequence[float], *, window: int, threshold: float,
-                   fill: bool) -> list[int]:
+                   fill: bool, density: float = 0.0) -> list[int]:
     """Indices (document order) of the extracted clauses: most probable first while they fit the
-    window, those above `threshold` (at least the best one), then with `fill` any that still fit."""
-    order = sorted(range(len(clauses)), key=lambda i: (-float(probs[i]), i))
+    window, those above `threshold` (at least the best one), then with `fill` any that still fit.
+    `density` > 0 ranks by probability / length ** density instead (the threshold still reads the
+    probability): the window is a budget of characters, and a short clause costs less of it (the
+    greedy order of a knapsack at density 1). Not in the post, which reads every extracted clause."""
+    def key(i: int) -> tuple[float, int]:
+        p = float(probs[i])
+        return (-(p / max(len(clauses[i]), 1) ** density if density else p), i)
+
+    order = sorted(range(len(clauses)), key=key)
+    best = min(range(len(clauses)), key=lambda i: (-float(probs[i]), i), default=-1)
     chosen: list[int] = []
     used = 0
     for i in order:
-        if chosen and not fill and float(probs[i]) <= threshold:
-            break
+        if not fill and float(probs[i]) <= threshold and i != best:
+            continue
         if used + len(clauses[i]) <= window or not chosen:
             chosen.append(i)
             used += len(clauses[i])
@@ -132,7 +140,8 @@ class Summarizer:
             if p is None:
                 out.append({"clauses": clauses, "source": truncate_text(clauses, c.window)})
                 continue
-            chosen = select_clauses(clauses, p.tolist(), window=c.window, threshold=c.threshold, fill=c.fill)
+            chosen = select_clauses(clauses, p.tolist(), window=c.window, threshold=c.threshold, fill=c.fill,
+                                        density=c.extract_density)
             out.append({"clauses": clauses, "probs": p.tolist(), "chosen": chosen,
                         "source": extracted_text(clauses, chosen, c.window)})
         return out

@@ -27,6 +27,7 @@ from genloom.tasks.summarize.features import TfidfModel
 from genloom.tasks.summarize.pipeline import (Summarizer, clauses_of, extracted_text, select_clauses, truncate_text,
                                               with_oracle)
 from genloom.tasks.summarize.seq2seq import Seq2SeqCollate, Seq2SeqData, seq2seq_loss
+from genloom.tasks.summarize.titlewords import TitleWordModel, cross_features
 from genloom.tokenizers import CharTokenizer
 from genloom.train import Loader, TrainConfig, fit
 from genloom.train.checkpoint import latest_checkpoint
@@ -68,12 +69,17 @@ def prepare_extraction(clauses: Sequence[Sequence[str]], summaries: Sequence[str
     ext_cfg = ExtractorConfig(hidden=config.extract_hidden, folds=config.folds, epochs=config.extract_epochs,
                               threshold=config.threshold, seed=config.seed, position=config.extract_position,
                               features=parse_features(config.extract_features), tfidf_dim=config.tfidf_dim)
-    tfidf = None
-    if ext_cfg.features != ("encoder",):  # fitted on the training documents only
+    tfidf = titlewords = rows = None
+    if "centroid" in ext_cfg.features or "tfidf" in ext_cfg.features:  # fitted on the training documents only
         tfidf = TfidfModel.fit(clauses, dim=ext_cfg.tfidf_dim if "tfidf" in ext_cfg.features else 0,
                                seed=config.seed)
-    vectors = featurize(ext_cfg.features, tfidf, encoder, enc_tok, clauses)
-    cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress, tfidf=tfidf)
+    if "titlewords" in ext_cfg.features:  # new documents read `titlewords`; training ones their cross-fitted rows
+        titlewords = TitleWordModel.fit(clauses, summaries, folds=ext_cfg.folds, seed=config.seed)
+        rows = cross_features(clauses, summaries, folds=ext_cfg.folds, seed=config.seed)
+    vectors = featurize(ext_cfg.features, tfidf, encoder, enc_tok, clauses, titlewords=titlewords,
+                        titleword_rows=rows)
+    cross = cross_fit(vectors, labels, ext_cfg, run_dir=out / "runs" / "extractor", progress=progress, tfidf=tfidf,
+                      titlewords=titlewords)
     return TrainingExtraction(encoder_dir, labels, cross)
 
 
@@ -205,7 +211,8 @@ def _train_in(config: SummarizeConfig, pairs: Sequence[tuple[str, str]], out: Pa
         sources = []
         for clauses, p, gold in zip(docs, probs, extraction.labels):
             kw = {"window": config.window, "threshold": config.threshold, "fill": config.fill}
-            predicted = extracted_text(clauses, select_clauses(clauses, p.tolist(), **kw), config.window)
+            predicted = extracted_text(clauses, select_clauses(clauses, p.tolist(), density=config.extract_density,
+                                                               **kw), config.window)
             oracle = extracted_text(clauses, select_clauses(clauses, with_oracle(p.tolist(), gold), **kw),
                                     config.window)
             sources.append((predicted, oracle))
