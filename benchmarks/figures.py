@@ -65,6 +65,9 @@ def load(name: str) -> dict[str, Any]:
     else:
         machine = {**data, **data.get("machine", {})}
         samples = _load_pairs(machine)
+        merged = data.get("merged_from")  # --merge: the first run's machine is the file's own
+        for run in (merged[1:] if isinstance(merged, list) else []):
+            samples += _load_pairs(run.get("machine", {}))
         for variant in data.get("variants", {}).values():  # title.json: each variant's start / end
             samples += [pair[:2] for pair in variant.get("load_avg", [])]
         cpus = machine.get("cpus") or machine.get("cores")
@@ -314,7 +317,37 @@ def _rows() -> list[Figure]:
         cell = "**{:.1f}%**" if "tf-idf" in label else "{:.1f}%"
         out.append(Figure(f"| {label} | {cell} | {cell} |", "summarize_long_extract_base.json",
                           tuple(("tables", f"shuffled, window {w}", "recall", key, "window_recall") for w in (64, 128))))
+    out += _summarize_long_rows()
     out += _engine_rows()
+    return out
+
+
+def _summarize_long_rows() -> list[Figure]:
+    """Issue 22's shuffled tables (benchmarks/summarize_long.py, results/summarize_long.json)."""
+    out = []
+    tables = [("tables", f"shuffled, window {w}") for w in (64, 128)]
+    density = [lookup(read("summarize_long.json"), (*t, "extract_density", "value")) for t in tables]
+    full = "extractor on encoder,centroid,tfidf,titlewords"
+    for label, keys in (("lead (what truncation reads)", ["lead (what truncation reads)"] * 2),
+                        ("tf-idf centroid (no training)", ["tf-idf centroid (no training)"] * 2),
+                        ("extractor on title words only", ["extractor on titlewords"] * 2),
+                        ("extractor on encoder vectors + centroid + tf-idf LSA + title words", [full] * 2),
+                        ("the same, window filled by probability / length ** d (d = 0.75 / 1)",
+                         [f"{full}, density {d:g}" for d in density])):
+        cell = "**{:.1f}%**" if "filled" in label else "{:.1f}%"
+        out.append(Figure(f"| {label} | {cell} | {cell} |", "summarize_long.json",
+                          tuple((*t, "recall", k, "window_recall") for t, k in zip(tables, keys))))
+    for label in ("(a) truncate, then generate", "(b) extract only", "(c) extract, then generate",
+                  "(d) (c) without B/I/O copy", "(e) (c) without Sparse Softmax",
+                  "(c-oracle) (c) on the aligned clauses (upper bound, uses the reference)", "lead-3",
+                  "TextRank (jiagu), cut to the mean title length"):
+        cell = "**{:.2f}**" if label.startswith("(c) extract") else "{:.2f}"
+        out.append(Figure(f"| {label} | {cell} | {{:.2f}} | {cell} | {{:.2f}} |", "summarize_long.json",
+                          tuple((*t, "rows", label, "scores", m) for t in tables for m in ("rouge-l", "cail-char"))))
+    out.append(Figure("(c) beats (a) by {:.2f} and {:.2f} ROUGE-L", "summarize_long.json",
+                      tuple((*t, "c_minus_a_rouge_l") for t in tables)))
+    out.append(Figure("the extractor beats the lead by {:.2f} and {:.2f} points", "summarize_long.json",
+                      tuple((*t, "extractor_minus_lead_window_recall") for t in tables)))
     return out
 
 
