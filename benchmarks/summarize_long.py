@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beams", type=int, default=3)
     ap.add_argument("--rows", default="a,c,d,e", help="generator rows to train and score")
     ap.add_argument("--lead-k", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--features", default="encoder,centroid,tfidf", help="the pipeline rows' extractor features")
+    ap.add_argument("--features", default="encoder,centroid,tfidf,titlewords", help="the pipeline rows' extractor features")
     ap.add_argument("--baseline-features", default="encoder",
                     help="features of the comparison extractor in the recall table ('' to skip it)")
     ap.add_argument("--tfidf-dim", type=int, default=64)
