@@ -23,11 +23,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
 from genloom.decode.copy import B, I, O
-from genloom.metrics import rouge_per_pair
+from genloom.metrics import rouge_per_pair, word_tokens
 
 SEPARATORS = "\n。；：，"  # the post's clause ends
 
@@ -48,6 +49,13 @@ def split_clauses(text: str, *, separators: str = SEPARATORS) -> list[str]:
             pieces = re.findall(rf"[^{seps}]*[{seps}]+|[^{seps}]+$", line)
         out += [p.strip() for p in pieces if p.strip()]
     return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def clause_words(clause: str) -> tuple[str, ...]:
+    """The clause's jieba words (`genloom.metrics.word_tokens`), cached: the tf-idf and title-word
+    features of the extractor read the same clauses many times, and jieba is their slow part."""
+    return tuple(word_tokens(clause))
 
 
 def char_score(candidate: str, reference: str) -> float:

@@ -32,7 +32,6 @@ clauses, seeded. Saved as tfidf.json (words, idf) + tfidf.safetensors (projectio
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections import Counter
@@ -48,17 +47,11 @@ from torch import Tensor
 from genloom.errors import UserError
 from genloom.files import write_atomic, write_json_atomic
 from genloom.tasks.summarize.config import FEATURES, check_features, parse_features  # noqa: F401 (re-exported)
+from genloom.tasks.summarize.convert import clause_words as _words
 from genloom.tasks.summarize.titlewords import TITLEWORDS_DIM, TitleWordModel
 
 CENTROID_DIM = 7
 TFIDF_FILE = "tfidf.json"
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _words(clause: str) -> tuple[str, ...]:
-    from genloom.metrics import word_tokens
-
-    return tuple(word_tokens(clause))
 
 
 class TfidfModel:

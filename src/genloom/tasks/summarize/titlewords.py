@@ -43,7 +43,6 @@ leave-the-fold-out rate, and one 7-input MLP does not justify the dependency.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections import Counter
@@ -58,17 +57,16 @@ from torch import Tensor, nn
 
 from genloom.errors import UserError
 from genloom.files import write_atomic, write_json_atomic
+from genloom.tasks.summarize.convert import clause_words
 
 TITLEWORDS_DIM = 12
 TITLEWORDS_FILE = "titlewords.json"
 WORD_FEATURES = 7
 
 
-@functools.lru_cache(maxsize=1 << 18)
 def _words(text: str) -> frozenset[str]:
-    from genloom.metrics import word_tokens
-
-    return frozenset(word_tokens(text))
+    """The distinct jieba words of a clause or summary (`convert.clause_words`, cached)."""
+    return frozenset(clause_words(text))
 
 
 def _net() -> nn.Module:
